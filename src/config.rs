@@ -1,0 +1,410 @@
+//! Typed configuration: `config.toml`, then `RELAY_*` environment variables, then CLI flags.
+//!
+//! Precedence (lowest first): built-in defaults (the same values `config.toml` documents), the
+//! TOML file, environment variables, command-line flags. Environment variables are
+//! `RELAY_<SECTION>__<KEY>` (for example `RELAY_LIMITS__SESSION_QUEUE=4096`), plus the short
+//! aliases `RELAY_DATABASE_URL`, `RELAY_JWT_SECRET`, `RELAY_LISTEN` and `RELAY_METRICS_LISTEN`.
+//! Every error names the key it is about, on one line.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+/// A configuration error: one line naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("config error: {0}")]
+pub struct ConfigError(pub String);
+
+/// A secret string; never printed by `Debug`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// True when no secret was configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "<unset>" } else { "<redacted>" })
+    }
+}
+
+/// The whole configuration; see `config.toml` for every key with its documentation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: the WebSocket/HTTP listener.
+    pub server: ServerConfig,
+    /// `[metrics]`: the Prometheus listener.
+    pub metrics: MetricsConfig,
+    /// `[database]`: PostgreSQL connection, slot and publication.
+    pub database: DatabaseConfig,
+    /// `[auth]`: JWT validation.
+    pub auth: AuthConfig,
+    /// `[limits]`: per-session bounds.
+    pub limits: LimitsConfig,
+    /// `[shutdown]`: graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// `[log]`: logging.
+    pub log: LogConfig,
+}
+
+/// `[server]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the WebSocket and HTTP listener (`server.listen`, default `0.0.0.0:4000`).
+    pub listen: SocketAddr,
+    /// Most concurrent WebSocket sessions; further upgrades get HTTP 503 (default 100,000).
+    pub max_sessions: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ([0, 0, 0, 0], 4000).into(),
+            max_sessions: 100_000,
+        }
+    }
+}
+
+/// `[metrics]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address serving `GET /metrics` in Prometheus text format (default `0.0.0.0:9898`).
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: ([0, 0, 0, 0], 9898).into(),
+        }
+    }
+}
+
+/// `[database]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// libpq-style URL of the database that holds the table, for example
+    /// `postgres://relay:secret@db.example.com:5432/postgres`. The user needs the `REPLICATION`
+    /// attribute (or superuser) and `SELECT` on the streamed table.
+    pub url: Secret,
+    /// Name of the permanent logical replication slot (pgoutput), created when missing
+    /// (default `engagement_relay`).
+    pub slot: String,
+    /// Publication the slot streams (default `engagement_events_pub`, created by the migration).
+    pub publication: String,
+    /// How often the confirmed flush LSN is reported to PostgreSQL (default `1s`).
+    #[serde(with = "humantime_serde")]
+    pub status_interval: Duration,
+    /// First reconnect delay after a lost connection (default `250ms`); doubles per attempt.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    /// Upper bound of the reconnect delay (default `30s`); each delay gets ±20 % jitter.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: Secret::new("postgres://postgres@127.0.0.1:5432/postgres"),
+            slot: "engagement_relay".into(),
+            publication: "engagement_events_pub".into(),
+            status_interval: Duration::from_secs(1),
+            reconnect_min: Duration::from_millis(250),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[auth]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret that signs the tokens: the Supabase project's JWT secret. Required.
+    pub jwt_secret: Secret,
+    /// Audience required of user tokens (`aud`, default `authenticated`, as Supabase issues).
+    /// An empty string disables the audience check.
+    pub audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`, in whole seconds (default `0s`).
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: Secret::default(),
+            audience: "authenticated".into(),
+            leeway: Duration::ZERO,
+        }
+    }
+}
+
+/// `[limits]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Events queued per session before it is closed as a slow consumer (4008); default 1024.
+    pub session_queue: usize,
+    /// Largest client frame accepted, in bytes; larger frames close the session with 1008.
+    pub max_client_frame_bytes: usize,
+    /// Interval between server pings (default `20s`).
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A session that has not answered a ping (or sent anything) for this long is dropped
+    /// (default `60s`).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            session_queue: 1024,
+            max_client_frame_bytes: 64 * 1024,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[shutdown]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Longest a graceful shutdown may take before it is forced (default `10s`).
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[log]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter, for example `info` or `engagement_relay=debug,info`; `RUST_LOG`
+    /// overrides it (default `info`).
+    pub level: String,
+    /// `text` (default) or `json` (one object per line).
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// JSON objects, one per line.
+    Json,
+}
+
+/// Values given on the command line; each overrides the file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--database-url`.
+    pub database_url: Option<String>,
+    /// `--jwt-secret`.
+    pub jwt_secret: Option<String>,
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--metrics-listen`.
+    pub metrics_listen: Option<String>,
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then `path` (when it exists, or always when
+    /// `required`), then `RELAY_*` variables, then `overrides`; then validates it.
+    ///
+    /// Errors: a one-line [`ConfigError`] naming the offending key (or the file).
+    pub fn load(path: &Path, required: bool, overrides: &Overrides) -> Result<Config, ConfigError> {
+        if required && !path.exists() {
+            return Err(ConfigError(format!(
+                "--config: file {} does not exist",
+                path.display()
+            )));
+        }
+        let mut figment = Figment::new().merge(Toml::file(path)).merge(env_provider());
+        for (key, value) in [
+            ("database.url", &overrides.database_url),
+            ("auth.jwt_secret", &overrides.jwt_secret),
+            ("server.listen", &overrides.listen),
+            ("metrics.listen", &overrides.metrics_listen),
+        ] {
+            if let Some(value) = value {
+                figment = figment.merge((key, value));
+            }
+        }
+        let config: Config = figment.extract().map_err(|e| {
+            // One line per error; figment already names the key and the source.
+            let first = e.into_iter().next().map(|e| e.to_string()).unwrap_or_default();
+            ConfigError(first.replace('\n', " "))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Errors unless `auth.jwt_secret` is set (the daemon and `token` need it; `migrate` not).
+    pub fn require_jwt_secret(&self) -> Result<(), ConfigError> {
+        if self.auth.jwt_secret.is_empty() {
+            return Err(ConfigError(
+                "auth.jwt_secret: is required (set RELAY_JWT_SECRET or --jwt-secret to the project's JWT secret)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the rules serde cannot express. Errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if self.database.url.is_empty() {
+            return fail("database.url", "is required (RELAY_DATABASE_URL)");
+        }
+        if let Err(e) = self.database.url.expose().parse::<tokio_postgres::Config>() {
+            return fail("database.url", &format!("is not a valid PostgreSQL URL: {e}"));
+        }
+        for (key, name) in [
+            ("database.slot", &self.database.slot),
+            ("database.publication", &self.database.publication),
+        ] {
+            let valid = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !valid {
+                return fail(key, "must be 1–63 characters of a-z, 0-9 and _");
+            }
+        }
+        if self.limits.session_queue == 0 {
+            return fail("limits.session_queue", "must be at least 1");
+        }
+        if self.limits.max_client_frame_bytes < 256 {
+            return fail("limits.max_client_frame_bytes", "must be at least 256");
+        }
+        if self.limits.ping_interval.is_zero() {
+            return fail("limits.ping_interval", "must be above 0");
+        }
+        if self.limits.idle_timeout <= self.limits.ping_interval {
+            return fail("limits.idle_timeout", "must be longer than limits.ping_interval");
+        }
+        if self.database.reconnect_min.is_zero()
+            || self.database.reconnect_max < self.database.reconnect_min
+        {
+            return fail(
+                "database.reconnect_max",
+                "must be at least database.reconnect_min, which must be above 0",
+            );
+        }
+        if self.database.status_interval.is_zero() {
+            return fail("database.status_interval", "must be above 0");
+        }
+        if self.server.max_sessions == 0 {
+            return fail("server.max_sessions", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// `RELAY_SECTION__KEY` variables plus the documented short aliases.
+fn env_provider() -> Env {
+    Env::prefixed("RELAY_").map(|key| {
+        match key.as_str() {
+            "database_url" => "database.url".into(),
+            "jwt_secret" => "auth.jwt_secret".into(),
+            "listen" => "server.listen".into(),
+            "metrics_listen" => "metrics.listen".into(),
+            other => other.replace("__", ".").into(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> std::path::PathBuf {
+        let path = dir.join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_documented_config_file_loads_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let overrides = Overrides {
+            jwt_secret: Some("s".into()),
+            ..Default::default()
+        };
+        let config = Config::load(&path, true, &overrides).unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.server.listen, defaults.server.listen);
+        assert_eq!(config.limits.session_queue, defaults.limits.session_queue);
+        assert_eq!(config.database.slot, defaults.database.slot);
+        assert_eq!(config.shutdown.grace, defaults.shutdown.grace);
+    }
+
+    #[test]
+    fn a_bad_value_is_one_line_naming_the_key() {
+        let dir = std::env::temp_dir().join(format!("relay-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = write(&dir, "[server]\nlisten = \"nowhere\"\n[auth]\njwt_secret = \"x\"\n");
+        let err = Config::load(&path, true, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("server.listen"), "{err}");
+        assert!(!err.contains('\n'));
+        let path = write(&dir, "[limits]\nsession_queue = 0\n[auth]\njwt_secret = \"x\"\n");
+        let err = Config::load(&path, true, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("limits.session_queue"), "{err}");
+        let path = write(&dir, "[limits]\nsesion_queue = 3\n");
+        let err = Config::load(&path, true, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("sesion_queue"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_secret_names_the_key() {
+        let config = Config::load(Path::new("/nonexistent.toml"), false, &Overrides::default());
+        let err = config.unwrap().require_jwt_secret().unwrap_err().to_string();
+        assert!(err.contains("auth.jwt_secret"), "{err}");
+    }
+}

@@ -1,0 +1,193 @@
+//! The [`Event`] routed to sessions, its [`Cursor`], and its native JSON encoding.
+//!
+//! An event is encoded once, when it is decoded from the slot; every session that receives it
+//! writes the same shared bytes (`Utf8Bytes` is a reference-counted buffer).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use chrono::{DateTime, SecondsFormat};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::replication::pgoutput::{Record, Relation};
+
+/// Position of a row in the WAL: (commit LSN of its transaction, index of the row inside the
+/// transaction, from 0). Totally ordered, and the same on every relay that reads the same WAL.
+///
+/// Encoded for clients as 24 lowercase hex digits (16 for the LSN, 8 for the index): opaque,
+/// URL-safe, and ordered the same way as strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Cursor {
+    /// Commit LSN of the transaction (the `final_lsn` of its Begin message).
+    pub lsn: u64,
+    /// Position of the row inside its transaction.
+    pub index: u32,
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}{:08x}", self.lsn, self.index)
+    }
+}
+
+/// A string that is not a cursor this relay issued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid cursor: expected 24 hex digits")]
+pub struct InvalidCursor;
+
+impl FromStr for Cursor {
+    type Err = InvalidCursor;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 24 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(InvalidCursor);
+        }
+        let lsn = u64::from_str_radix(&s[..16], 16).map_err(|_| InvalidCursor)?;
+        let index = u32::from_str_radix(&s[16..], 16).map_err(|_| InvalidCursor)?;
+        Ok(Cursor { lsn, index })
+    }
+}
+
+/// The kind of change a row event carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    /// A new row.
+    Insert,
+    /// A changed row (`record` is the new version).
+    Update,
+}
+
+impl Operation {
+    /// `insert` or `update`: the native frame's `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Insert => "insert",
+            Operation::Update => "update",
+        }
+    }
+}
+
+/// One row change, ready to route.
+#[derive(Debug)]
+pub struct Event {
+    /// Where the row stands in the WAL.
+    pub cursor: Cursor,
+    /// Commit timestamp of the row's transaction, microseconds since the Unix epoch.
+    pub commit_time_us: i64,
+    /// Insert or update.
+    pub operation: Operation,
+    /// The table, with its columns as the last Relation message described them.
+    pub relation: Arc<Relation>,
+    /// Value of the owner column (`user_id`), when it is a UUID: the routing key.
+    pub owner: Option<Uuid>,
+    /// Value of `event_type`, for the sessions' optional type filter.
+    pub event_type: Option<Box<str>>,
+    /// The row: column name → JSON value, in column order.
+    pub record: Record,
+    native: Utf8Bytes,
+}
+
+/// The owner column every streamed table is routed by.
+pub const OWNER_COLUMN: &str = "user_id";
+
+#[derive(Serialize)]
+struct NativeFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    schema: &'a str,
+    table: &'a str,
+    cursor: String,
+    commit_timestamp: String,
+    record: &'a Record,
+}
+
+impl Event {
+    /// Builds the event and encodes its native frame once.
+    pub fn new(
+        cursor: Cursor,
+        commit_time_us: i64,
+        operation: Operation,
+        relation: Arc<Relation>,
+        record: Record,
+    ) -> Event {
+        let owner = record
+            .get(OWNER_COLUMN)
+            .and_then(|v| v.as_str())
+            .and_then(|s| Uuid::parse_str(s).ok());
+        let event_type = record
+            .get("event_type")
+            .and_then(|v| v.as_str())
+            .map(Box::from);
+        let frame = NativeFrame {
+            kind: operation.as_str(),
+            schema: &relation.schema,
+            table: &relation.name,
+            cursor: cursor.to_string(),
+            commit_timestamp: format_unix_us(commit_time_us),
+            record: &record,
+        };
+        // Serializing a map of JSON values with string keys cannot fail.
+        let native = serde_json::to_string(&frame).unwrap_or_default().into();
+        Event {
+            cursor,
+            commit_time_us,
+            operation,
+            relation,
+            owner,
+            event_type,
+            record,
+            native,
+        }
+    }
+
+    /// The native-protocol frame (`{"type":"insert",…}`), encoded once and shared.
+    pub fn native_frame(&self) -> Utf8Bytes {
+        self.native.clone()
+    }
+
+    /// Size of the encoded native frame, in bytes.
+    pub fn encoded_len(&self) -> usize {
+        self.native.len()
+    }
+}
+
+/// Unix microseconds → RFC 3339 UTC with `Z` and six fractional digits.
+pub fn format_unix_us(us: i64) -> String {
+    DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true))
+        .unwrap_or_else(|| us.to_string())
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_unix_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_order_as_strings() {
+        let a = Cursor { lsn: 0x16B3_7A28, index: 2 };
+        let b = Cursor { lsn: 0x16B3_7A28, index: 10 };
+        let c = Cursor { lsn: 0x1_0000_0000, index: 0 };
+        for x in [a, b, c] {
+            assert_eq!(x.to_string().parse::<Cursor>(), Ok(x));
+        }
+        assert!(a < b && b < c);
+        assert!(a.to_string() < b.to_string() && b.to_string() < c.to_string());
+        assert!("zz".parse::<Cursor>().is_err());
+        assert!("g00000000000000000000000".parse::<Cursor>().is_err());
+    }
+
+    #[test]
+    fn timestamps_have_microseconds_and_z() {
+        assert_eq!(format_unix_us(1_763_640_000_123_456), "2025-11-20T12:00:00.123456Z");
+        assert_eq!(format_unix_us(0), "1970-01-01T00:00:00.000000Z");
+    }
+}

@@ -1,0 +1,204 @@
+//! HTTP: the WebSocket upgrade routes, health and readiness on the server port, and
+//! `GET /metrics` on the metrics port.
+//!
+//! A refused upgrade is answered before the handshake with a JSON body
+//! `{"error":"<code>","message":"<text>"}`: 401 for a missing, malformed, wrongly signed or
+//! expired token, 403 for a valid token whose role may not subscribe, 503 when the relay is at
+//! `server.max_sessions`, 426 for a plain GET without an upgrade.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router as HttpRouter};
+use metrics::counter;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{AuthError, Principal, Verifier};
+use crate::config::LimitsConfig;
+use crate::metrics as m;
+use crate::replication::StreamStatus;
+use crate::router::Router;
+use crate::session::{self, SessionContext};
+
+/// Shared state of the server routes.
+#[derive(Clone)]
+pub struct AppState {
+    /// Event routing.
+    pub router: Arc<Router>,
+    /// Token validation.
+    pub verifier: Arc<Verifier>,
+    /// Session limits.
+    pub limits: LimitsConfig,
+    /// Most concurrent sessions.
+    pub max_sessions: usize,
+    /// Replication status for `/readyz`.
+    pub status: Arc<StreamStatus>,
+    /// Cancelled on shutdown.
+    pub shutdown: CancellationToken,
+    /// Tracks session tasks so shutdown can wait for their 1001 closes.
+    pub sessions: TaskTracker,
+    /// Open sessions.
+    pub open: Arc<AtomicUsize>,
+}
+
+/// The server port's routes.
+pub fn server_routes(state: AppState) -> HttpRouter {
+    HttpRouter::new()
+        .route("/v1/events", get(native_upgrade))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// The metrics port's routes: `GET /metrics` in Prometheus text format.
+pub fn metrics_routes(handle: PrometheusHandle) -> HttpRouter {
+    HttpRouter::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    handle.render(),
+                )
+            }
+        }),
+    )
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.status.is_connected() {
+        return Json(json!({"status": "ready"})).into_response();
+    }
+    let reason = state
+        .status
+        .last_error()
+        .unwrap_or_else(|| "replication stream not connected yet".into());
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "unavailable", "reason": reason})),
+    )
+        .into_response()
+}
+
+/// A JSON error response `{"error": code, "message": message}`.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({"error": code, "message": message}))).into_response()
+}
+
+fn refuse(e: &AuthError) -> Response {
+    counter!(m::AUTH_FAILURES, "reason" => e.code()).increment(1);
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    error_response(status, e.code(), &e.to_string())
+}
+
+/// The token from `Authorization: Bearer …`, else the `access_token` query parameter.
+fn token<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> Option<&'a str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    bearer
+        .or_else(|| query.get("access_token").map(String::as_str))
+        .filter(|t| !t.is_empty())
+}
+
+/// Authenticates a request: the principal, or the refusal response.
+fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Principal, Response> {
+    let token = token(headers, query).ok_or_else(|| refuse(&AuthError::Missing))?;
+    state.verifier.verify(token).map_err(|e| refuse(&e))
+}
+
+/// Parses `event_type=a,b`: `None` when absent, else the non-empty names.
+fn event_types(query: &HashMap<String, String>) -> Option<Vec<String>> {
+    query.get("event_type").map(|v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    })
+}
+
+/// Reserves a session slot; `None` when the relay is full.
+fn reserve(state: &AppState) -> Option<SessionSlot> {
+    let open = state.open.fetch_add(1, Ordering::AcqRel);
+    if open >= state.max_sessions {
+        state.open.fetch_sub(1, Ordering::AcqRel);
+        return None;
+    }
+    Some(SessionSlot(state.open.clone()))
+}
+
+/// Releases its session slot when dropped.
+struct SessionSlot(Arc<AtomicUsize>);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn native_upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let principal = match authenticate(&state, &headers, &query) {
+        Ok(p) => p,
+        Err(response) => return response,
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => {
+            return error_response(StatusCode::UPGRADE_REQUIRED, "websocket_required", &e.body_text())
+        }
+    };
+    let Some(slot) = reserve(&state) else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sessions",
+            "the relay is at server.max_sessions; retry later",
+        );
+    };
+    let types = event_types(&query);
+    let max_frame = state.limits.max_client_frame_bytes;
+    let ctx = SessionContext {
+        router: state.router.clone(),
+        verifier: state.verifier.clone(),
+        limits: state.limits.clone(),
+        shutdown: state.shutdown.clone(),
+    };
+    let tracker = state.sessions.clone();
+    upgrade
+        .max_message_size(max_frame)
+        .max_frame_size(max_frame)
+        .on_upgrade(move |ws| {
+            tracker.track_future(async move {
+                session::run_native(ws, ctx, principal, types).await;
+                drop(slot);
+            })
+        })
+}

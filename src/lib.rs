@@ -1,0 +1,23 @@
+//! engagement-relay: streams new `engagement_events` rows from a PostgreSQL logical replication
+//! slot (pgoutput) to the WebSocket sessions whose JWT `sub` is the row's `user_id`.
+//!
+//! Pipeline (ARCHITECTURE.md): [`replication`] decodes the slot into [`event::Event`]s, the
+//! [`router::Router`] offers each to the bounded queues of its receivers, and each
+//! [`session`] task writes the shared, once-encoded frames to its socket.
+//!
+//! [`start`] runs the whole daemon in-process (tests bind port 0); `src/main.rs` is the CLI.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod dev;
+pub mod event;
+pub mod http;
+pub mod metrics;
+pub mod pgcluster;
+mod relay;
+pub mod replication;
+pub mod router;
+pub mod session;
+
+pub use relay::{start, Relay, RelayError};

@@ -1,0 +1,212 @@
+//! The `engagement-relay` CLI: parse flags, load config, init logging, run, map errors to exit
+//! codes (0 ok, 1 runtime failure, 78 bad configuration).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use engagement_relay::auth::{mint, Role};
+use engagement_relay::config::{Config, LogFormat, Overrides};
+use engagement_relay::dev::{self, DevOptions};
+use engagement_relay::{db, start};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Streams new engagement_events rows from a PostgreSQL logical replication slot to the
+/// WebSocket sessions of their owners.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (TOML); every key is documented in the repository's config.toml.
+    #[arg(long, global = true, default_value = "config.toml")]
+    config: PathBuf,
+    /// PostgreSQL URL [env: RELAY_DATABASE_URL].
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// JWT secret (HS256) [env: RELAY_JWT_SECRET].
+    #[arg(long, global = true)]
+    jwt_secret: Option<String>,
+    /// WebSocket/HTTP listen address [env: RELAY_LISTEN].
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    /// Metrics listen address [env: RELAY_METRICS_LISTEN].
+    #[arg(long, global = true)]
+    metrics_listen: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay (the default).
+    Run,
+    /// Run on a private PostgreSQL started here, with the seed and demo traffic.
+    Dev {
+        /// Demo events inserted per second (0 disables).
+        #[arg(long, default_value_t = 3.0)]
+        demo_rate: f64,
+        /// Data directory of the private cluster.
+        #[arg(long, default_value = "target/dev-pgdata")]
+        data_dir: PathBuf,
+        /// Port of the private cluster (default: a free one).
+        #[arg(long)]
+        pg_port: Option<u16>,
+    },
+    /// Apply pending migrations (sql/migrations, embedded) to database.url.
+    Migrate {
+        /// Also run the seed (demo users and weeks of events).
+        #[arg(long)]
+        seed: bool,
+    },
+    /// Mint a JWT signed with the configured secret.
+    Token {
+        /// The user's UUID (`sub`); optional for the service role.
+        #[arg(long)]
+        sub: Option<uuid::Uuid>,
+        /// `authenticated` or `service_role`.
+        #[arg(long, default_value = "authenticated")]
+        role: String,
+        /// Lifetime, e.g. `1h`, `15m`, `30s`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        database_url: cli.database_url.clone(),
+        jwt_secret: cli.jwt_secret.clone(),
+        listen: cli.listen.clone(),
+        metrics_listen: cli.metrics_listen.clone(),
+    };
+    let explicit = std::env::args().any(|a| a == "--config" || a.starts_with("--config="));
+    let config = match Config::load(&cli.config, explicit, &overrides) {
+        Ok(c) => c,
+        Err(e) => return fail(78, &e),
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return fail(1, &e),
+    };
+    runtime.block_on(run(cli.command.unwrap_or(Command::Run), config))
+}
+
+async fn run(command: Command, config: Config) -> ExitCode {
+    match command {
+        Command::Run => {
+            if let Err(e) = config.require_jwt_secret() {
+                return fail(78, &e);
+            }
+            let relay = match start(config).await {
+                Ok(r) => r,
+                Err(e) => return fail(1, &e),
+            };
+            let stop = relay.shutdown_token();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                stop.cancel();
+            });
+            match relay.wait().await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(1, &e),
+            }
+        }
+        Command::Dev {
+            demo_rate,
+            data_dir,
+            pg_port,
+        } => {
+            let shutdown = CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                stop.cancel();
+            });
+            let opts = DevOptions {
+                data_dir,
+                pg_port,
+                demo_rate,
+            };
+            match dev::run(config, opts, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(1, &format!("{e:#}")),
+            }
+        }
+        Command::Migrate { seed } => match migrate(&config, seed).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(1, &format!("{e:#}")),
+        },
+        Command::Token { sub, role, ttl } => {
+            if let Err(e) = config.require_jwt_secret() {
+                return fail(78, &e);
+            }
+            let role = match role.as_str() {
+                "authenticated" => Role::Authenticated,
+                "service_role" => Role::ServiceRole,
+                other => return fail(2, &format!("--role: `{other}` is not authenticated or service_role")),
+            };
+            if role == Role::Authenticated && sub.is_none() {
+                return fail(2, &"--sub: required for role authenticated");
+            }
+            match mint(config.auth.jwt_secret.expose(), sub, role, ttl) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, &e),
+            }
+        }
+    }
+}
+
+async fn migrate(config: &Config, seed: bool) -> anyhow::Result<()> {
+    let mut client = db::connect(config.database.url.expose())
+        .await
+        .map_err(|e| anyhow::anyhow!("database.url: {}", db::describe(&e)))?;
+    let applied = db::migrate::migrate(&mut client).await?;
+    if applied.is_empty() {
+        println!("migrations: up to date");
+    } else {
+        println!("migrations: applied {}", applied.join(", "));
+    }
+    if seed {
+        db::migrate::seed(&mut client).await?;
+        println!("seed: applied");
+    }
+    Ok(())
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("engagement-relay: {e}");
+    ExitCode::from(code)
+}

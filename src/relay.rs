@@ -1,0 +1,190 @@
+//! Wiring: start every part of the relay, and shut it down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use std::future::IntoFuture;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::replication::{self, ReplicationContext, ReplicationError, StreamStatus};
+use crate::router::Router;
+
+/// Why the relay could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        /// The config key of the address.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The database cannot be streamed from (definite replication error).
+    #[error("replication: {0}")]
+    Replication(String),
+    /// A task panicked or was aborted.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// A running relay. Drop does not stop it: call [`Relay::shutdown`].
+pub struct Relay {
+    server_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    shutdown: CancellationToken,
+    status: Arc<StreamStatus>,
+    router: Arc<Router>,
+    task: JoinHandle<Result<(), RelayError>>,
+}
+
+/// Starts the relay: checks the database (a definite misconfiguration is returned here, an
+/// unreachable database is retried in the background), binds both listeners (port 0 picks a free
+/// port), and spawns the replication task and the servers.
+pub async fn start(config: Config) -> Result<Relay, RelayError> {
+    let handle = crate::metrics::install();
+    match replication::preflight(&config.database).await {
+        Ok(()) => {}
+        Err(ReplicationError::Definite(why)) => return Err(RelayError::Replication(why)),
+        Err(ReplicationError::Transient(why)) => {
+            warn!("database not reachable yet ({why}); the relay will keep retrying")
+        }
+    }
+    let server = bind("server.listen", config.server.listen).await?;
+    let metrics = bind("metrics.listen", config.metrics.listen).await?;
+    let server_addr = server.local_addr().map_err(|e| RelayError::Internal(e.to_string()))?;
+    let metrics_addr = metrics.local_addr().map_err(|e| RelayError::Internal(e.to_string()))?;
+
+    let shutdown = CancellationToken::new();
+    let router = Arc::new(Router::new(config.limits.session_queue));
+    let status = Arc::new(StreamStatus::default());
+    let sessions = TaskTracker::new();
+    let state = AppState {
+        router: router.clone(),
+        verifier: Arc::new(Verifier::new(&config.auth)),
+        limits: config.limits.clone(),
+        max_sessions: config.server.max_sessions,
+        status: status.clone(),
+        shutdown: shutdown.clone(),
+        sessions: sessions.clone(),
+        open: Arc::new(AtomicUsize::new(0)),
+    };
+    let replication = tokio::spawn(replication::run(ReplicationContext {
+        config: config.database.clone(),
+        router: router.clone(),
+        status: status.clone(),
+        shutdown: shutdown.clone(),
+    }));
+    let stop = shutdown.clone();
+    let server_task = tokio::spawn(
+        axum::serve(server, http::server_routes(state))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .into_future(),
+    );
+    let stop = shutdown.clone();
+    let metrics_task = tokio::spawn(
+        axum::serve(metrics, http::metrics_routes(handle))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .into_future(),
+    );
+    info!(%server_addr, %metrics_addr, "relay listening");
+
+    let grace = config.shutdown.grace;
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let mut replication = replication;
+        // Run until asked to stop or until replication fails definitively.
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => None,
+            r = &mut replication => Some(r),
+        };
+        stop.cancel();
+        let drain = async {
+            sessions.close();
+            sessions.wait().await;
+            let _ = server_task.await;
+            let _ = metrics_task.await;
+            match outcome {
+                Some(r) => r,
+                None => replication.await,
+            }
+        };
+        let result = match tokio::time::timeout(grace, drain).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(RelayError::Replication(e.to_string())),
+            Ok(Err(join)) => Err(RelayError::Internal(join.to_string())),
+            Err(_) => {
+                warn!(?grace, "graceful shutdown exceeded shutdown.grace; forcing it");
+                Ok(())
+            }
+        };
+        info!("relay stopped");
+        result
+    });
+    Ok(Relay {
+        server_addr,
+        metrics_addr,
+        shutdown,
+        status,
+        router,
+        task,
+    })
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, RelayError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RelayError::Bind { key, addr, source })
+}
+
+impl Relay {
+    /// Address of the WebSocket/HTTP listener.
+    pub fn server_addr(&self) -> SocketAddr {
+        self.server_addr
+    }
+
+    /// Address of the metrics listener.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// True while the replication stream is connected.
+    pub fn is_streaming(&self) -> bool {
+        self.status.is_connected()
+    }
+
+    /// The router (session counts, latest cursor).
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// A token that stops the relay when cancelled (e.g. from a signal handler).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the relay stops (shutdown requested, or a definite replication error).
+    pub async fn wait(self) -> Result<(), RelayError> {
+        self.task
+            .await
+            .map_err(|e| RelayError::Internal(e.to_string()))?
+    }
+
+    /// Stops gracefully: sessions get 1001, the final LSN is acknowledged, within
+    /// `shutdown.grace`.
+    pub async fn shutdown(self) -> Result<(), RelayError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}

@@ -1,0 +1,130 @@
+//! The replication task: owns the slot, decodes pgoutput, hands rows to the router, and
+//! reconnects with capped exponential backoff and jitter after any connection loss.
+//!
+//! Errors are either transient (reconnect: the server restarted, the network dropped) or
+//! definite (stop with a clear message: `wal_level` is not `logical`, the publication is
+//! missing, authentication failed).
+
+pub mod pgoutput;
+pub mod slot;
+pub mod stream;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metrics::{counter, gauge};
+use rand::Rng;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use crate::config::DatabaseConfig;
+use crate::metrics as m;
+use crate::router::Router;
+
+/// A replication failure, sorted by what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicationError {
+    /// Reconnect after a backoff.
+    #[error("{0}")]
+    Transient(String),
+    /// Stop the relay: retrying cannot help until someone changes something.
+    #[error("{0}")]
+    Definite(String),
+}
+
+/// Whether the stream is connected, for `/readyz` and the `relay_replication_connected` gauge.
+#[derive(Debug, Default)]
+pub struct StreamStatus {
+    connected: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl StreamStatus {
+    /// True while the replication stream is connected and streaming.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Why the stream is not connected (the last error), if known.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    fn set_connected(&self) {
+        self.connected.store(true, Ordering::Release);
+        gauge!(m::REPLICATION_CONNECTED).set(1.0);
+    }
+
+    fn set_disconnected(&self, why: &str) {
+        self.connected.store(false, Ordering::Release);
+        gauge!(m::REPLICATION_CONNECTED).set(0.0);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(why.to_string());
+        }
+    }
+}
+
+/// What the replication task works with.
+#[derive(Clone)]
+pub struct ReplicationContext {
+    /// `[database]` settings.
+    pub config: DatabaseConfig,
+    /// Where decoded rows go.
+    pub router: Arc<Router>,
+    /// Shared with `/readyz`.
+    pub status: Arc<StreamStatus>,
+    /// Cancelled on shutdown: the task acknowledges its final LSN and returns.
+    pub shutdown: CancellationToken,
+}
+
+/// Checks the database once (wal_level, publication, slot). Used at start so a misconfigured
+/// database stops the relay with a clear message before it listens.
+///
+/// Errors: [`ReplicationError::Definite`] on misconfiguration; transient when unreachable.
+pub async fn preflight(config: &DatabaseConfig) -> Result<(), ReplicationError> {
+    let client = slot::connect(config.url.expose()).await?;
+    slot::prepare(&client, config).await
+}
+
+/// Runs until shutdown (`Ok`) or a definite error.
+pub async fn run(ctx: ReplicationContext) -> Result<(), ReplicationError> {
+    let mut delay = ctx.config.reconnect_min;
+    loop {
+        let started = Instant::now();
+        let result = match preflight(&ctx.config).await {
+            Ok(()) => stream::stream(&ctx).await,
+            Err(e) => Err(e),
+        };
+        let e = match result {
+            Ok(()) => {
+                ctx.status.set_disconnected("shut down");
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        ctx.status.set_disconnected(&e.to_string());
+        if let ReplicationError::Definite(why) = &e {
+            error!("replication stopped: {why}");
+            return Err(e);
+        }
+        if started.elapsed() > ctx.config.reconnect_max {
+            // It streamed for a while: this is a new outage, start the backoff over.
+            delay = ctx.config.reconnect_min;
+        }
+        let wait = jitter(delay);
+        warn!("replication connection lost: {e}; reconnecting in {wait:?}");
+        counter!(m::REPLICATION_RECONNECTS).increment(1);
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        delay = (delay * 2).min(ctx.config.reconnect_max);
+    }
+}
+
+/// `delay` ± 20 %.
+fn jitter(delay: Duration) -> Duration {
+    delay.mul_f64(rand::rng().random_range(0.8..1.2))
+}

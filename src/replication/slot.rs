@@ -1,0 +1,130 @@
+//! Slot lifecycle over an ordinary SQL connection: checks that logical decoding can work
+//! (`wal_level`, the publication) and creates the permanent pgoutput slot when it is missing.
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+use tracing::info;
+
+use crate::db::describe;
+
+use super::ReplicationError;
+use crate::config::DatabaseConfig;
+
+/// Opens an SQL connection to `database.url` (the connection task runs in the background).
+///
+/// Errors: definite for refused credentials or a missing database, else transient.
+pub async fn connect(url: &str) -> Result<Client, ReplicationError> {
+    crate::db::connect(url).await.map_err(|e| {
+        let why = format!("cannot connect to PostgreSQL: {}", describe(&e));
+        // Wrong credentials or a missing database do not fix themselves.
+        let definite = e.code().is_some_and(|c| {
+            c.code().starts_with("28") || *c == SqlState::INVALID_CATALOG_NAME
+        });
+        if definite {
+            ReplicationError::Definite(why)
+        } else {
+            ReplicationError::Transient(why)
+        }
+    })
+}
+
+/// Checks `wal_level = logical` and the publication, then creates the slot if missing.
+///
+/// Errors: definite when the server is misconfigured (with what to change), transient when the
+/// connection fails mid-way.
+pub async fn prepare(client: &Client, db: &DatabaseConfig) -> Result<(), ReplicationError> {
+    let wal_level: String = client
+        .query_one("SHOW wal_level", &[])
+        .await
+        .map_err(transient)?
+        .get(0);
+    if wal_level != "logical" {
+        return Err(ReplicationError::Definite(format!(
+            "wal_level is `{wal_level}`, but logical replication needs `logical`: run \
+             `ALTER SYSTEM SET wal_level = logical;` and restart PostgreSQL"
+        )));
+    }
+    let publication = client
+        .query_opt(
+            "SELECT pubinsert FROM pg_publication WHERE pubname = $1",
+            &[&db.publication],
+        )
+        .await
+        .map_err(transient)?;
+    match publication {
+        None => {
+            return Err(ReplicationError::Definite(format!(
+                "publication `{}` does not exist in this database: run `engagement-relay migrate` \
+                 (or CREATE PUBLICATION {} FOR TABLE public.engagement_events WITH (publish = 'insert, update'))",
+                db.publication, db.publication
+            )))
+        }
+        Some(row) if !row.get::<_, bool>(0) => {
+            return Err(ReplicationError::Definite(format!(
+                "publication `{}` does not publish inserts: ALTER PUBLICATION {} SET (publish = 'insert, update')",
+                db.publication, db.publication
+            )))
+        }
+        Some(_) => {}
+    }
+    ensure_slot(client, &db.slot).await
+}
+
+async fn ensure_slot(client: &Client, slot: &str) -> Result<(), ReplicationError> {
+    let row = client
+        .query_opt(
+            "SELECT plugin, slot_type, database = current_database() \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(transient)?;
+    if let Some(row) = row {
+        let plugin: Option<String> = row.get(0);
+        let slot_type: String = row.get(1);
+        let same_db: Option<bool> = row.get(2);
+        if slot_type != "logical" || plugin.as_deref() != Some("pgoutput") {
+            return Err(ReplicationError::Definite(format!(
+                "replication slot `{slot}` exists but is a {slot_type} slot with plugin {plugin:?}; \
+                 the relay needs a logical pgoutput slot: choose another `database.slot` or drop it"
+            )));
+        }
+        if same_db != Some(true) {
+            return Err(ReplicationError::Definite(format!(
+                "replication slot `{slot}` belongs to another database; choose another `database.slot`"
+            )));
+        }
+        return Ok(());
+    }
+    match client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+    {
+        Ok(_) => {
+            info!(slot, "created logical replication slot (pgoutput)");
+            Ok(())
+        }
+        // Another relay created it between the check and here.
+        Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => Ok(()),
+        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+            Err(ReplicationError::Definite(format!(
+                "cannot create replication slot `{slot}`: {} (the database user needs the REPLICATION attribute)",
+                describe(&e)
+            )))
+        }
+        Err(e) if e.code() == Some(&SqlState::CONFIGURATION_LIMIT_EXCEEDED) => {
+            Err(ReplicationError::Definite(format!(
+                "cannot create replication slot `{slot}`: {} (raise max_replication_slots)",
+                describe(&e)
+            )))
+        }
+        Err(e) => Err(transient(e)),
+    }
+}
+
+fn transient(e: tokio_postgres::Error) -> ReplicationError {
+    ReplicationError::Transient(describe(&e))
+}

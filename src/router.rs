@@ -1,0 +1,182 @@
+//! Routing: `user_id → sessions` plus the service-role sessions.
+//!
+//! Delivery never waits: each event is offered to each receiving session's bounded queue with
+//! `try_send`. A full queue marks that session a slow consumer (its `overflow` token is
+//! cancelled, the session closes with 4008) and removes it from the table, so the stream and
+//! the other sessions never slow down. Routing a user's event is one map lookup.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use metrics::{counter, gauge, Counter};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::auth::{Principal, Role};
+use crate::event::{Cursor, Event};
+use crate::metrics as m;
+
+/// The router's side of a session.
+#[derive(Debug)]
+struct SessionHandle {
+    id: u64,
+    tx: mpsc::Sender<Arc<Event>>,
+    event_types: Option<Arc<[Box<str>]>>,
+    overflow: CancellationToken,
+}
+
+/// The session's side: its queue and its overflow signal. Hand it back to
+/// [`Router::unsubscribe`] when the session ends.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Session id, unique in this process.
+    pub id: u64,
+    /// The owner the session receives events of (`None`: a service-role session, all events).
+    pub user_id: Option<Uuid>,
+    /// Role of the session's token.
+    pub role: Role,
+    /// Events routed to this session, in commit order.
+    pub rx: mpsc::Receiver<Arc<Event>>,
+    /// Cancelled when the queue overflowed and the session must close with 4008.
+    pub overflow: CancellationToken,
+}
+
+/// Routes events to sessions. Shared (`Arc`) by the replication task and every session.
+#[derive(Debug)]
+pub struct Router {
+    users: DashMap<Uuid, Vec<SessionHandle>>,
+    service: DashMap<u64, SessionHandle>,
+    next_id: AtomicU64,
+    latest: Mutex<Cursor>,
+    queue_capacity: usize,
+    dropped_slow: Counter,
+    dropped_closed: Counter,
+}
+
+impl Router {
+    /// A router whose sessions queue at most `queue_capacity` events (`limits.session_queue`).
+    pub fn new(queue_capacity: usize) -> Router {
+        Router {
+            users: DashMap::new(),
+            service: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            latest: Mutex::new(Cursor::default()),
+            queue_capacity: queue_capacity.max(1),
+            dropped_slow: counter!(m::EVENTS_DROPPED, "reason" => "slow_consumer"),
+            dropped_closed: counter!(m::EVENTS_DROPPED, "reason" => "session_closed"),
+        }
+    }
+
+    /// Registers a session for `principal`: a user's session receives the events whose owner is
+    /// its `sub`, a service-role session every event. `event_types` narrows to those types.
+    pub fn subscribe(&self, principal: &Principal, event_types: Option<Vec<String>>) -> Subscription {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let overflow = CancellationToken::new();
+        let handle = SessionHandle {
+            id,
+            tx,
+            event_types: event_types.map(|t| t.into_iter().map(Box::from).collect()),
+            overflow: overflow.clone(),
+        };
+        let user_id = match principal.role {
+            Role::Authenticated => principal.user_id,
+            Role::ServiceRole => None,
+        };
+        match user_id {
+            Some(user) => self.users.entry(user).or_default().push(handle),
+            None => {
+                self.service.insert(id, handle);
+            }
+        }
+        gauge!(m::SESSIONS, "role" => principal.role.as_str()).increment(1.0);
+        Subscription {
+            id,
+            user_id,
+            role: principal.role,
+            rx,
+            overflow,
+        }
+    }
+
+    /// Removes a session (idempotent: the router may have removed it already on overflow).
+    pub fn unsubscribe(&self, subscription: &Subscription) {
+        match subscription.user_id {
+            Some(user) => {
+                if let Some(mut list) = self.users.get_mut(&user) {
+                    list.retain(|h| h.id != subscription.id);
+                }
+                self.users.remove_if(&user, |_, list| list.is_empty());
+            }
+            None => {
+                self.service.remove(&subscription.id);
+            }
+        }
+        gauge!(m::SESSIONS, "role" => subscription.role.as_str()).decrement(1.0);
+    }
+
+    /// Offers `event` to every session that may receive it; returns how many queued it.
+    /// Never blocks.
+    pub fn dispatch(&self, event: Arc<Event>) -> usize {
+        let mut queued = 0;
+        if let Some(owner) = event.owner {
+            let mut emptied = false;
+            if let Some(mut list) = self.users.get_mut(&owner) {
+                list.retain(|h| self.offer(h, &event, &mut queued));
+                emptied = list.is_empty();
+            }
+            if emptied {
+                self.users.remove_if(&owner, |_, list| list.is_empty());
+            }
+        }
+        if !self.service.is_empty() {
+            self.service
+                .retain(|_, h| self.offer(h, &event, &mut queued));
+        }
+        if let Ok(mut latest) = self.latest.lock() {
+            *latest = (*latest).max(event.cursor);
+        }
+        queued
+    }
+
+    /// Offers one event to one session; false when the session must leave the table.
+    fn offer(&self, handle: &SessionHandle, event: &Arc<Event>, queued: &mut usize) -> bool {
+        if let Some(types) = &handle.event_types {
+            let wanted = event
+                .event_type
+                .as_deref()
+                .is_some_and(|t| types.iter().any(|w| &**w == t));
+            if !wanted {
+                return true;
+            }
+        }
+        match handle.tx.try_send(Arc::clone(event)) {
+            Ok(()) => {
+                *queued += 1;
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped_slow.increment(1);
+                handle.overflow.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.dropped_closed.increment(1);
+                false
+            }
+        }
+    }
+
+    /// The cursor of the newest event dispatched (zero before the first).
+    pub fn latest_cursor(&self) -> Cursor {
+        self.latest.lock().map(|c| *c).unwrap_or_default()
+    }
+
+    /// Sessions registered: (user sessions, service-role sessions).
+    pub fn session_counts(&self) -> (usize, usize) {
+        let users = self.users.iter().map(|e| e.value().len()).sum();
+        (users, self.service.len())
+    }
+}

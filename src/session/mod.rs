@@ -1,0 +1,231 @@
+//! One task per WebSocket session: writes queued event frames (batched, one flush per wake-up),
+//! reads client frames, pings, and enforces token expiry.
+//!
+//! Close codes (PROTOCOL.md): 1000 normal, 1001 server shutting down, 1008 malformed or
+//! oversized client frame, 4001 token expired or invalid, 4003 refresh changed identity,
+//! 4008 slow consumer.
+
+pub mod native;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use metrics::{counter, histogram};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::auth::{now_s, Principal, Verifier};
+use crate::config::LimitsConfig;
+use crate::event::{now_unix_us, Event};
+use crate::metrics as m;
+use crate::router::{Router, Subscription};
+
+/// Close code: normal closure.
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code: the server is shutting down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: a malformed or oversized client frame.
+pub const CLOSE_POLICY: u16 = 1008;
+/// Close code: the token expired or a refresh was invalid.
+pub const CLOSE_TOKEN: u16 = 4001;
+/// Close code: a refreshed token changed `sub` or role.
+pub const CLOSE_IDENTITY: u16 = 4003;
+/// Close code: the session's queue filled up.
+pub const CLOSE_SLOW: u16 = 4008;
+
+/// Most events written per flush.
+const BATCH: usize = 256;
+/// How long a close frame may take to leave before the socket is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a session needs besides its socket.
+pub struct SessionContext {
+    /// The router the session is subscribed to.
+    pub router: Arc<Router>,
+    /// Validates refreshed tokens.
+    pub verifier: Arc<Verifier>,
+    /// Ping interval and idle timeout.
+    pub limits: LimitsConfig,
+    /// Cancelled when the relay shuts down.
+    pub shutdown: CancellationToken,
+}
+
+/// Why a session ended, as the close frame sent.
+struct Close {
+    code: u16,
+    reason: String,
+}
+
+impl Close {
+    fn new(code: u16, reason: impl Into<String>) -> Close {
+        Close {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Runs a native-protocol session until it closes. `event_types` narrows the events.
+pub async fn run_native(
+    mut ws: WebSocket,
+    ctx: SessionContext,
+    mut principal: Principal,
+    event_types: Option<Vec<String>>,
+) {
+    let mut sub = ctx.router.subscribe(&principal, event_types);
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let ready = native::ready(&session_id, &principal, ctx.router.latest_cursor());
+    debug!(session_id, user_id = ?principal.user_id, role = principal.role.as_str(), "session opened");
+
+    let close = match ws.send(Message::Text(ready)).await {
+        Ok(()) => serve(&mut ws, &ctx, &mut sub, &mut principal).await,
+        Err(_) => None,
+    };
+    ctx.router.unsubscribe(&sub);
+    if let Some(close) = close {
+        counter!(m::SESSIONS_CLOSED, "code" => close.code.to_string()).increment(1);
+        if close.code == CLOSE_SLOW {
+            info!(session_id, user_id = ?principal.user_id, "closed a slow consumer (4008)");
+        }
+        let frame = CloseFrame {
+            code: close.code,
+            reason: Utf8Bytes::from(close.reason),
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
+    }
+    debug!(session_id, "session closed");
+}
+
+/// The session loop; returns the close to send, or `None` when the peer is gone.
+async fn serve(
+    ws: &mut WebSocket,
+    ctx: &SessionContext,
+    sub: &mut Subscription,
+    principal: &mut Principal,
+) -> Option<Close> {
+    let mut batch: Vec<Arc<Event>> = Vec::with_capacity(BATCH);
+    let mut ping = tokio::time::interval(ctx.limits.ping_interval);
+    ping.reset();
+    let mut last_seen = Instant::now();
+    let delivered = counter!(m::EVENTS_DELIVERED);
+    let latency = histogram!(m::DELIVERY_LATENCY);
+    loop {
+        let expiry = expiry_instant(principal.expires_at);
+        tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => return Some(Close::new(CLOSE_GOING_AWAY, "server shutting down")),
+            _ = sub.overflow.cancelled() => return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full")),
+            _ = sleep_until(expiry) => {
+                let text = native::error("token_expired", "the access token expired; reconnect with a fresh token");
+                let _ = ws.send(Message::Text(text)).await;
+                return Some(Close::new(CLOSE_TOKEN, "token expired"));
+            }
+            n = sub.rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    // The router dropped the queue: it overflowed.
+                    return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full"));
+                }
+                let written = tokio::select! {
+                    biased;
+                    _ = ctx.shutdown.cancelled() => return Some(Close::new(CLOSE_GOING_AWAY, "server shutting down")),
+                    _ = sub.overflow.cancelled() => return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full")),
+                    r = write_batch(ws, &batch) => r,
+                };
+                if written.is_err() {
+                    return None;
+                }
+                let now = now_unix_us();
+                for event in batch.drain(..) {
+                    latency.record((now - event.commit_time_us).max(0) as f64 / 1e6);
+                }
+                delivered.increment(n as u64);
+            }
+            msg = ws.next() => {
+                last_seen = Instant::now();
+                match msg {
+                    None => return None,
+                    Some(Err(e)) => {
+                        return Some(Close::new(CLOSE_POLICY, format!("bad frame: {e}")));
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(close) = on_client_text(ws, ctx, principal, &text).await {
+                            return Some(close);
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        return Some(Close::new(CLOSE_POLICY, "binary frames are not accepted"));
+                    }
+                    Some(Ok(Message::Close(_))) => return Some(Close::new(CLOSE_NORMAL, "")),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                }
+            }
+            _ = ping.tick() => {
+                if last_seen.elapsed() > ctx.limits.idle_timeout {
+                    debug!("dropping a session whose peer stopped answering pings");
+                    return None;
+                }
+                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Writes every frame of the batch, then flushes once.
+async fn write_batch(ws: &mut WebSocket, batch: &[Arc<Event>]) -> Result<(), axum::Error> {
+    for event in batch {
+        ws.feed(Message::Text(event.native_frame())).await?;
+    }
+    ws.flush().await
+}
+
+/// Handles a client text frame; returns a close when the session must end.
+async fn on_client_text(
+    ws: &mut WebSocket,
+    ctx: &SessionContext,
+    principal: &mut Principal,
+    text: &str,
+) -> Option<Close> {
+    let native::ClientFrame::AccessToken { access_token } = match native::parse_client_frame(text) {
+        Ok(frame) => frame,
+        Err(reason) => return Some(Close::new(CLOSE_POLICY, truncate(reason))),
+    };
+    match ctx.verifier.verify(&access_token) {
+        Ok(new) if new.user_id == principal.user_id && new.role == principal.role => {
+            principal.expires_at = new.expires_at;
+            None
+        }
+        Ok(_) => {
+            let text = native::error("identity_changed", "a refreshed token must keep the same sub and role");
+            let _ = ws.send(Message::Text(text)).await;
+            Some(Close::new(CLOSE_IDENTITY, "token identity changed"))
+        }
+        Err(e) => {
+            counter!(m::AUTH_FAILURES, "reason" => e.code()).increment(1);
+            let _ = ws.send(Message::Text(native::error(e.code(), &e.to_string()))).await;
+            Some(Close::new(CLOSE_TOKEN, "invalid token"))
+        }
+    }
+}
+
+/// The instant a token expiring at `exp` (Unix seconds) runs out.
+fn expiry_instant(exp: i64) -> Instant {
+    let left = (exp - now_s()).max(0) as u64;
+    Instant::now() + Duration::from_secs(left)
+}
+
+/// Close reasons are limited to 123 bytes by RFC 6455.
+fn truncate(mut reason: String) -> String {
+    if reason.len() > 120 {
+        let mut end = 120;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}

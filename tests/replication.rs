@@ -1,0 +1,158 @@
+//! Stream promises: the slot's confirmed flush LSN advances, a slow consumer is closed with
+//! 4008 while a fast one keeps up, shutdown closes sessions with 1001 and acknowledges the final
+//! LSN, `/metrics` has latency samples after deliveries, and a misconfigured database is a
+//! clear error at start.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ws::connect;
+use common::{create_user, insert_event, scrape, user_token, TestDb};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(15);
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn confirmed_flush_lsn(pg: &tokio_postgres::Client, slot: &str) -> u64 {
+    let row = pg
+        .query_one(
+            "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    row.get::<_, i64>(0) as u64
+}
+
+async fn current_lsn(pg: &tokio_postgres::Client) -> u64 {
+    let row = pg
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
+        .await
+        .unwrap();
+    row.get::<_, i64>(0) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_confirmed_flush_lsn_advances_past_delivered_events() {
+    let db = TestDb::new().await;
+    let relay = db.relay().await;
+    let pg = db.client().await;
+    let user = create_user(&pg).await;
+    let (mut client, _) = connect(&relay, &user_token(user, HOUR), "").await;
+    let before = confirmed_flush_lsn(&pg, &db.name).await;
+    for i in 0..20 {
+        insert_event(&pg, user, "app_open", json!({"i": i})).await;
+    }
+    client.events(20, T).await;
+    let target = current_lsn(&pg).await;
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let confirmed = confirmed_flush_lsn(&pg, &db.name).await;
+        if confirmed >= target {
+            assert!(confirmed > before);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "confirmed_flush_lsn stuck at {confirmed:x}, WAL at {target:x}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_closed_with_4008_while_a_fast_one_keeps_up() {
+    let db = TestDb::new().await;
+    let relay = db.relay_with(|c| c.limits.session_queue = 16).await;
+    let pg = db.client().await;
+    let user = create_user(&pg).await;
+    let token = user_token(user, HOUR);
+    let (mut slow, _) = connect(&relay, &token, "").await;
+    let (mut fast, _) = connect(&relay, &token, "").await;
+    // ~40 MB of frames: more than the socket buffers hold, so the slow queue must fill.
+    const N: usize = 2000;
+    let reader = tokio::spawn(async move {
+        let events = fast.events(N, T).await;
+        (fast, events.len())
+    });
+    pg.execute(
+        "INSERT INTO public.engagement_events (user_id, event_type, value) \
+         SELECT $1, 'steps_import', jsonb_build_object('i', i, 'pad', repeat('x', 20000)) \
+         FROM generate_series(1, $2::int) i",
+        &[&user, &(N as i32)],
+    )
+    .await
+    .unwrap();
+    let (_fast, received) = reader.await.unwrap();
+    assert_eq!(received, N, "the fast consumer got every event");
+    assert_eq!(slow.close_code(T).await, 4008);
+    let metrics = scrape(&relay).await;
+    assert!(metrics.contains("relay_events_dropped_total{reason=\"slow_consumer\"}"));
+    assert!(metrics.contains("relay_sessions_closed_total{code=\"4008\"}"));
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_sessions_with_1001_and_acknowledges_the_final_lsn() {
+    let db = TestDb::new().await;
+    let relay = db.relay_with(|c| c.database.status_interval = Duration::from_secs(30)).await;
+    let pg = db.client().await;
+    let user = create_user(&pg).await;
+    let (mut client, _) = connect(&relay, &user_token(user, HOUR), "").await;
+    insert_event(&pg, user, "app_open", json!({})).await;
+    client.events(1, T).await;
+    let target = current_lsn(&pg).await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(client.close_code(T).await, 1001);
+    let confirmed = confirmed_flush_lsn(&pg, &db.name).await;
+    assert!(
+        confirmed >= target,
+        "final LSN acknowledged on shutdown: confirmed {confirmed:x} < {target:x}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_latency_samples_after_deliveries() {
+    let db = TestDb::new().await;
+    let relay = db.relay().await;
+    let pg = db.client().await;
+    let user = create_user(&pg).await;
+    let (mut client, _) = connect(&relay, &user_token(user, HOUR), "").await;
+    for _ in 0..3 {
+        insert_event(&pg, user, "app_open", json!({})).await;
+    }
+    client.events(3, T).await;
+    let metrics = scrape(&relay).await;
+    for name in [
+        "relay_delivery_latency_seconds_bucket{le=\"0.5\"}",
+        "relay_delivery_latency_seconds_count",
+        "relay_slo_target_seconds 0.5",
+        "relay_events_received_total",
+        "relay_events_delivered_total",
+        "relay_sessions{role=\"authenticated\"}",
+        "relay_replication_connected 1",
+        "relay_replication_lag_bytes",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in:\n{metrics}");
+    }
+    let count: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("relay_delivery_latency_seconds_count"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(count >= 3.0);
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_publication_is_a_clear_error_at_start() {
+    let db = TestDb::new().await;
+    let pg = db.client().await;
+    pg.batch_execute("DROP PUBLICATION engagement_events_pub").await.unwrap();
+    let err = engagement_relay::start(db.config()).await.err().expect("start fails");
+    let text = err.to_string();
+    assert!(text.contains("publication `engagement_events_pub` does not exist"), "{text}");
+}
