@@ -42,7 +42,11 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "<unset>" } else { "<redacted>" })
+        f.write_str(if self.0.is_empty() {
+            "<unset>"
+        } else {
+            "<redacted>"
+        })
     }
 }
 
@@ -276,7 +280,11 @@ impl Config {
         }
         let config: Config = figment.extract().map_err(|e| {
             // One line per error; figment already names the key and the source.
-            let first = e.into_iter().next().map(|e| e.to_string()).unwrap_or_default();
+            let first = e
+                .into_iter()
+                .next()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             ConfigError(first.replace('\n', " "))
         })?;
         config.validate()?;
@@ -301,7 +309,10 @@ impl Config {
             return fail("database.url", "is required (RELAY_DATABASE_URL)");
         }
         if let Err(e) = self.database.url.expose().parse::<tokio_postgres::Config>() {
-            return fail("database.url", &format!("is not a valid PostgreSQL URL: {e}"));
+            return fail(
+                "database.url",
+                &format!("is not a valid PostgreSQL URL: {e}"),
+            );
         }
         for (key, name) in [
             ("database.slot", &self.database.slot),
@@ -326,7 +337,10 @@ impl Config {
             return fail("limits.ping_interval", "must be above 0");
         }
         if self.limits.idle_timeout <= self.limits.ping_interval {
-            return fail("limits.idle_timeout", "must be longer than limits.ping_interval");
+            return fail(
+                "limits.idle_timeout",
+                "must be longer than limits.ping_interval",
+            );
         }
         if self.database.reconnect_min.is_zero()
             || self.database.reconnect_max < self.database.reconnect_min
@@ -349,6 +363,7 @@ impl Config {
 /// `RELAY_SECTION__KEY` variables plus the documented short aliases.
 fn env_provider() -> Env {
     Env::prefixed("RELAY_").map(|key| {
+        let key = key.as_str().to_ascii_lowercase();
         match key.as_str() {
             "database_url" => "database.url".into(),
             "jwt_secret" => "auth.jwt_secret".into(),
@@ -388,15 +403,27 @@ mod tests {
     fn a_bad_value_is_one_line_naming_the_key() {
         let dir = std::env::temp_dir().join(format!("relay-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = write(&dir, "[server]\nlisten = \"nowhere\"\n[auth]\njwt_secret = \"x\"\n");
-        let err = Config::load(&path, true, &Overrides::default()).unwrap_err().to_string();
+        let path = write(
+            &dir,
+            "[server]\nlisten = \"nowhere\"\n[auth]\njwt_secret = \"x\"\n",
+        );
+        let err = Config::load(&path, true, &Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("server.listen"), "{err}");
         assert!(!err.contains('\n'));
-        let path = write(&dir, "[limits]\nsession_queue = 0\n[auth]\njwt_secret = \"x\"\n");
-        let err = Config::load(&path, true, &Overrides::default()).unwrap_err().to_string();
+        let path = write(
+            &dir,
+            "[limits]\nsession_queue = 0\n[auth]\njwt_secret = \"x\"\n",
+        );
+        let err = Config::load(&path, true, &Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("limits.session_queue"), "{err}");
         let path = write(&dir, "[limits]\nsesion_queue = 3\n");
-        let err = Config::load(&path, true, &Overrides::default()).unwrap_err().to_string();
+        let err = Config::load(&path, true, &Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sesion_queue"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -404,7 +431,11 @@ mod tests {
     #[test]
     fn a_missing_secret_names_the_key() {
         let config = Config::load(Path::new("/nonexistent.toml"), false, &Overrides::default());
-        let err = config.unwrap().require_jwt_secret().unwrap_err().to_string();
+        let err = config
+            .unwrap()
+            .require_jwt_secret()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("auth.jwt_secret"), "{err}");
     }
 }

@@ -37,7 +37,11 @@ pub struct DevOptions {
 ///
 /// Errors: the cluster cannot start (e.g. no PostgreSQL server binaries: the message says what
 /// to install), a migration fails, or the relay cannot start.
-pub async fn run(mut config: Config, opts: DevOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    mut config: Config,
+    opts: DevOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let cluster_opts = ClusterOptions {
         data_dir: Some(opts.data_dir.clone()),
         port: opts.pg_port,
@@ -71,11 +75,16 @@ async fn serve(
     if config.auth.jwt_secret.is_empty() {
         config.auth.jwt_secret = Secret::new(DEV_JWT_SECRET);
     }
-    let mut client = db::connect(&url).await.map_err(|e| anyhow::anyhow!(db::describe(&e)))?;
+    let mut client = db::connect(&url)
+        .await
+        .map_err(|e| anyhow::anyhow!(db::describe(&e)))?;
     db::migrate::migrate(&mut client).await?;
     db::migrate::seed(&mut client).await?;
     let users: Vec<(Uuid, String)> = client
-        .query("SELECT id, coalesce(email, id::text) FROM auth.users ORDER BY email LIMIT 20", &[])
+        .query(
+            "SELECT id, coalesce(email, id::text) FROM auth.users ORDER BY email LIMIT 20",
+            &[],
+        )
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -119,7 +128,9 @@ fn print_banner(
         println!("  user       {email} ({id})");
         println!("  token      {token}");
         println!("  connect    ws://127.0.0.1:{port}/v1/events?access_token={token}");
-        println!("             e.g. npx wscat -c 'ws://127.0.0.1:{port}/v1/events?access_token={token}'");
+        println!(
+            "             e.g. npx wscat -c 'ws://127.0.0.1:{port}/v1/events?access_token={token}'"
+        );
     }
     let service = mint(secret, None, Role::ServiceRole, ttl)?;
     println!("  firehose   ws://127.0.0.1:{port}/v1/events?access_token={service}");
@@ -128,7 +139,12 @@ fn print_banner(
 }
 
 /// Inserts demo events at `rate` per second, spread over `users`, until `stop`.
-async fn demo_traffic(client: tokio_postgres::Client, users: Vec<Uuid>, rate: f64, stop: CancellationToken) {
+async fn demo_traffic(
+    client: tokio_postgres::Client,
+    users: Vec<Uuid>,
+    rate: f64,
+    stop: CancellationToken,
+) {
     let insert = match client
         .prepare(
             "INSERT INTO public.engagement_events (user_id, event_type, value) VALUES ($1, $2, $3)",

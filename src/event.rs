@@ -173,9 +173,18 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_order_as_strings() {
-        let a = Cursor { lsn: 0x16B3_7A28, index: 2 };
-        let b = Cursor { lsn: 0x16B3_7A28, index: 10 };
-        let c = Cursor { lsn: 0x1_0000_0000, index: 0 };
+        let a = Cursor {
+            lsn: 0x16B3_7A28,
+            index: 2,
+        };
+        let b = Cursor {
+            lsn: 0x16B3_7A28,
+            index: 10,
+        };
+        let c = Cursor {
+            lsn: 0x1_0000_0000,
+            index: 0,
+        };
         for x in [a, b, c] {
             assert_eq!(x.to_string().parse::<Cursor>(), Ok(x));
         }
@@ -187,7 +196,10 @@ mod tests {
 
     #[test]
     fn timestamps_have_microseconds_and_z() {
-        assert_eq!(format_unix_us(1_763_640_000_123_456), "2025-11-20T12:00:00.123456Z");
+        assert_eq!(
+            format_unix_us(1_763_640_000_123_456),
+            "2025-11-20T12:00:00.123456Z"
+        );
         assert_eq!(format_unix_us(0), "1970-01-01T00:00:00.000000Z");
     }
 }

@@ -120,14 +120,14 @@ fn token<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> Opti
         .filter(|t| !t.is_empty())
 }
 
-/// Authenticates a request: the principal, or the refusal response.
+/// Authenticates a request from its header or query token.
 fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
-) -> Result<Principal, Response> {
-    let token = token(headers, query).ok_or_else(|| refuse(&AuthError::Missing))?;
-    state.verifier.verify(token).map_err(|e| refuse(&e))
+) -> Result<Principal, AuthError> {
+    let token = token(headers, query).ok_or(AuthError::Missing)?;
+    state.verifier.verify(token)
 }
 
 /// Parses `event_type=a,b`: `None` when absent, else the non-empty names.
@@ -168,12 +168,16 @@ async fn native_upgrade(
 ) -> Response {
     let principal = match authenticate(&state, &headers, &query) {
         Ok(p) => p,
-        Err(response) => return response,
+        Err(e) => return refuse(&e),
     };
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(e) => {
-            return error_response(StatusCode::UPGRADE_REQUIRED, "websocket_required", &e.body_text())
+            return error_response(
+                StatusCode::UPGRADE_REQUIRED,
+                "websocket_required",
+                &e.body_text(),
+            )
         }
     };
     let Some(slot) = reserve(&state) else {

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use engagement_relay::auth::{mint, Role};
 use engagement_relay::config::{Config, LogFormat, Overrides};
 use engagement_relay::dev::{self, DevOptions};
-use engagement_relay::{db, start};
+use engagement_relay::{db, pgcluster, start};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -46,9 +46,11 @@ enum Command {
         /// Demo events inserted per second (0 disables).
         #[arg(long, default_value_t = 3.0)]
         demo_rate: f64,
-        /// Data directory of the private cluster.
-        #[arg(long, default_value = "target/dev-pgdata")]
-        data_dir: PathBuf,
+        /// Data directory of the private cluster [env: RELAY_DEV_PGDATA; default:
+        /// target/dev-pgdata, or a stable directory under /tmp when the `postgres` OS user
+        /// cannot reach it].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
         /// Port of the private cluster (default: a free one).
         #[arg(long)]
         pg_port: Option<u16>,
@@ -125,6 +127,16 @@ async fn run(command: Command, config: Config) -> ExitCode {
                 wait_for_signal().await;
                 stop.cancel();
             });
+            let data_dir = match data_dir {
+                Some(dir) => dir,
+                None => match std::env::current_dir()
+                    .map_err(|e| e.to_string())
+                    .and_then(|cwd| pgcluster::dev_data_dir(&cwd).map_err(|e| e.to_string()))
+                {
+                    Ok(dir) => dir,
+                    Err(e) => return fail(1, &e),
+                },
+            };
             let opts = DevOptions {
                 data_dir,
                 pg_port,
@@ -146,7 +158,12 @@ async fn run(command: Command, config: Config) -> ExitCode {
             let role = match role.as_str() {
                 "authenticated" => Role::Authenticated,
                 "service_role" => Role::ServiceRole,
-                other => return fail(2, &format!("--role: `{other}` is not authenticated or service_role")),
+                other => {
+                    return fail(
+                        2,
+                        &format!("--role: `{other}` is not authenticated or service_role"),
+                    )
+                }
             };
             if role == Role::Authenticated && sub.is_none() {
                 return fail(2, &"--sub: required for role authenticated");
@@ -183,7 +200,9 @@ fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -92,18 +92,30 @@ fn describe() {
     describe_gauge!(SLO_TARGET, Unit::Seconds, "Delivery latency target.");
     describe_counter!(EVENTS_RECEIVED, "Rows decoded from the replication slot.");
     describe_counter!(EVENTS_DELIVERED, "Event frames written to client sockets.");
-    describe_counter!(EVENTS_DROPPED, "Events not delivered to a session, by reason.");
+    describe_counter!(
+        EVENTS_DROPPED,
+        "Events not delivered to a session, by reason."
+    );
     describe_gauge!(SESSIONS, "Open WebSocket sessions, by role.");
-    describe_counter!(SESSIONS_CLOSED, "Sessions closed by the server, by close code.");
+    describe_counter!(
+        SESSIONS_CLOSED,
+        "Sessions closed by the server, by close code."
+    );
     describe_counter!(AUTH_FAILURES, "Refused tokens, by reason.");
-    describe_gauge!(REPLICATION_CONNECTED, "1 while the replication stream is connected.");
+    describe_gauge!(
+        REPLICATION_CONNECTED,
+        "1 while the replication stream is connected."
+    );
     describe_gauge!(
         REPLICATION_LAG_BYTES,
         Unit::Bytes,
         "Server WAL end minus the LSN processed by the relay."
     );
     describe_counter!(REPLICATION_RECONNECTS, "Replication reconnect attempts.");
-    describe_gauge!(CONFIRMED_FLUSH_LSN, "LSN last confirmed to PostgreSQL as flushed.");
+    describe_gauge!(
+        CONFIRMED_FLUSH_LSN,
+        "LSN last confirmed to PostgreSQL as flushed."
+    );
     metrics::gauge!(SLO_TARGET).set(SLO_TARGET_SECONDS);
     metrics::gauge!(REPLICATION_CONNECTED).set(0.0);
 }

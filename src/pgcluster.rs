@@ -16,9 +16,10 @@
 //!   `postmaster.opts`) when still free, else binds `127.0.0.1:0` for a free one;
 //!   an auto-chosen port that is taken by the time the server binds is replaced
 //!   (up to 5 attempts).
-//! * **Files**: log `<data_dir>/relay-server.log` (appended); unix socket dir
-//!   `<temp dir>/sock`, or `/tmp/relay-pgsock-<euid>-<hash of data dir>` for a
-//!   persistent dir (short, so the 107-byte socket path limit is never hit).
+//! * **Files**: a temp cluster is the single dir `$TMPDIR/relay-pg-<pid>-<nanos>-<n>`
+//!   (data dir = socket dir; `rm -rf <data_dir>` removes everything). Persistent
+//!   dirs use the socket dir `/tmp/relay-pgsock-<euid>-<hash of data dir>` (short:
+//!   socket paths are limited to 107 bytes). Log: `<data_dir>/relay-server.log`.
 
 use std::ffi::{OsStr, OsString};
 use std::net::TcpListener;
@@ -64,7 +65,7 @@ pub enum ClusterError {
     },
     /// As root: the `postgres` user cannot traverse a parent of the data or socket
     /// dir (e.g. a repo under `/root`, mode 700).
-    #[error("running as root, but the `postgres` OS user cannot access {path}; make it traversable (chmod o+x) or use a data dir elsewhere, e.g. RELAY_DEV_PGDATA=/tmp/relay-dev-pgdata")]
+    #[error("running as root, but the `postgres` OS user cannot access {path}; make it traversable (chmod o+x) or use a data dir it can reach, e.g. RELAY_DEV_PGDATA=/tmp/relay-dev-pgdata or `engagement-relay dev --data-dir /tmp/relay-dev-pgdata`")]
     NotAccessible {
         /// The first directory (from `/` down) that `postgres` cannot enter.
         path: PathBuf,
@@ -139,7 +140,7 @@ pub struct Cluster {
     settings: Vec<String>,
     port: u16,
     as_root: bool,
-    temp_root: Option<PathBuf>,
+    temp: bool,
 }
 
 impl Cluster {
@@ -154,17 +155,17 @@ impl Cluster {
         if as_root && !quiet_ok(Command::new("id").args(["-u", "postgres"])) {
             return Err(ClusterError::NoPostgresUser);
         }
-        let (data_dir, socket_dir, temp_root) = match &opts.data_dir {
+        let (data_dir, socket_dir) = match &opts.data_dir {
             Some(dir) => {
                 let dir = absolute(dir).map_err(io_err("resolving data_dir"))?;
                 let hash = fnv1a(dir.as_os_str().as_bytes());
                 let uid = euid().unwrap_or(u32::MAX);
                 let sock = format!("/tmp/relay-pgsock-{uid}-{hash:016x}");
-                (dir, PathBuf::from(sock), None)
+                (dir, PathBuf::from(sock))
             }
             None => {
-                let root = make_temp_root(as_root)?;
-                (root.join("data"), root.join("sock"), Some(root))
+                let dir = make_temp_root(as_root)?;
+                (dir.clone(), dir)
             }
         };
         let n = opts.max_connections;
@@ -196,7 +197,7 @@ impl Cluster {
             settings,
             port: 0,
             as_root,
-            temp_root,
+            temp: opts.data_dir.is_none(),
         };
         cluster.prepare_dirs()?;
         cluster.init_if_needed(opts.fast)?;
@@ -310,13 +311,10 @@ impl Cluster {
         }
         if self.as_root {
             let mut chown = Command::new("chown");
-            match &self.temp_root {
-                Some(root) => chown.args(["-R", "postgres:"]).arg(root),
-                None => chown
-                    .args(["-R", "postgres:"])
-                    .arg(&self.data_dir)
-                    .arg(socket_dir),
-            };
+            chown
+                .args(["-R", "postgres:"])
+                .arg(&self.data_dir)
+                .arg(socket_dir);
             self.run(&mut chown, "chown -R postgres:", false)?;
             for dir in [&self.data_dir, socket_dir] {
                 if !postgres_can("-w", dir) {
@@ -439,8 +437,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let temp = self.temp_root.is_some();
-        let mode = if temp {
+        let mode = if self.temp {
             StopMode::Immediate
         } else {
             StopMode::Fast
@@ -449,12 +446,11 @@ impl Drop for Cluster {
             tracing::warn!(error = %e, "stopping postgres on drop failed");
             let _ = self.stop(StopMode::Immediate);
         }
-        // Persistent clusters: the socket dir under /tmp is empty once stopped.
-        let _ = fs::remove_dir(&self.socket_dir);
-        if let Some(root) = &self.temp_root {
-            if let Err(e) = fs::remove_dir_all(root) {
-                tracing::warn!(error = %e, dir = %root.display(), "removing temp cluster dir failed");
-            }
+        if !self.temp {
+            // The socket dir under /tmp is empty once the server is stopped.
+            let _ = fs::remove_dir(&self.socket_dir);
+        } else if let Err(e) = fs::remove_dir_all(&self.data_dir) {
+            tracing::warn!(error = %e, dir = %self.data_dir.display(), "removing temp cluster failed");
         }
     }
 }

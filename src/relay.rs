@@ -63,8 +63,12 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     }
     let server = bind("server.listen", config.server.listen).await?;
     let metrics = bind("metrics.listen", config.metrics.listen).await?;
-    let server_addr = server.local_addr().map_err(|e| RelayError::Internal(e.to_string()))?;
-    let metrics_addr = metrics.local_addr().map_err(|e| RelayError::Internal(e.to_string()))?;
+    let server_addr = server
+        .local_addr()
+        .map_err(|e| RelayError::Internal(e.to_string()))?;
+    let metrics_addr = metrics
+        .local_addr()
+        .map_err(|e| RelayError::Internal(e.to_string()))?;
 
     let shutdown = CancellationToken::new();
     let router = Arc::new(Router::new(config.limits.session_queue));
@@ -85,6 +89,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         router: router.clone(),
         status: status.clone(),
         shutdown: shutdown.clone(),
+        resume_lsn: Default::default(),
     }));
     let stop = shutdown.clone();
     let server_task = tokio::spawn(
@@ -125,7 +130,10 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
             Ok(Ok(Err(e))) => Err(RelayError::Replication(e.to_string())),
             Ok(Err(join)) => Err(RelayError::Internal(join.to_string())),
             Err(_) => {
-                warn!(?grace, "graceful shutdown exceeded shutdown.grace; forcing it");
+                warn!(
+                    ?grace,
+                    "graceful shutdown exceeded shutdown.grace; forcing it"
+                );
                 Ok(())
             }
         };

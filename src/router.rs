@@ -71,7 +71,11 @@ impl Router {
 
     /// Registers a session for `principal`: a user's session receives the events whose owner is
     /// its `sub`, a service-role session every event. `event_types` narrows to those types.
-    pub fn subscribe(&self, principal: &Principal, event_types: Option<Vec<String>>) -> Subscription {
+    pub fn subscribe(
+        &self,
+        principal: &Principal,
+        event_types: Option<Vec<String>>,
+    ) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let overflow = CancellationToken::new();

@@ -38,29 +38,60 @@ async fn bad_tokens_are_refused_before_the_upgrade_with_a_reason() {
     let db = TestDb::new().await;
     let relay = db.relay().await;
     let sub = Uuid::new_v4();
-    let user = |exp: i64| json!({"sub": sub, "role": "authenticated", "aud": "authenticated", "exp": exp});
+    let user =
+        |exp: i64| json!({"sub": sub, "role": "authenticated", "aud": "authenticated", "exp": exp});
     let later = now_s() + 600;
     let cases: Vec<(&str, String, u16, &str)> = vec![
         ("missing", String::new(), 401, "missing_token"),
         ("malformed", "abc.def".into(), 401, "malformed_token"),
-        ("alg none", unsigned(user(later)), 401, "unsupported_algorithm"),
-        ("wrong secret", sign(user(later), "not-the-secret"), 401, "invalid_signature"),
-        ("expired", sign(user(now_s() - 5), SECRET), 401, "token_expired"),
-        ("anon", sign(json!({"role": "anon", "exp": later}), SECRET), 403, "role_not_allowed"),
+        (
+            "alg none",
+            unsigned(user(later)),
+            401,
+            "unsupported_algorithm",
+        ),
+        (
+            "wrong secret",
+            sign(user(later), "not-the-secret"),
+            401,
+            "invalid_signature",
+        ),
+        (
+            "expired",
+            sign(user(now_s() - 5), SECRET),
+            401,
+            "token_expired",
+        ),
+        (
+            "anon",
+            sign(json!({"role": "anon", "exp": later}), SECRET),
+            403,
+            "role_not_allowed",
+        ),
         (
             "no sub",
-            sign(json!({"role": "authenticated", "aud": "authenticated", "exp": later}), SECRET),
+            sign(
+                json!({"role": "authenticated", "aud": "authenticated", "exp": later}),
+                SECRET,
+            ),
             401,
             "invalid_claims",
         ),
     ];
     for (name, token, status, code) in cases {
-        let query = if token.is_empty() { String::new() } else { format!("access_token={token}") };
+        let query = if token.is_empty() {
+            String::new()
+        } else {
+            format!("access_token={token}")
+        };
         match upgrade(&relay, &query, None).await {
             Upgrade::Refused(got, body) => {
                 assert_eq!(got, status, "{name}: {body}");
                 assert_eq!(body["error"], code, "{name}: {body}");
-                assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}");
+                assert!(
+                    body["message"].as_str().is_some_and(|m| !m.is_empty()),
+                    "{name}"
+                );
             }
             Upgrade::Open(_) => panic!("{name}: the upgrade was accepted"),
         }
@@ -88,7 +119,10 @@ async fn an_expiring_token_closes_the_session_with_4001() {
     let relay = db.relay().await;
     let token = user_token(Uuid::new_v4(), Duration::from_secs(2));
     let (mut client, _) = connect(&relay, &token, "").await;
-    let error = client.next_json(T).await.expect("an error frame before the close");
+    let error = client
+        .next_json(T)
+        .await
+        .expect("an error frame before the close");
     assert_eq!(error["type"], "error");
     assert_eq!(error["code"], "token_expired");
     assert_eq!(client.close_code(T).await, 4001);
@@ -108,7 +142,11 @@ async fn a_refreshed_token_keeps_the_session_open() {
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     insert_event(&pg, user, "app_open", json!({})).await;
-    assert_eq!(client.events(1, T).await.len(), 1, "still open after the old token expired");
+    assert_eq!(
+        client.events(1, T).await.len(),
+        1,
+        "still open after the old token expired"
+    );
     relay.shutdown().await.unwrap();
 }
 
@@ -116,8 +154,19 @@ async fn a_refreshed_token_keeps_the_session_open() {
 async fn a_refresh_that_changes_identity_closes_with_4003() {
     let db = TestDb::new().await;
     let relay = db.relay().await;
-    let (mut client, _) = connect(&relay, &user_token(Uuid::new_v4(), Duration::from_secs(60)), "").await;
-    let other = mint(SECRET, Some(Uuid::new_v4()), Role::Authenticated, Duration::from_secs(60)).unwrap();
+    let (mut client, _) = connect(
+        &relay,
+        &user_token(Uuid::new_v4(), Duration::from_secs(60)),
+        "",
+    )
+    .await;
+    let other = mint(
+        SECRET,
+        Some(Uuid::new_v4()),
+        Role::Authenticated,
+        Duration::from_secs(60),
+    )
+    .unwrap();
     client
         .send_text(&json!({"type": "access_token", "access_token": other}).to_string())
         .await;
@@ -129,7 +178,12 @@ async fn a_refresh_that_changes_identity_closes_with_4003() {
 async fn an_invalid_refresh_closes_with_4001() {
     let db = TestDb::new().await;
     let relay = db.relay().await;
-    let (mut client, _) = connect(&relay, &user_token(Uuid::new_v4(), Duration::from_secs(60)), "").await;
+    let (mut client, _) = connect(
+        &relay,
+        &user_token(Uuid::new_v4(), Duration::from_secs(60)),
+        "",
+    )
+    .await;
     client
         .send_text(&json!({"type": "access_token", "access_token": "garbage"}).to_string())
         .await;

@@ -32,16 +32,26 @@ async fn the_relay_reconnects_after_postgresql_restarts() {
 
     for mode in [StopMode::Fast, StopMode::Immediate] {
         let c = cluster().await;
-        tokio::task::spawn_blocking(move || c.stop(mode)).await.unwrap().unwrap();
+        tokio::task::spawn_blocking(move || c.stop(mode))
+            .await
+            .unwrap()
+            .unwrap();
         wait_until("the relay notices the outage", T, || !relay.is_streaming()).await;
         assert_eq!(readyz(&relay).await, 503);
-        tokio::task::spawn_blocking(move || c.restart_server()).await.unwrap().unwrap();
+        tokio::task::spawn_blocking(move || c.restart_server())
+            .await
+            .unwrap()
+            .unwrap();
         wait_until("the relay reconnects", T, || relay.is_streaming()).await;
         assert_eq!(readyz(&relay).await, 200);
         let pg = db.client().await;
         let id = insert_event(&pg, user, "app_open", json!({"after": format!("{mode:?}")})).await;
         let got = client.events(1, T).await.remove(0);
-        assert_eq!(got["record"]["id"], id.to_string(), "after a {mode:?} restart");
+        assert_eq!(
+            got["record"]["id"],
+            id.to_string(),
+            "after a {mode:?} restart"
+        );
     }
     let metrics = common::scrape(&relay).await;
     assert!(metrics.contains("relay_replication_reconnects_total"));

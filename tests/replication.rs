@@ -25,12 +25,9 @@ async fn confirmed_flush_lsn(pg: &tokio_postgres::Client, slot: &str) -> u64 {
     row.get::<_, i64>(0) as u64
 }
 
-async fn current_lsn(pg: &tokio_postgres::Client) -> u64 {
-    let row = pg
-        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
-        .await
-        .unwrap();
-    row.get::<_, i64>(0) as u64
+/// The commit LSN an event frame's cursor carries (its first 16 hex digits).
+fn commit_lsn(event: &serde_json::Value) -> u64 {
+    u64::from_str_radix(&event["cursor"].as_str().unwrap()[..16], 16).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,8 +41,7 @@ async fn the_confirmed_flush_lsn_advances_past_delivered_events() {
     for i in 0..20 {
         insert_event(&pg, user, "app_open", json!({"i": i})).await;
     }
-    client.events(20, T).await;
-    let target = current_lsn(&pg).await;
+    let target = commit_lsn(client.events(20, T).await.last().unwrap()) + 1;
     let deadline = tokio::time::Instant::now() + T;
     loop {
         let confirmed = confirmed_flush_lsn(&pg, &db.name).await;
@@ -65,26 +61,23 @@ async fn the_confirmed_flush_lsn_advances_past_delivered_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_closed_with_4008_while_a_fast_one_keeps_up() {
     let db = TestDb::new().await;
-    let relay = db.relay_with(|c| c.limits.session_queue = 16).await;
+    let relay = db.relay_with(|c| c.limits.session_queue = 64).await;
     let pg = db.client().await;
     let user = create_user(&pg).await;
     let token = user_token(user, HOUR);
     let (mut slow, _) = connect(&relay, &token, "").await;
     let (mut fast, _) = connect(&relay, &token, "").await;
-    // ~40 MB of frames: more than the socket buffers hold, so the slow queue must fill.
-    const N: usize = 2000;
+    // ~20 MB of frames, one row per transaction: more than the socket buffers hold, so the
+    // slow queue must fill, while a reading consumer keeps up.
+    const N: usize = 1000;
     let reader = tokio::spawn(async move {
         let events = fast.events(N, T).await;
         (fast, events.len())
     });
-    pg.execute(
-        "INSERT INTO public.engagement_events (user_id, event_type, value) \
-         SELECT $1, 'steps_import', jsonb_build_object('i', i, 'pad', repeat('x', 20000)) \
-         FROM generate_series(1, $2::int) i",
-        &[&user, &(N as i32)],
-    )
-    .await
-    .unwrap();
+    let pad = "x".repeat(20_000);
+    for i in 0..N {
+        insert_event(&pg, user, "steps_import", json!({"i": i, "pad": pad})).await;
+    }
     let (_fast, received) = reader.await.unwrap();
     assert_eq!(received, N, "the fast consumer got every event");
     assert_eq!(slow.close_code(T).await, 4008);
@@ -97,13 +90,16 @@ async fn a_slow_consumer_is_closed_with_4008_while_a_fast_one_keeps_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_sessions_with_1001_and_acknowledges_the_final_lsn() {
     let db = TestDb::new().await;
-    let relay = db.relay_with(|c| c.database.status_interval = Duration::from_secs(30)).await;
+    // Reports are rate-limited to one per status interval: shutting down right after a
+    // delivery must wait for the last one instead of dropping it.
+    let relay = db
+        .relay_with(|c| c.database.status_interval = Duration::from_secs(3))
+        .await;
     let pg = db.client().await;
     let user = create_user(&pg).await;
     let (mut client, _) = connect(&relay, &user_token(user, HOUR), "").await;
     insert_event(&pg, user, "app_open", json!({})).await;
-    client.events(1, T).await;
-    let target = current_lsn(&pg).await;
+    let target = commit_lsn(&client.events(1, T).await[0]) + 1;
     relay.shutdown().await.unwrap();
     assert_eq!(client.close_code(T).await, 1001);
     let confirmed = confirmed_flush_lsn(&pg, &db.name).await;
@@ -151,8 +147,16 @@ async fn metrics_expose_latency_samples_after_deliveries() {
 async fn a_missing_publication_is_a_clear_error_at_start() {
     let db = TestDb::new().await;
     let pg = db.client().await;
-    pg.batch_execute("DROP PUBLICATION engagement_events_pub").await.unwrap();
-    let err = engagement_relay::start(db.config()).await.err().expect("start fails");
+    pg.batch_execute("DROP PUBLICATION engagement_events_pub")
+        .await
+        .unwrap();
+    let err = engagement_relay::start(db.config())
+        .await
+        .err()
+        .expect("start fails");
     let text = err.to_string();
-    assert!(text.contains("publication `engagement_events_pub` does not exist"), "{text}");
+    assert!(
+        text.contains("publication `engagement_events_pub` does not exist"),
+        "{text}"
+    );
 }

@@ -6,6 +6,7 @@
 mod common;
 
 use common::{create_user, insert_event, TestDb};
+use engagement_relay::db::describe;
 use serde_json::json;
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -14,10 +15,15 @@ use uuid::Uuid;
 async fn act_as(pg: &Client, role: &str, sub: Option<Uuid>) {
     let claims = json!({"sub": sub, "role": role}).to_string();
     pg.batch_execute("BEGIN").await.unwrap();
-    pg.execute("SELECT set_config('request.jwt.claims', $1, true)", &[&claims])
+    pg.execute(
+        "SELECT set_config('request.jwt.claims', $1, true)",
+        &[&claims],
+    )
+    .await
+    .unwrap();
+    pg.batch_execute(&format!("SET LOCAL ROLE {role}"))
         .await
         .unwrap();
-    pg.batch_execute(&format!("SET LOCAL ROLE {role}")).await.unwrap();
 }
 
 async fn visible_owners(pg: &Client) -> Vec<Uuid> {
@@ -48,8 +54,8 @@ async fn a_user_sees_and_inserts_only_their_own_events() {
     act_as(&pg, "authenticated", Some(a)).await;
     assert_eq!(visible_owners(&pg).await, [a]);
     try_insert(&pg, a).await.expect("own insert");
-    let err = try_insert(&pg, b).await.unwrap_err();
-    assert!(err.to_string().contains("row-level security"), "{err}");
+    let err = describe(&try_insert(&pg, b).await.unwrap_err());
+    assert!(err.contains("row-level security"), "{err}");
     pg.batch_execute("ROLLBACK").await.unwrap();
 }
 
@@ -64,7 +70,7 @@ async fn anon_reads_nothing_and_inserts_nothing() {
         .query("SELECT 1 FROM public.engagement_events", &[])
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("permission denied"), "{err}");
+    assert!(describe(&err).contains("permission denied"), "{err:?}");
     pg.batch_execute("ROLLBACK").await.unwrap();
     act_as(&pg, "anon", None).await;
     assert!(try_insert(&pg, a).await.is_err());
@@ -121,7 +127,14 @@ async fn constraints_reject_bad_event_types_and_future_timestamps() {
     let db = TestDb::new().await;
     let pg = db.client().await;
     let a = create_user(&pg).await;
-    for bad in ["AppOpen", "", "app-open", "_app", "app__open", &"a".repeat(65)] {
+    for bad in [
+        "AppOpen",
+        "",
+        "app-open",
+        "_app",
+        "app__open",
+        &"a".repeat(65),
+    ] {
         let err = pg
             .execute(
                 "INSERT INTO public.engagement_events (user_id, event_type) VALUES ($1, $2)",
@@ -129,7 +142,12 @@ async fn constraints_reject_bad_event_types_and_future_timestamps() {
             )
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("engagement_events_event_type_format"), "{bad}: {err}");
+        let constraint = err.as_db_error().and_then(|e| e.constraint());
+        assert_eq!(
+            constraint,
+            Some("engagement_events_event_type_format"),
+            "{bad}: {err:?}"
+        );
     }
     pg.execute(
         "INSERT INTO public.engagement_events (user_id, event_type) VALUES ($1, $2)",
@@ -145,7 +163,11 @@ async fn constraints_reject_bad_event_types_and_future_timestamps() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION), "{err}");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION),
+        "{err}"
+    );
     pg.execute(
         "INSERT INTO public.engagement_events (user_id, event_type, \"timestamp\") \
          VALUES ($1, 'app_open', now() + interval '30 seconds')",
@@ -161,9 +183,14 @@ async fn deleting_a_user_cascades_to_their_events() {
     let pg = db.client().await;
     let a = create_user(&pg).await;
     insert_event(&pg, a, "app_open", json!({})).await;
-    pg.execute("DELETE FROM auth.users WHERE id = $1", &[&a]).await.unwrap();
+    pg.execute("DELETE FROM auth.users WHERE id = $1", &[&a])
+        .await
+        .unwrap();
     let left: i64 = pg
-        .query_one("SELECT count(*) FROM public.engagement_events WHERE user_id = $1", &[&a])
+        .query_one(
+            "SELECT count(*) FROM public.engagement_events WHERE user_id = $1",
+            &[&a],
+        )
         .await
         .unwrap()
         .get(0);
@@ -183,7 +210,11 @@ async fn the_seed_policies_and_indexes_exist_by_name() {
         .collect();
     assert_eq!(
         policies,
-        ["Service role can insert any events", "Users can insert own events", "Users can view own events"]
+        [
+            "Service role can insert any events",
+            "Users can insert own events",
+            "Users can view own events"
+        ]
     );
     for index in [
         "idx_engagement_events_user_timestamp",

@@ -30,11 +30,22 @@ async fn each_user_receives_exactly_their_own_events() {
     let mut expected_a = Vec::new();
     let mut expected_b = Vec::new();
     for i in 0..5 {
-        expected_a.push(insert_event(&pg, a, "app_open", json!({"i": i})).await.to_string());
-        expected_b.push(insert_event(&pg, b, "goal_complete", json!({"i": i})).await.to_string());
+        expected_a.push(
+            insert_event(&pg, a, "app_open", json!({"i": i}))
+                .await
+                .to_string(),
+        );
+        expected_b.push(
+            insert_event(&pg, b, "goal_complete", json!({"i": i}))
+                .await
+                .to_string(),
+        );
     }
     let ids = |events: Vec<serde_json::Value>| -> Vec<String> {
-        events.iter().map(|e| e["record"]["id"].as_str().unwrap().to_string()).collect()
+        events
+            .iter()
+            .map(|e| e["record"]["id"].as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(ids(a1.events(5, T).await), expected_a);
     assert_eq!(ids(a2.events(5, T).await), expected_a);
@@ -74,14 +85,35 @@ async fn an_event_frame_carries_the_row_typed_with_cursor_and_commit_timestamp()
     assert_eq!(event["record"]["timestamp"], timestamp);
     assert_eq!(event["record"]["timestamp"], "2026-11-20T12:00:00.120000Z");
     assert_eq!(event["record"]["event_type"], "app_open");
-    assert_eq!(event["record"]["value"], value, "jsonb arrives as JSON, not a string");
+    assert_eq!(
+        event["record"]["value"], value,
+        "jsonb arrives as JSON, not a string"
+    );
     assert_eq!(event["record"]["is_deleted"], false);
-    let keys: Vec<&str> = event["record"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
-    assert_eq!(keys, ["id", "user_id", "timestamp", "event_type", "value", "is_deleted"]);
+    let keys: Vec<&str> = event["record"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "id",
+            "user_id",
+            "timestamp",
+            "event_type",
+            "value",
+            "is_deleted"
+        ]
+    );
     let commit = event["commit_timestamp"].as_str().unwrap();
     assert!(commit.ends_with('Z') && commit.len() == 27, "{commit}");
     let cursor = event["cursor"].as_str().unwrap();
-    assert!(cursor > ready["cursor"].as_str().unwrap(), "cursors increase");
+    assert!(
+        cursor > ready["cursor"].as_str().unwrap(),
+        "cursors increase"
+    );
     relay.shutdown().await.unwrap();
 }
 

@@ -23,7 +23,9 @@ pub fn split(script: &str) -> Vec<Statement> {
                 i = script[i..].find('\n').map_or(bytes.len(), |n| i + n);
             }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i = script[i + 2..].find("*/").map_or(bytes.len(), |n| i + 2 + n + 2);
+                i = script[i + 2..]
+                    .find("*/")
+                    .map_or(bytes.len(), |n| i + 2 + n + 2);
             }
             b'$' => i = skip_dollar_quoted(script, i),
             b';' => {
@@ -83,7 +85,9 @@ fn skip_dollar_quoted(script: &str, i: usize) -> usize {
         return i + 1;
     };
     let tag = &rest[..close];
-    if !tag.chars().all(|c| c.is_alphanumeric() || c == '_') || tag.starts_with(|c: char| c.is_ascii_digit()) {
+    if !tag.chars().all(|c| c.is_alphanumeric() || c == '_')
+        || tag.starts_with(|c: char| c.is_ascii_digit())
+    {
         return i + 1;
     }
     let delimiter = &script[i..i + close + 2];
@@ -114,7 +118,16 @@ mod tests {
 
     #[test]
     fn unterminated_input_never_panics() {
-        for s in ["'abc", "$tag$ body", "/* open", "\"x", "$", "$a", "--", ";;;"] {
+        for s in [
+            "'abc",
+            "$tag$ body",
+            "/* open",
+            "\"x",
+            "$",
+            "$a",
+            "--",
+            ";;;",
+        ] {
             let _ = split(s);
         }
     }

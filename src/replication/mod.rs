@@ -9,7 +9,7 @@ pub mod pgoutput;
 pub mod slot;
 pub mod stream;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,6 +77,21 @@ pub struct ReplicationContext {
     pub status: Arc<StreamStatus>,
     /// Cancelled on shutdown: the task acknowledges its final LSN and returns.
     pub shutdown: CancellationToken,
+    /// End LSN of the last transaction dispatched (0 before the first), kept across reconnects:
+    /// a new connection starts there, and any transaction committed before it is skipped, so
+    /// a server restart (which rewinds to the slot's last persisted position) sends nothing twice.
+    pub resume_lsn: Arc<AtomicU64>,
+}
+
+impl ReplicationContext {
+    /// The resume LSN (see [`ReplicationContext::resume_lsn`]).
+    pub fn resume_from(&self) -> u64 {
+        self.resume_lsn.load(Ordering::Acquire)
+    }
+
+    fn set_resume(&self, lsn: u64) {
+        self.resume_lsn.fetch_max(lsn, Ordering::AcqRel);
+    }
 }
 
 /// Checks the database once (wal_level, publication, slot). Used at start so a misconfigured

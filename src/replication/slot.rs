@@ -17,9 +17,9 @@ pub async fn connect(url: &str) -> Result<Client, ReplicationError> {
     crate::db::connect(url).await.map_err(|e| {
         let why = format!("cannot connect to PostgreSQL: {}", describe(&e));
         // Wrong credentials or a missing database do not fix themselves.
-        let definite = e.code().is_some_and(|c| {
-            c.code().starts_with("28") || *c == SqlState::INVALID_CATALOG_NAME
-        });
+        let definite = e
+            .code()
+            .is_some_and(|c| c.code().starts_with("28") || *c == SqlState::INVALID_CATALOG_NAME);
         if definite {
             ReplicationError::Definite(why)
         } else {

@@ -23,9 +23,6 @@ use crate::metrics as m;
 const SESSION_OPTIONS: &str =
     "-c datestyle=ISO -c timezone=UTC -c extra_float_digits=3 -c intervalstyle=iso_8601";
 
-/// Longest wait for the final acknowledgement to reach PostgreSQL on shutdown.
-const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Builds the replication connection settings from `database.url`.
 ///
 /// Errors: definite when the URL has no usable host.
@@ -74,14 +71,20 @@ pub fn replication_config(ctx: &ReplicationContext) -> Result<ReplicationConfig,
 
 /// Streams until shutdown (`Ok`) or until the connection fails (`Err`).
 pub async fn stream(ctx: &ReplicationContext) -> Result<(), ReplicationError> {
-    let mut client = ReplicationClient::connect(replication_config(ctx)?)
-        .await
-        .map_err(classify)?;
+    let resume = ctx.resume_from();
+    let mut config = replication_config(ctx)?;
+    if resume > 0 {
+        config = config.with_start_lsn(Lsn::from_u64(resume));
+    }
+    let mut client = ReplicationClient::connect(config).await.map_err(classify)?;
     client.wait_started().await.map_err(classify)?;
     ctx.status.set_connected();
     info!(slot = ctx.config.slot, "replication stream started");
 
-    let mut state = StreamState::default();
+    let mut state = StreamState {
+        acked: resume,
+        ..StreamState::default()
+    };
     let received = counter!(m::EVENTS_RECEIVED);
     let replication_latency = histogram!(m::REPLICATION_LATENCY);
     let lag = gauge!(m::REPLICATION_LAG_BYTES);
@@ -90,14 +93,20 @@ pub async fn stream(ctx: &ReplicationContext) -> Result<(), ReplicationError> {
         let event = tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => {
-                final_ack(&mut client, state.acked).await;
+                // The crate rate-limits reports to one per status interval.
+                let wait = ctx.config.status_interval + Duration::from_secs(1);
+                final_ack(&mut client, state.acked, wait).await;
                 return Ok(());
             }
             event = client.recv() => event,
         };
         let event = match event {
             Ok(Some(event)) => event,
-            Ok(None) => return Err(ReplicationError::Transient("replication stream ended".into())),
+            Ok(None) => {
+                return Err(ReplicationError::Transient(
+                    "replication stream ended".into(),
+                ))
+            }
             Err(e) => return Err(classify(e)),
         };
         match event {
@@ -110,6 +119,9 @@ pub async fn stream(ctx: &ReplicationContext) -> Result<(), ReplicationError> {
                     lsn: final_lsn.as_u64(),
                     commit_time_us: pg_epoch_to_unix_us(commit_time_micros),
                     next_index: 0,
+                    // Already dispatched before a reconnect: the server rewound to its last
+                    // persisted confirmed position.
+                    replayed: final_lsn.as_u64() < resume,
                 });
             }
             ReplicationEvent::XLogData { data, wal_end, .. } => {
@@ -118,12 +130,14 @@ pub async fn stream(ctx: &ReplicationContext) -> Result<(), ReplicationError> {
                     continue;
                 };
                 received.increment(1);
-                replication_latency.record((now_unix_us() - event.commit_time_us).max(0) as f64 / 1e6);
+                replication_latency
+                    .record((now_unix_us() - event.commit_time_us).max(0) as f64 / 1e6);
                 ctx.router.dispatch(Arc::new(event));
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 state.tx = None;
                 state.acked = state.acked.max(end_lsn.as_u64());
+                ctx.set_resume(state.acked);
                 state.wal_end = state.wal_end.max(end_lsn.as_u64());
                 client.update_applied_lsn(Lsn::from_u64(state.acked));
             }
@@ -131,6 +145,7 @@ pub async fn stream(ctx: &ReplicationContext) -> Result<(), ReplicationError> {
                 state.wal_end = state.wal_end.max(wal_end.as_u64());
                 if state.tx.is_none() && wal_end.as_u64() > state.acked {
                     state.acked = wal_end.as_u64();
+                    ctx.set_resume(state.acked);
                     client.update_applied_lsn(wal_end);
                 }
             }
@@ -141,12 +156,12 @@ pub async fn stream(ctx: &ReplicationContext) -> Result<(), ReplicationError> {
     }
 }
 
-/// Waits (bounded) until the crate has reported `acked` to the server, then stops cleanly.
-/// Without the wait the crate drops the last acknowledgement.
-async fn final_ack(client: &mut ReplicationClient, acked: u64) {
+/// Waits (at most `wait`) until the crate has reported `acked` to the server, then stops
+/// cleanly. Without the wait the crate drops the last acknowledgement.
+async fn final_ack(client: &mut ReplicationClient, acked: u64, wait: Duration) {
     if acked > 0 {
         client.update_applied_lsn(Lsn::from_u64(acked));
-        let deadline = tokio::time::Instant::now() + FINAL_ACK_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + wait;
         while client.metrics().last_applied_lsn().as_u64() < acked {
             if tokio::time::Instant::now() > deadline {
                 warn!(lsn = %Lsn::from_u64(acked), "final acknowledgement not confirmed before shutdown");
@@ -175,6 +190,7 @@ struct Transaction {
     lsn: u64,
     commit_time_us: i64,
     next_index: u32,
+    replayed: bool,
 }
 
 impl StreamState {
@@ -198,7 +214,16 @@ impl StreamState {
             index: tx.next_index,
         };
         tx.next_index += 1;
-        Ok(Some(Event::new(cursor, tx.commit_time_us, operation, relation, record)))
+        if tx.replayed {
+            return Ok(None);
+        }
+        Ok(Some(Event::new(
+            cursor,
+            tx.commit_time_us,
+            operation,
+            relation,
+            record,
+        )))
     }
 }
 

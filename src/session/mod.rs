@@ -200,13 +200,18 @@ async fn on_client_text(
             None
         }
         Ok(_) => {
-            let text = native::error("identity_changed", "a refreshed token must keep the same sub and role");
+            let text = native::error(
+                "identity_changed",
+                "a refreshed token must keep the same sub and role",
+            );
             let _ = ws.send(Message::Text(text)).await;
             Some(Close::new(CLOSE_IDENTITY, "token identity changed"))
         }
         Err(e) => {
             counter!(m::AUTH_FAILURES, "reason" => e.code()).increment(1);
-            let _ = ws.send(Message::Text(native::error(e.code(), &e.to_string()))).await;
+            let _ = ws
+                .send(Message::Text(native::error(e.code(), &e.to_string())))
+                .await;
             Some(Close::new(CLOSE_TOKEN, "invalid token"))
         }
     }

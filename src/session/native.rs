@@ -83,8 +83,16 @@ mod tests {
                 access_token: "t".into()
             })
         );
-        for bad in ["", "{}", r#"{"type":"subscribe"}"#, r#"{"type":"access_token"}"#, "[1]"] {
-            assert!(parse_client_frame(bad).unwrap_err().starts_with("malformed client frame"));
+        for bad in [
+            "",
+            "{}",
+            r#"{"type":"subscribe"}"#,
+            r#"{"type":"access_token"}"#,
+            "[1]",
+        ] {
+            assert!(parse_client_frame(bad)
+                .unwrap_err()
+                .starts_with("malformed client frame"));
         }
     }
 }

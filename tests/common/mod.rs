@@ -44,7 +44,9 @@ pub async fn cluster() -> &'static Cluster {
                 .await
                 .expect("create template");
             let mut template = connect(&cluster.url(TEMPLATE)).await;
-            db::migrate::migrate(&mut template).await.expect("migrations apply");
+            db::migrate::migrate(&mut template)
+                .await
+                .expect("migrations apply");
             drop(template);
             cluster
         })
@@ -56,14 +58,19 @@ pub async fn cluster() -> &'static Cluster {
 fn stop_with_this_process(cluster: &Cluster) {
     let pg_ctl = cluster.bin_dir().join("pg_ctl");
     let data = cluster.data_dir().display().to_string();
-    let as_postgres = if is_root() { "runuser -u postgres -- " } else { "" };
+    let as_postgres = if is_root() {
+        "runuser -u postgres -- "
+    } else {
+        ""
+    };
     let script = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
          {as_postgres}{pg_ctl} -D '{data}' stop -m immediate >/dev/null 2>&1; rm -rf '{data}'",
         pid = std::process::id(),
         pg_ctl = pg_ctl.display(),
     );
-    std::process::Command::new("sh")
+    // Deliberately not waited for: it outlives this process by design.
+    let _watchdog = std::process::Command::new("sh")
         .arg("-c")
         .arg(script)
         .stdin(std::process::Stdio::null())
@@ -71,6 +78,8 @@ fn stop_with_this_process(cluster: &Cluster) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn cluster watchdog");
+    #[allow(clippy::zombie_processes)]
+    std::mem::forget(_watchdog);
 }
 
 fn is_root() -> bool {
@@ -103,7 +112,11 @@ impl TestDb {
     /// Clones the migrated template into a new database.
     pub async fn new() -> TestDb {
         let cluster = cluster().await;
-        let name = format!("t{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::Relaxed)
+        );
         let admin = connect(&cluster.url("postgres")).await;
         admin
             .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
@@ -145,9 +158,11 @@ impl TestDb {
         let mut config = self.config();
         adjust(&mut config);
         let relay = engagement_relay::start(config).await.expect("relay starts");
-        wait_until("the replication stream connects", Duration::from_secs(20), || {
-            relay.is_streaming()
-        })
+        wait_until(
+            "the replication stream connects",
+            Duration::from_secs(20),
+            || relay.is_streaming(),
+        )
         .await;
         relay
     }
@@ -178,7 +193,12 @@ pub async fn create_user(client: &Client) -> Uuid {
 }
 
 /// Inserts an event as the superuser; returns its id.
-pub async fn insert_event(client: &Client, user: Uuid, event_type: &str, value: serde_json::Value) -> Uuid {
+pub async fn insert_event(
+    client: &Client,
+    user: Uuid,
+    event_type: &str,
+    value: serde_json::Value,
+) -> Uuid {
     client
         .query_one(
             "INSERT INTO public.engagement_events (user_id, event_type, value) VALUES ($1, $2, $3) RETURNING id",
@@ -202,5 +222,10 @@ pub fn service_token() -> String {
 /// `GET` on the relay's metrics listener; returns the exposition text.
 pub async fn scrape(relay: &Relay) -> String {
     let url = format!("http://{}/metrics", relay.metrics_addr());
-    reqwest::get(&url).await.expect("scrape").text().await.expect("body")
+    reqwest::get(&url)
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body")
 }

@@ -19,7 +19,7 @@ pub struct Client {
 /// How an upgrade ended: connected, or refused with an HTTP status and JSON body.
 pub enum Upgrade {
     /// The session is open.
-    Open(Client),
+    Open(Box<Client>),
     /// Refused before the handshake.
     Refused(u16, Value),
 }
@@ -34,7 +34,7 @@ pub async fn upgrade(relay: &Relay, query: &str, bearer: Option<&str>) -> Upgrad
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
     }
     match tokio_tungstenite::connect_async(request).await {
-        Ok((ws, _)) => Upgrade::Open(Client { ws }),
+        Ok((ws, _)) => Upgrade::Open(Box::new(Client { ws })),
         Err(WsError::Http(response)) => {
             let status = response.status().as_u16();
             let body = response
@@ -52,9 +52,12 @@ pub async fn upgrade(relay: &Relay, query: &str, bearer: Option<&str>) -> Upgrad
 pub async fn connect(relay: &Relay, token: &str, extra: &str) -> (Client, Value) {
     match upgrade(relay, &format!("access_token={token}{extra}"), None).await {
         Upgrade::Open(mut client) => {
-            let ready = client.next_json(Duration::from_secs(10)).await.expect("ready frame");
+            let ready = client
+                .next_json(Duration::from_secs(10))
+                .await
+                .expect("ready frame");
             assert_eq!(ready["type"], "ready", "{ready}");
-            (client, ready)
+            (*client, ready)
         }
         Upgrade::Refused(status, body) => panic!("refused with {status}: {body}"),
     }
@@ -83,7 +86,9 @@ impl Client {
                 Ok(Some(Ok(msg))) => msg,
             };
             match msg {
-                Message::Text(t) => return Next::Json(serde_json::from_str(&t).expect("JSON frame")),
+                Message::Text(t) => {
+                    return Next::Json(serde_json::from_str(&t).expect("JSON frame"))
+                }
                 Message::Close(frame) => {
                     let (code, reason) = frame
                         .map(|f| (u16::from(f.code), f.reason.to_string()))
