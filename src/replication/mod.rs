@@ -8,6 +8,7 @@
 pub mod pgoutput;
 pub mod slot;
 pub mod stream;
+pub mod values;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
