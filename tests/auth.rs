@@ -151,43 +151,17 @@ async fn a_refreshed_token_keeps_the_session_open() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refresh_that_changes_identity_closes_with_4003() {
+async fn a_bad_refresh_closes_with_4003_for_another_identity_and_4001_when_invalid() {
     let db = TestDb::new().await;
     let relay = db.relay().await;
-    let (mut client, _) = connect(
-        &relay,
-        &user_token(Uuid::new_v4(), Duration::from_secs(60)),
-        "",
-    )
-    .await;
-    let other = mint(
-        SECRET,
-        Some(Uuid::new_v4()),
-        Role::Authenticated,
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    client
-        .send_text(&json!({"type": "access_token", "access_token": other}).to_string())
-        .await;
-    assert_eq!(client.close_code(T).await, 4003);
-    relay.shutdown().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invalid_refresh_closes_with_4001() {
-    let db = TestDb::new().await;
-    let relay = db.relay().await;
-    let (mut client, _) = connect(
-        &relay,
-        &user_token(Uuid::new_v4(), Duration::from_secs(60)),
-        "",
-    )
-    .await;
-    client
-        .send_text(&json!({"type": "access_token", "access_token": "garbage"}).to_string())
-        .await;
-    assert_eq!(client.close_code(T).await, 4001);
+    let minute = Duration::from_secs(60);
+    let other = mint(SECRET, Some(Uuid::new_v4()), Role::Authenticated, minute).unwrap();
+    for (refresh, code) in [(other.as_str(), 4003), ("garbage", 4001)] {
+        let (mut client, _) = connect(&relay, &user_token(Uuid::new_v4(), minute), "").await;
+        let frame = json!({"type": "access_token", "access_token": refresh});
+        client.send_text(&frame.to_string()).await;
+        assert_eq!(client.close_code(T).await, code, "refresh with {refresh}");
+    }
     relay.shutdown().await.unwrap();
 }
 

@@ -142,24 +142,21 @@ fn statement_error(
     }
 }
 
-/// Runs the seed script (demo users and events) in one transaction.
+/// Runs the seed script (demo users and events). The script manages its own transaction
+/// (`BEGIN … COMMIT`), so it is run statement by statement as it stands; on failure the open
+/// transaction is rolled back and the error names the statement.
 pub async fn seed(client: &mut Client) -> Result<(), MigrateError> {
-    let tx = client
-        .transaction()
-        .await
-        .map_err(|e| MigrateError::Database(e.to_string()))?;
+    let seed = Migration {
+        version: String::new(),
+        name: "seed".into(),
+        file: "seed_engagement_events.sql".into(),
+        sql: SEED_SQL,
+    };
     for (i, statement) in split(SEED_SQL).iter().enumerate() {
-        if let Err(e) = tx.batch_execute(&statement.text).await {
-            let seed = Migration {
-                version: String::new(),
-                name: "seed".into(),
-                file: "seed_engagement_events.sql".into(),
-                sql: SEED_SQL,
-            };
+        if let Err(e) = client.batch_execute(&statement.text).await {
+            let _ = client.batch_execute("ROLLBACK").await;
             return Err(statement_error(&seed, i, statement, &e));
         }
     }
-    tx.commit()
-        .await
-        .map_err(|e| MigrateError::Database(e.to_string()))
+    Ok(())
 }
