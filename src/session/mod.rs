@@ -112,13 +112,14 @@ async fn serve(
     let mut last_seen = Instant::now();
     let delivered = counter!(m::EVENTS_DELIVERED);
     let latency = histogram!(m::DELIVERY_LATENCY);
+    let expiry = sleep_until(expiry_instant(principal.expires_at));
+    tokio::pin!(expiry);
     loop {
-        let expiry = expiry_instant(principal.expires_at);
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => return Some(Close::new(CLOSE_GOING_AWAY, "server shutting down")),
             _ = sub.overflow.cancelled() => return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full")),
-            _ = sleep_until(expiry) => {
+            _ = &mut expiry => {
                 let text = native::error("token_expired", "the access token expired; reconnect with a fresh token");
                 let _ = ws.send(Message::Text(text)).await;
                 return Some(Close::new(CLOSE_TOKEN, "token expired"));
@@ -154,6 +155,8 @@ async fn serve(
                         if let Some(close) = on_client_text(ws, ctx, principal, &text).await {
                             return Some(close);
                         }
+                        // A refresh may have moved the expiry.
+                        expiry.as_mut().reset(expiry_instant(principal.expires_at));
                     }
                     Some(Ok(Message::Binary(_))) => {
                         return Some(Close::new(CLOSE_POLICY, "binary frames are not accepted"));
