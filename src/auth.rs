@@ -162,6 +162,11 @@ impl Verifier {
         }
     }
 
+    /// Clock skew tolerated on `exp`, in seconds (`auth.leeway`).
+    pub fn leeway_s(&self) -> i64 {
+        self.validation.leeway as i64
+    }
+
     /// Validates `token` and returns who it speaks for.
     ///
     /// Errors: every [`AuthError`] but [`AuthError::Missing`].
@@ -269,7 +274,7 @@ pub fn mint(
     let claims = Claims {
         sub: sub.map(|s| s.to_string()),
         role: Some(role.as_str().to_string()),
-        exp: Some(now + ttl.as_secs() as i64),
+        exp: Some(now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))),
         iat: Some(now),
         aud: (role == Role::Authenticated).then(|| Audience::One("authenticated".into())),
         iss: Some("engagement-relay".into()),

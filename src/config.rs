@@ -15,6 +15,11 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
+/// Largest `limits.session_queue` accepted.
+const MAX_SESSION_QUEUE: usize = 1 << 20;
+/// Longest duration any key accepts.
+const MAX_DURATION: Duration = Duration::from_secs(86_400);
+
 /// A configuration error: one line naming the key.
 #[derive(Debug, thiserror::Error)]
 #[error("config error: {0}")]
@@ -327,8 +332,26 @@ impl Config {
                 return fail(key, "must be 1–63 characters of a-z, 0-9 and _");
             }
         }
-        if self.limits.session_queue == 0 {
-            return fail("limits.session_queue", "must be at least 1");
+        if !(1..=MAX_SESSION_QUEUE).contains(&self.limits.session_queue) {
+            return fail("limits.session_queue", "must be between 1 and 1048576");
+        }
+        for (key, value) in [
+            ("limits.ping_interval", self.limits.ping_interval),
+            ("limits.idle_timeout", self.limits.idle_timeout),
+            ("database.status_interval", self.database.status_interval),
+            ("database.reconnect_max", self.database.reconnect_max),
+            ("shutdown.grace", self.shutdown.grace),
+            ("auth.leeway", self.auth.leeway),
+        ] {
+            if value > MAX_DURATION {
+                return fail(key, "must be at most 1 day");
+            }
+        }
+        if self.shutdown.grace < self.database.status_interval + Duration::from_secs(2) {
+            return fail(
+                "shutdown.grace",
+                "must exceed database.status_interval by at least 2s (the final acknowledgement waits up to one status interval)",
+            );
         }
         if self.limits.max_client_frame_bytes < 256 {
             return fail("limits.max_client_frame_bytes", "must be at least 256");

@@ -130,15 +130,16 @@ fn authenticate(
     state.verifier.verify(token)
 }
 
-/// Parses `event_type=a,b`: `None` when absent, else the non-empty names.
+/// Parses `event_type=a,b`: `None` (every type) when absent or empty, else the names.
 fn event_types(query: &HashMap<String, String>) -> Option<Vec<String>> {
-    query.get("event_type").map(|v| {
-        v.split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect()
-    })
+    let types: Vec<String> = query
+        .get("event_type")?
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    (!types.is_empty()).then_some(types)
 }
 
 /// Reserves a session slot; `None` when the relay is full.

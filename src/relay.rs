@@ -21,6 +21,9 @@ use crate::router::Router;
 /// Why the relay could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
+    /// The configuration is invalid (one line naming the key).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// A listener could not bind.
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
@@ -53,6 +56,8 @@ pub struct Relay {
 /// unreachable database is retried in the background), binds both listeners (port 0 picks a free
 /// port), and spawns the replication task and the servers.
 pub async fn start(config: Config) -> Result<Relay, RelayError> {
+    config.validate()?;
+    config.require_jwt_secret()?;
     let handle = crate::metrics::install();
     match replication::preflight(&config.database).await {
         Ok(()) => {}
@@ -70,7 +75,12 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         .local_addr()
         .map_err(|e| RelayError::Internal(e.to_string()))?;
 
+    // `shutdown` is the request; the supervisor below then stops the stream first
+    // (`stream_stop`), and only then the sessions and servers (`sessions_stop`), so events
+    // already queued are delivered before the 1001 close.
     let shutdown = CancellationToken::new();
+    let stream_stop = CancellationToken::new();
+    let sessions_stop = CancellationToken::new();
     let router = Arc::new(Router::new(config.limits.session_queue));
     let status = Arc::new(StreamStatus::default());
     let sessions = TaskTracker::new();
@@ -80,7 +90,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         limits: config.limits.clone(),
         max_sessions: config.server.max_sessions,
         status: status.clone(),
-        shutdown: shutdown.clone(),
+        shutdown: sessions_stop.clone(),
         sessions: sessions.clone(),
         open: Arc::new(AtomicUsize::new(0)),
     };
@@ -88,16 +98,15 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         config: config.database.clone(),
         router: router.clone(),
         status: status.clone(),
-        shutdown: shutdown.clone(),
-        resume_lsn: Default::default(),
+        shutdown: stream_stop.clone(),
     }));
-    let stop = shutdown.clone();
+    let stop = sessions_stop.clone();
     let server_task = tokio::spawn(
         axum::serve(server, http::server_routes(state))
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .into_future(),
     );
-    let stop = shutdown.clone();
+    let stop = sessions_stop.clone();
     let metrics_task = tokio::spawn(
         axum::serve(metrics, http::metrics_routes(handle))
             .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -116,26 +125,27 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         };
         stop.cancel();
         let drain = async {
+            // 1. No new events; the final LSN is acknowledged.
+            stream_stop.cancel();
+            let replicated = match outcome {
+                Some(r) => r,
+                None => replication.await,
+            };
+            // 2. Sessions deliver what is queued, then close with 1001.
+            sessions_stop.cancel();
             sessions.close();
             sessions.wait().await;
             let _ = server_task.await;
             let _ = metrics_task.await;
-            match outcome {
-                Some(r) => r,
-                None => replication.await,
-            }
+            replicated
         };
         let result = match tokio::time::timeout(grace, drain).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(RelayError::Replication(e.to_string())),
             Ok(Err(join)) => Err(RelayError::Internal(join.to_string())),
-            Err(_) => {
-                warn!(
-                    ?grace,
-                    "graceful shutdown exceeded shutdown.grace; forcing it"
-                );
-                Ok(())
-            }
+            Err(_) => Err(RelayError::Internal(format!(
+                "graceful shutdown exceeded shutdown.grace ({grace:?}); forced"
+            ))),
         };
         info!("relay stopped");
         result

@@ -6,7 +6,7 @@
 //! the other sessions never slow down. Routing a user's event is one map lookup.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use dashmap::DashMap;
 use metrics::{counter, gauge, Counter};
@@ -47,7 +47,8 @@ pub struct Subscription {
 #[derive(Debug)]
 pub struct Router {
     users: DashMap<Uuid, Vec<SessionHandle>>,
-    service: DashMap<u64, SessionHandle>,
+    /// Service-role sessions: read-locked per event, write-locked only to add or remove one.
+    service: RwLock<Vec<SessionHandle>>,
     next_id: AtomicU64,
     latest: Mutex<Cursor>,
     queue_capacity: usize,
@@ -60,7 +61,7 @@ impl Router {
     pub fn new(queue_capacity: usize) -> Router {
         Router {
             users: DashMap::new(),
-            service: DashMap::new(),
+            service: RwLock::new(Vec::new()),
             next_id: AtomicU64::new(1),
             latest: Mutex::new(Cursor::default()),
             queue_capacity: queue_capacity.max(1),
@@ -91,9 +92,7 @@ impl Router {
         };
         match user_id {
             Some(user) => self.users.entry(user).or_default().push(handle),
-            None => {
-                self.service.insert(id, handle);
-            }
+            None => write(&self.service).push(handle),
         }
         gauge!(m::SESSIONS, "role" => principal.role.as_str()).increment(1.0);
         Subscription {
@@ -114,9 +113,7 @@ impl Router {
                 }
                 self.users.remove_if(&user, |_, list| list.is_empty());
             }
-            None => {
-                self.service.remove(&subscription.id);
-            }
+            None => write(&self.service).retain(|h| h.id != subscription.id),
         }
         gauge!(m::SESSIONS, "role" => subscription.role.as_str()).decrement(1.0);
     }
@@ -135,9 +132,14 @@ impl Router {
                 self.users.remove_if(&owner, |_, list| list.is_empty());
             }
         }
-        if !self.service.is_empty() {
-            self.service
-                .retain(|_, h| self.offer(h, &event, &mut queued));
+        let mut gone = Vec::new();
+        for handle in read(&self.service).iter() {
+            if !self.offer(handle, &event, &mut queued) {
+                gone.push(handle.id);
+            }
+        }
+        if !gone.is_empty() {
+            write(&self.service).retain(|h| !gone.contains(&h.id));
         }
         if let Ok(mut latest) = self.latest.lock() {
             *latest = (*latest).max(event.cursor);
@@ -181,6 +183,16 @@ impl Router {
     /// Sessions registered: (user sessions, service-role sessions).
     pub fn session_counts(&self) -> (usize, usize) {
         let users = self.users.iter().map(|e| e.value().len()).sum();
-        (users, self.service.len())
+        (users, read(&self.service).len())
     }
+}
+
+/// Read lock that survives poisoning (a panicked holder cannot leave the list inconsistent:
+/// every critical section is a single push, retain or iteration).
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
 }

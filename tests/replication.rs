@@ -25,6 +25,23 @@ async fn confirmed_flush_lsn(pg: &tokio_postgres::Client, slot: &str) -> u64 {
     row.get::<_, i64>(0) as u64
 }
 
+/// Waits until the slot's confirmed flush LSN reaches `target` (the walsender applies status
+/// reports asynchronously).
+async fn wait_confirmed(pg: &tokio_postgres::Client, slot: &str, target: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let confirmed = confirmed_flush_lsn(pg, slot).await;
+        if confirmed >= target {
+            return confirmed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "confirmed_flush_lsn stuck at {confirmed:x}, expected {target:x}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The commit LSN an event frame's cursor carries (its first 16 hex digits).
 fn commit_lsn(event: &serde_json::Value) -> u64 {
     u64::from_str_radix(&event["cursor"].as_str().unwrap()[..16], 16).unwrap()
@@ -42,19 +59,7 @@ async fn the_confirmed_flush_lsn_advances_past_delivered_events() {
         insert_event(&pg, user, "app_open", json!({"i": i})).await;
     }
     let target = commit_lsn(client.events(20, T).await.last().unwrap()) + 1;
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let confirmed = confirmed_flush_lsn(&pg, &db.name).await;
-        if confirmed >= target {
-            assert!(confirmed > before);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "confirmed_flush_lsn stuck at {confirmed:x}, WAL at {target:x}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(wait_confirmed(&pg, &db.name, target).await > before);
     relay.shutdown().await.unwrap();
 }
 
@@ -67,6 +72,16 @@ async fn a_slow_consumer_is_closed_with_4008_while_a_fast_one_keeps_up() {
     let token = user_token(user, HOUR);
     let (mut slow, _) = connect(&relay, &token, "").await;
     let (mut fast, _) = connect(&relay, &token, "").await;
+    // Start reading the slow socket as soon as the router has dropped it, so its 4008 close
+    // frame is read while the relay still waits to send it.
+    let router = relay.router().clone();
+    let slow_close = tokio::spawn(async move {
+        common::wait_until("the slow consumer is dropped", T * 4, || {
+            router.session_counts().0 < 2
+        })
+        .await;
+        slow.close_code(T).await
+    });
     // ~20 MB of frames, one row per transaction: more than the socket buffers hold, so the
     // slow queue must fill, while a reading consumer keeps up.
     const N: usize = 1000;
@@ -80,7 +95,7 @@ async fn a_slow_consumer_is_closed_with_4008_while_a_fast_one_keeps_up() {
     }
     let (_fast, received) = reader.await.unwrap();
     assert_eq!(received, N, "the fast consumer got every event");
-    assert_eq!(slow.close_code(T).await, 4008);
+    assert_eq!(slow_close.await.unwrap(), 4008);
     let metrics = scrape(&relay).await;
     assert!(metrics.contains("relay_events_dropped_total{reason=\"slow_consumer\"}"));
     assert!(metrics.contains("relay_sessions_closed_total{code=\"4008\"}"));
@@ -93,7 +108,10 @@ async fn shutdown_closes_sessions_with_1001_and_acknowledges_the_final_lsn() {
     // Reports are rate-limited to one per status interval: shutting down right after a
     // delivery must wait for the last one instead of dropping it.
     let relay = db
-        .relay_with(|c| c.database.status_interval = Duration::from_secs(3))
+        .relay_with(|c| {
+            c.database.status_interval = Duration::from_secs(3);
+            c.shutdown.grace = Duration::from_secs(10);
+        })
         .await;
     let pg = db.client().await;
     let user = create_user(&pg).await;
@@ -102,11 +120,58 @@ async fn shutdown_closes_sessions_with_1001_and_acknowledges_the_final_lsn() {
     let target = commit_lsn(&client.events(1, T).await[0]) + 1;
     relay.shutdown().await.unwrap();
     assert_eq!(client.close_code(T).await, 1001);
-    let confirmed = confirmed_flush_lsn(&pg, &db.name).await;
-    assert!(
-        confirmed >= target,
-        "final LSN acknowledged on shutdown: confirmed {confirmed:x} < {target:x}"
-    );
+    // Nothing else runs on this slot after shutdown: only the relay's final report can get
+    // the confirmed position there.
+    wait_confirmed(&pg, &db.name, target).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_replication_connection_loses_and_repeats_nothing() {
+    let db = TestDb::new().await;
+    let relay = db.relay().await;
+    let pg = db.client().await;
+    let user = create_user(&pg).await;
+    let (mut client, _) = connect(&relay, &user_token(user, HOUR), "").await;
+    let insert_batch = |n: i32| {
+        let pg = &pg;
+        async move {
+            pg.query(
+                "INSERT INTO public.engagement_events (user_id, event_type) \
+                 SELECT $1, 'app_open' FROM generate_series(1, $2::int) RETURNING id",
+                &[&user, &n],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, uuid::Uuid>(0).to_string())
+            .collect::<Vec<_>>()
+        }
+    };
+    let mut expected = insert_batch(50).await;
+    let mut got: Vec<String> = Vec::new();
+    for round in 0..3 {
+        got.extend(ids(client.events(expected.len() - got.len(), T).await));
+        // Cut the walsender: the relay reconnects and the server re-sends from the slot's
+        // persisted position.
+        pg.execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.name],
+        )
+        .await
+        .unwrap();
+        expected.extend(insert_batch(20 + round).await);
+    }
+    got.extend(ids(client.events(expected.len() - got.len(), T).await));
+    assert_eq!(got, expected, "every row once, in commit order");
+    client.assert_silent(Duration::from_millis(500)).await;
+    relay.shutdown().await.unwrap();
+}
+
+fn ids(events: Vec<serde_json::Value>) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["record"]["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

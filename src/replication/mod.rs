@@ -10,7 +10,7 @@ pub mod slot;
 pub mod stream;
 pub mod values;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,21 +78,6 @@ pub struct ReplicationContext {
     pub status: Arc<StreamStatus>,
     /// Cancelled on shutdown: the task acknowledges its final LSN and returns.
     pub shutdown: CancellationToken,
-    /// End LSN of the last transaction dispatched (0 before the first), kept across reconnects:
-    /// a new connection starts there, and any transaction committed before it is skipped, so
-    /// a server restart (which rewinds to the slot's last persisted position) sends nothing twice.
-    pub resume_lsn: Arc<AtomicU64>,
-}
-
-impl ReplicationContext {
-    /// The resume LSN (see [`ReplicationContext::resume_lsn`]).
-    pub fn resume_from(&self) -> u64 {
-        self.resume_lsn.load(Ordering::Acquire)
-    }
-
-    fn set_resume(&self, lsn: u64) {
-        self.resume_lsn.fetch_max(lsn, Ordering::AcqRel);
-    }
 }
 
 /// Checks the database once (wal_level, publication, slot). Used at start so a misconfigured
@@ -107,10 +92,11 @@ pub async fn preflight(config: &DatabaseConfig) -> Result<(), ReplicationError> 
 /// Runs until shutdown (`Ok`) or a definite error.
 pub async fn run(ctx: ReplicationContext) -> Result<(), ReplicationError> {
     let mut delay = ctx.config.reconnect_min;
+    let mut resume = stream::Resume::default();
     loop {
         let started = Instant::now();
         let result = match preflight(&ctx.config).await {
-            Ok(()) => stream::stream(&ctx).await,
+            Ok(()) => stream::stream(&ctx, &mut resume).await,
             Err(e) => Err(e),
         };
         let e = match result {

@@ -69,33 +69,41 @@ pub fn replication_config(ctx: &ReplicationContext) -> Result<ReplicationConfig,
     .with_application_name("engagement-relay"))
 }
 
-/// Streams until shutdown (`Ok`) or until the connection fails (`Err`).
-pub async fn stream(ctx: &ReplicationContext) -> Result<(), ReplicationError> {
-    let resume = ctx.resume_from();
+/// How far the relay got, kept by the reconnect loop across connections so that a new
+/// connection (which the server starts at the slot's last *persisted* confirmed position)
+/// sends nothing to clients twice.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// End LSN of the last transaction fully dispatched, or the keepalive WAL end reached
+    /// while idle: the position reported to PostgreSQL and requested on reconnect.
+    pub acked: u64,
+    /// A transaction interrupted by a lost connection: (its commit LSN, rows dispatched).
+    pub open: Option<(u64, u32)>,
+}
+
+/// Streams until shutdown (`Ok`) or until the connection fails (`Err`), advancing `resume`.
+pub async fn stream(ctx: &ReplicationContext, resume: &mut Resume) -> Result<(), ReplicationError> {
     let mut config = replication_config(ctx)?;
-    if resume > 0 {
-        config = config.with_start_lsn(Lsn::from_u64(resume));
+    if resume.acked > 0 {
+        config = config.with_start_lsn(Lsn::from_u64(resume.acked));
     }
     let mut client = ReplicationClient::connect(config).await.map_err(classify)?;
     client.wait_started().await.map_err(classify)?;
     ctx.status.set_connected();
     info!(slot = ctx.config.slot, "replication stream started");
 
-    let mut state = StreamState {
-        acked: resume,
-        ..StreamState::default()
-    };
+    let mut decoder = Decoder::new();
+    let mut tx: Option<Transaction> = None;
+    let mut wal_end = resume.acked;
     let received = counter!(m::EVENTS_RECEIVED);
     let replication_latency = histogram!(m::REPLICATION_LATENCY);
-    let lag = gauge!(m::REPLICATION_LAG_BYTES);
-    let confirmed = gauge!(m::CONFIRMED_FLUSH_LSN);
     loop {
         let event = tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => {
                 // The crate rate-limits reports to one per status interval.
                 let wait = ctx.config.status_interval + Duration::from_secs(1);
-                final_ack(&mut client, state.acked, wait).await;
+                final_ack(&mut client, resume.acked, wait).await;
                 return Ok(());
             }
             event = client.recv() => event,
@@ -115,45 +123,56 @@ pub async fn stream(ctx: &ReplicationContext) -> Result<(), ReplicationError> {
                 commit_time_micros,
                 ..
             } => {
-                state.tx = Some(Transaction {
-                    lsn: final_lsn.as_u64(),
+                let lsn = final_lsn.as_u64();
+                // Rows the relay dispatched before a reconnect are skipped: the server
+                // rewinds to its last persisted confirmed position.
+                let skip_below = match resume.open {
+                    _ if lsn < resume.acked => u32::MAX,
+                    Some((open, dispatched)) if open == lsn => dispatched,
+                    _ => 0,
+                };
+                tx = Some(Transaction {
+                    lsn,
                     commit_time_us: pg_epoch_to_unix_us(commit_time_micros),
                     next_index: 0,
-                    // Already dispatched before a reconnect: the server rewound to its last
-                    // persisted confirmed position.
-                    replayed: final_lsn.as_u64() < resume,
+                    skip_below,
                 });
             }
-            ReplicationEvent::XLogData { data, wal_end, .. } => {
-                state.wal_end = state.wal_end.max(wal_end.as_u64());
-                let Some(event) = state.decode(&data)? else {
+            ReplicationEvent::XLogData { data, .. } => {
+                let Some(event) = decode(&mut decoder, tx.as_mut(), &data)? else {
                     continue;
                 };
+                resume.open = Some((event.cursor.lsn, event.cursor.index + 1));
                 received.increment(1);
                 replication_latency
                     .record((now_unix_us() - event.commit_time_us).max(0) as f64 / 1e6);
                 ctx.router.dispatch(Arc::new(event));
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
-                state.tx = None;
-                state.acked = state.acked.max(end_lsn.as_u64());
-                ctx.set_resume(state.acked);
-                state.wal_end = state.wal_end.max(end_lsn.as_u64());
-                client.update_applied_lsn(Lsn::from_u64(state.acked));
+                tx = None;
+                resume.open = None;
+                resume.acked = resume.acked.max(end_lsn.as_u64());
+                wal_end = wal_end.max(resume.acked);
+                client.update_applied_lsn(Lsn::from_u64(resume.acked));
+                report(&client, wal_end, resume.acked);
             }
-            ReplicationEvent::KeepAlive { wal_end, .. } => {
-                state.wal_end = state.wal_end.max(wal_end.as_u64());
-                if state.tx.is_none() && wal_end.as_u64() > state.acked {
-                    state.acked = wal_end.as_u64();
-                    ctx.set_resume(state.acked);
-                    client.update_applied_lsn(wal_end);
+            ReplicationEvent::KeepAlive { wal_end: end, .. } => {
+                wal_end = wal_end.max(end.as_u64());
+                if tx.is_none() && end.as_u64() > resume.acked {
+                    resume.acked = end.as_u64();
+                    client.update_applied_lsn(end);
                 }
+                report(&client, wal_end, resume.acked);
             }
             ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
         }
-        lag.set(state.wal_end.saturating_sub(state.acked) as f64);
-        confirmed.set(client.metrics().last_applied_lsn().as_u64() as f64);
     }
+}
+
+/// Updates the lag and confirmed-LSN gauges (on commits and keepalives, not per row).
+fn report(client: &ReplicationClient, wal_end: u64, processed: u64) {
+    gauge!(m::REPLICATION_LAG_BYTES).set(wal_end.saturating_sub(processed) as f64);
+    gauge!(m::CONFIRMED_FLUSH_LSN).set(client.metrics().last_applied_lsn().as_u64() as f64);
 }
 
 /// Waits (at most `wait`) until the crate has reported `acked` to the server, then stops
@@ -176,55 +195,48 @@ async fn final_ack(client: &mut ReplicationClient, acked: u64, wait: Duration) {
     info!(lsn = %Lsn::from_u64(acked), "replication stopped; final LSN acknowledged");
 }
 
-#[derive(Default)]
-struct StreamState {
-    decoder: Decoder,
-    tx: Option<Transaction>,
-    /// Highest LSN handed to the crate as applied.
-    acked: u64,
-    /// Highest server WAL end seen.
-    wal_end: u64,
-}
-
 struct Transaction {
     lsn: u64,
     commit_time_us: i64,
     next_index: u32,
-    replayed: bool,
+    /// Rows with a lower index were dispatched before a reconnect.
+    skip_below: u32,
 }
 
-impl StreamState {
-    /// Decodes one pgoutput message; returns the row event it carries, if any.
-    fn decode(&mut self, data: &[u8]) -> Result<Option<Event>, ReplicationError> {
-        let change = self.decoder.decode(data).map_err(|e| {
-            ReplicationError::Definite(format!("cannot decode a pgoutput message: {e}"))
-        })?;
-        let (operation, relation, record) = match change {
-            Change::Insert { relation, new } => (Operation::Insert, relation, new),
-            Change::Update { relation, new, .. } => (Operation::Update, relation, new),
-            _ => return Ok(None),
-        };
-        let Some(tx) = self.tx.as_mut() else {
-            return Err(ReplicationError::Transient(
-                "protocol: a row change arrived outside a transaction".into(),
-            ));
-        };
-        let cursor = Cursor {
-            lsn: tx.lsn,
-            index: tx.next_index,
-        };
-        tx.next_index += 1;
-        if tx.replayed {
-            return Ok(None);
-        }
-        Ok(Some(Event::new(
-            cursor,
-            tx.commit_time_us,
-            operation,
-            relation,
-            record,
-        )))
+/// Decodes one pgoutput message; returns the row event it carries, if any.
+fn decode(
+    decoder: &mut Decoder,
+    tx: Option<&mut Transaction>,
+    data: &[u8],
+) -> Result<Option<Event>, ReplicationError> {
+    let change = decoder.decode(data).map_err(|e| {
+        ReplicationError::Definite(format!("cannot decode a pgoutput message: {e}"))
+    })?;
+    let (operation, relation, record) = match change {
+        Change::Insert { relation, new } => (Operation::Insert, relation, new),
+        Change::Update { relation, new, .. } => (Operation::Update, relation, new),
+        _ => return Ok(None),
+    };
+    let Some(tx) = tx else {
+        return Err(ReplicationError::Transient(
+            "protocol: a row change arrived outside a transaction".into(),
+        ));
+    };
+    let cursor = Cursor {
+        lsn: tx.lsn,
+        index: tx.next_index,
+    };
+    tx.next_index += 1;
+    if cursor.index < tx.skip_below {
+        return Ok(None);
     }
+    Ok(Some(Event::new(
+        cursor,
+        tx.commit_time_us,
+        operation,
+        relation,
+        record,
+    )))
 }
 
 /// Sorts a crate error into reconnect-and-retry or stop.
@@ -237,6 +249,14 @@ fn classify(e: PgWireError) -> ReplicationError {
             ReplicationError::Definite(text)
         }
         PgWireError::Auth(_) => ReplicationError::Definite(text),
+        // The slot lost WAL it needed (max_slot_wal_keep_size): events are gone for good.
+        PgWireError::Server(msg)
+            if msg.contains("invalidated") || msg.contains("can no longer get changes") =>
+        {
+            ReplicationError::Definite(format!(
+                "{text}: the slot must be dropped and recreated (events in the gap are lost)"
+            ))
+        }
         _ => ReplicationError::Transient(text),
     }
 }

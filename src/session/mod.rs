@@ -17,7 +17,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::auth::{now_s, Principal, Verifier};
+use crate::auth::{now_s, AuthError, Principal, Verifier};
 use crate::config::LimitsConfig;
 use crate::event::{now_unix_us, Event};
 use crate::metrics as m;
@@ -38,8 +38,11 @@ pub const CLOSE_SLOW: u16 = 4008;
 
 /// Most events written per flush.
 const BATCH: usize = 256;
-/// How long a close frame may take to leave before the socket is simply dropped.
+/// How long one control frame (ready, ping, error, close) may take to leave before the peer is
+/// treated as gone.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a session may take on shutdown to write what is still queued for it.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a session needs besides its socket.
 pub struct SessionContext {
@@ -75,14 +78,17 @@ pub async fn run_native(
     mut principal: Principal,
     event_types: Option<Vec<String>>,
 ) {
+    // Read the cursor before subscribing: an event dispatched in between is then newer than
+    // `ready.cursor`, never older and missing.
+    let cursor = ctx.router.latest_cursor();
     let mut sub = ctx.router.subscribe(&principal, event_types);
     let session_id = uuid::Uuid::new_v4().to_string();
-    let ready = native::ready(&session_id, &principal, ctx.router.latest_cursor());
+    let ready = native::ready(&session_id, &principal, cursor);
     debug!(session_id, user_id = ?principal.user_id, role = principal.role.as_str(), "session opened");
 
-    let close = match ws.send(Message::Text(ready)).await {
+    let close = match send(&mut ws, Message::Text(ready)).await {
         Ok(()) => serve(&mut ws, &ctx, &mut sub, &mut principal).await,
-        Err(_) => None,
+        Err(()) => None,
     };
     ctx.router.unsubscribe(&sub);
     if let Some(close) = close {
@@ -92,14 +98,17 @@ pub async fn run_native(
         }
         let frame = CloseFrame {
             code: close.code,
-            reason: Utf8Bytes::from(close.reason),
+            reason: Utf8Bytes::from(truncate(close.reason)),
         };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
+        let _ = send(&mut ws, Message::Close(Some(frame))).await;
     }
     debug!(session_id, "session closed");
 }
 
 /// The session loop; returns the close to send, or `None` when the peer is gone.
+///
+/// Priorities: shutdown and overflow first, then the token's expiry, then the client's frames
+/// and pings (so a busy stream never starves refreshes and pongs), then queued events.
 async fn serve(
     ws: &mut WebSocket,
     ctx: &SessionContext,
@@ -110,53 +119,41 @@ async fn serve(
     let mut ping = tokio::time::interval(ctx.limits.ping_interval);
     ping.reset();
     let mut last_seen = Instant::now();
-    let delivered = counter!(m::EVENTS_DELIVERED);
-    let latency = histogram!(m::DELIVERY_LATENCY);
-    let expiry = sleep_until(expiry_instant(principal.expires_at));
+    let expiry = sleep_until(expiry_instant(
+        principal.expires_at,
+        ctx.verifier.leeway_s(),
+    ));
     tokio::pin!(expiry);
     loop {
         tokio::select! {
             biased;
-            _ = ctx.shutdown.cancelled() => return Some(Close::new(CLOSE_GOING_AWAY, "server shutting down")),
+            _ = ctx.shutdown.cancelled() => {
+                // Replication has stopped dispatching: deliver what is queued, then 1001.
+                while let Ok(event) = sub.rx.try_recv() {
+                    batch.push(event);
+                }
+                if tokio::time::timeout(DRAIN_TIMEOUT, write_batch(ws, &mut batch)).await.is_err() {
+                    return None;
+                }
+                return Some(Close::new(CLOSE_GOING_AWAY, "server shutting down"));
+            }
             _ = sub.overflow.cancelled() => return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full")),
             _ = &mut expiry => {
                 let text = native::error("token_expired", "the access token expired; reconnect with a fresh token");
-                let _ = ws.send(Message::Text(text)).await;
+                let _ = send(ws, Message::Text(text)).await;
                 return Some(Close::new(CLOSE_TOKEN, "token expired"));
-            }
-            n = sub.rx.recv_many(&mut batch, BATCH) => {
-                if n == 0 {
-                    // The router dropped the queue: it overflowed.
-                    return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full"));
-                }
-                let written = tokio::select! {
-                    biased;
-                    _ = ctx.shutdown.cancelled() => return Some(Close::new(CLOSE_GOING_AWAY, "server shutting down")),
-                    _ = sub.overflow.cancelled() => return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full")),
-                    r = write_batch(ws, &batch) => r,
-                };
-                if written.is_err() {
-                    return None;
-                }
-                let now = now_unix_us();
-                for event in batch.drain(..) {
-                    latency.record((now - event.commit_time_us).max(0) as f64 / 1e6);
-                }
-                delivered.increment(n as u64);
             }
             msg = ws.next() => {
                 last_seen = Instant::now();
                 match msg {
                     None => return None,
-                    Some(Err(e)) => {
-                        return Some(Close::new(CLOSE_POLICY, format!("bad frame: {e}")));
-                    }
+                    Some(Err(e)) => return on_read_error(e),
                     Some(Ok(Message::Text(text))) => {
                         if let Some(close) = on_client_text(ws, ctx, principal, &text).await {
                             return Some(close);
                         }
                         // A refresh may have moved the expiry.
-                        expiry.as_mut().reset(expiry_instant(principal.expires_at));
+                        expiry.as_mut().reset(expiry_instant(principal.expires_at, ctx.verifier.leeway_s()));
                     }
                     Some(Ok(Message::Binary(_))) => {
                         return Some(Close::new(CLOSE_POLICY, "binary frames are not accepted"));
@@ -170,7 +167,23 @@ async fn serve(
                     debug!("dropping a session whose peer stopped answering pings");
                     return None;
                 }
-                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                if send(ws, Message::Ping(Default::default())).await.is_err() {
+                    return None;
+                }
+            }
+            n = sub.rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    // The router dropped the queue: it overflowed.
+                    return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full"));
+                }
+                // A shutdown lets the batch finish (it is delivered, then 1001); an overflow
+                // does not wait for a peer that stopped reading.
+                let written = tokio::select! {
+                    biased;
+                    _ = sub.overflow.cancelled() => return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full")),
+                    r = write_batch(ws, &mut batch) => r,
+                };
+                if written.is_err() {
                     return None;
                 }
             }
@@ -178,12 +191,45 @@ async fn serve(
     }
 }
 
-/// Writes every frame of the batch, then flushes once.
-async fn write_batch(ws: &mut WebSocket, batch: &[Arc<Event>]) -> Result<(), axum::Error> {
-    for event in batch {
+/// Writes every queued frame, flushes once, then records delivery latency and empties `batch`.
+async fn write_batch(ws: &mut WebSocket, batch: &mut Vec<Arc<Event>>) -> Result<(), axum::Error> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    for event in batch.iter() {
         ws.feed(Message::Text(event.native_frame())).await?;
     }
-    ws.flush().await
+    ws.flush().await?;
+    let now = now_unix_us();
+    let latency = histogram!(m::DELIVERY_LATENCY);
+    for event in batch.iter() {
+        latency.record((now - event.commit_time_us).max(0) as f64 / 1e6);
+    }
+    counter!(m::EVENTS_DELIVERED).increment(batch.len() as u64);
+    batch.clear();
+    Ok(())
+}
+
+/// Sends one frame, giving up after [`CLOSE_TIMEOUT`] (a peer that stopped reading).
+async fn send(ws: &mut WebSocket, msg: Message) -> Result<(), ()> {
+    match tokio::time::timeout(CLOSE_TIMEOUT, ws.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// A read error: an oversized or malformed frame closes with 1008; a broken connection just
+/// ends the session.
+fn on_read_error(e: axum::Error) -> Option<Close> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<WsError>()) {
+        Some(WsError::Capacity(c)) => {
+            Some(Close::new(CLOSE_POLICY, format!("frame too large: {c}")))
+        }
+        Some(WsError::Protocol(p)) => Some(Close::new(CLOSE_POLICY, format!("bad frame: {p}"))),
+        Some(WsError::Utf8(_)) => Some(Close::new(CLOSE_POLICY, "bad frame: invalid UTF-8")),
+        _ => None,
+    }
 }
 
 /// Handles a client text frame; returns a close when the session must end.
@@ -202,28 +248,31 @@ async fn on_client_text(
             principal.expires_at = new.expires_at;
             None
         }
-        Ok(_) => {
+        // A valid token of another user or role (including `anon`): identity changed.
+        Ok(_) | Err(AuthError::Forbidden(_)) => {
             let text = native::error(
                 "identity_changed",
                 "a refreshed token must keep the same sub and role",
             );
-            let _ = ws.send(Message::Text(text)).await;
+            let _ = send(ws, Message::Text(text)).await;
             Some(Close::new(CLOSE_IDENTITY, "token identity changed"))
         }
         Err(e) => {
             counter!(m::AUTH_FAILURES, "reason" => e.code()).increment(1);
-            let _ = ws
-                .send(Message::Text(native::error(e.code(), &e.to_string())))
-                .await;
+            let _ = send(ws, Message::Text(native::error(e.code(), &e.to_string()))).await;
             Some(Close::new(CLOSE_TOKEN, "invalid token"))
         }
     }
 }
 
-/// The instant a token expiring at `exp` (Unix seconds) runs out.
-fn expiry_instant(exp: i64) -> Instant {
-    let left = (exp - now_s()).max(0) as u64;
-    Instant::now() + Duration::from_secs(left)
+/// The instant a token expiring at `exp` (Unix seconds) runs out, with the configured leeway
+/// (the same the upgrade allowed).
+fn expiry_instant(exp: i64, leeway_s: i64) -> Instant {
+    let left = exp
+        .saturating_add(leeway_s)
+        .saturating_sub(now_s())
+        .clamp(0, 366 * 86_400);
+    Instant::now() + Duration::from_secs(left as u64)
 }
 
 /// Close reasons are limited to 123 bytes by RFC 6455.
