@@ -104,8 +104,9 @@ impl Router {
         }
     }
 
-    /// Removes a session (idempotent: the router may have removed it already on overflow).
-    pub fn unsubscribe(&self, subscription: &Subscription) {
+    /// Removes a session; it consumes the subscription, so it happens once per session (the
+    /// router may already have dropped the handle on overflow).
+    pub fn unsubscribe(&self, subscription: Subscription) {
         match subscription.user_id {
             Some(user) => {
                 if let Some(mut list) = self.users.get_mut(&user) {
@@ -195,4 +196,86 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Cursor, Operation};
+    use crate::replication::pgoutput::Relation;
+    use serde_json::json;
+
+    fn principal(user: Option<Uuid>) -> Principal {
+        Principal {
+            user_id: user,
+            role: if user.is_some() {
+                Role::Authenticated
+            } else {
+                Role::ServiceRole
+            },
+            expires_at: i64::MAX,
+        }
+    }
+
+    fn event(owner: Uuid, event_type: &str, index: u32) -> Arc<Event> {
+        let relation = Arc::new(Relation {
+            oid: 1,
+            schema: "public".into(),
+            name: "engagement_events".into(),
+            replica_identity: b'd',
+            columns: Vec::new(),
+        });
+        let record = json!({"user_id": owner, "event_type": event_type});
+        let record = record.as_object().cloned().unwrap_or_default();
+        let cursor = Cursor { lsn: 1, index };
+        Arc::new(Event::new(cursor, 0, Operation::Insert, relation, record))
+    }
+
+    #[test]
+    fn events_reach_their_owner_and_the_service_role_only() {
+        let router = Router::new(8);
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut sa = router.subscribe(&principal(Some(a)), None);
+        let mut sb = router.subscribe(&principal(Some(b)), None);
+        let mut all = router.subscribe(&principal(None), None);
+        assert_eq!(router.dispatch(event(a, "app_open", 0)), 2);
+        assert_eq!(sa.rx.try_recv().unwrap().owner, Some(a));
+        assert!(sb.rx.try_recv().is_err());
+        assert_eq!(all.rx.try_recv().unwrap().owner, Some(a));
+        assert_eq!(router.latest_cursor(), Cursor { lsn: 1, index: 0 });
+    }
+
+    #[test]
+    fn a_type_filter_narrows() {
+        let router = Router::new(8);
+        let a = Uuid::new_v4();
+        let mut goals = router.subscribe(&principal(Some(a)), Some(vec!["goal_complete".into()]));
+        router.dispatch(event(a, "app_open", 0));
+        router.dispatch(event(a, "goal_complete", 1));
+        assert_eq!(goals.rx.try_recv().unwrap().cursor.index, 1);
+        assert!(goals.rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_overflow_cancels_and_removes_only_that_session() {
+        let router = Router::new(2);
+        let a = Uuid::new_v4();
+        let slow = router.subscribe(&principal(Some(a)), None);
+        let mut fast = router.subscribe(&principal(Some(a)), None);
+        for i in 0..3 {
+            router.dispatch(event(a, "app_open", i));
+            while fast.rx.try_recv().is_ok() {}
+        }
+        assert!(slow.overflow.is_cancelled());
+        assert!(!fast.overflow.is_cancelled());
+        assert_eq!(router.session_counts(), (1, 0));
+        router.unsubscribe(slow);
+        assert_eq!(
+            router.session_counts(),
+            (1, 0),
+            "after the router dropped it"
+        );
+        router.unsubscribe(fast);
+        assert_eq!(router.session_counts(), (0, 0));
+    }
 }

@@ -90,7 +90,7 @@ pub async fn run_native(
         Ok(()) => serve(&mut ws, &ctx, &mut sub, &mut principal).await,
         Err(()) => None,
     };
-    ctx.router.unsubscribe(&sub);
+    ctx.router.unsubscribe(sub);
     if let Some(close) = close {
         counter!(m::SESSIONS_CLOSED, "code" => close.code.to_string()).increment(1);
         if close.code == CLOSE_SLOW {
