@@ -29,6 +29,11 @@ use crate::replication::StreamStatus;
 use crate::router::Router;
 use crate::session::{self, SessionContext};
 
+/// Read buffer per session, bytes.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Frames are gathered up to this many bytes before a write (a batch is flushed anyway).
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
 /// Shared state of the server routes.
 #[derive(Clone)]
 pub struct AppState {
@@ -200,6 +205,10 @@ async fn native_upgrade(
     upgrade
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
+        // Clients send only small control frames; tungstenite's 128 KiB default read buffer
+        // is allocated up front and would dominate each idle session's memory.
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .on_upgrade(move |ws| {
             tracker.track_future(async move {
                 session::run_native(ws, ctx, principal, types).await;

@@ -13,6 +13,7 @@ pub mod db;
 pub mod dev;
 pub mod event;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod pgcluster;
 mod relay;

@@ -89,6 +89,8 @@ fn main() -> ExitCode {
         Err(e) => return fail(78, &e),
     };
     init_logging(&config);
+    let files = engagement_relay::limits::raise_nofile_limit();
+    tracing::debug!(files, "open-file limit");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return fail(1, &e),

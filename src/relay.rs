@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use std::future::IntoFuture;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -102,9 +103,15 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     }));
     let stop = sessions_stop.clone();
     let server_task = tokio::spawn(
-        axum::serve(server, http::server_routes(state))
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .into_future(),
+        axum::serve(
+            // Event frames are small and latency-bound: no Nagle delay.
+            server.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
+            http::server_routes(state),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .into_future(),
     );
     let stop = sessions_stop.clone();
     let metrics_task = tokio::spawn(

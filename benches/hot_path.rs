@@ -1,0 +1,273 @@
+//! Hot-path micro-benchmarks: the per-event work between the replication slot and the session
+//! queues, measured on one `engagement_events` insert (`cargo bench --bench hot_path`).
+//!
+//! * `decode_insert` — [`Decoder::decode`] of one pgoutput protocol-v1 Insert (`'I'`) message
+//!   (~300 bytes) for a table shaped like `engagement_events` (`id uuid`, `user_id uuid`,
+//!   `timestamp timestamptz`, `event_type text`, `value jsonb` of ~150 bytes, `is_deleted bool`),
+//!   after its Relation (`'R'`) message was decoded once. It covers the wire parsing, the
+//!   relation-cache lookup and the text → JSON conversion of every column (including parsing the
+//!   jsonb text). The returned [`Change`] is dropped outside the timed section.
+//! * `encode_event` — [`Event::new`] on that decoded row: owner/event-type extraction and the
+//!   one-time serialization of the native JSON frame, i.e. the per-event encoding cost shared by
+//!   all receivers. The input record is cloned and the event dropped outside the timed section.
+//! * `router_fanout/{1,10,1000}` — [`Router::dispatch`] of one `Arc<Event>` to 1, 10 and 1,000
+//!   sessions subscribed for the event's owner: the owner lookup, one `try_send` per session
+//!   into its bounded queue (capacity 1,024, the `limits.session_queue` default) and the
+//!   latest-cursor update. Throughput is reported in sessions (deliveries) per second. Only the
+//!   dispatch calls are timed: after every [`DRAIN_EVERY`] dispatches the clock is stopped and
+//!   each subscription's `rx` is drained with `try_recv`, so the queues never fill and the
+//!   receivers' work (dequeue, dropping their `Arc`) is excluded. No receiving task is parked on
+//!   the queues, so the cost of waking one is not included either.
+//!
+//! The pgoutput messages are built here from the PostgreSQL docs, "Frontend/Backend Protocol" →
+//! "Logical Replication Message Formats" (big-endian integers, NUL-terminated strings).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use engagement_relay::auth::{Principal, Role};
+use engagement_relay::event::{Cursor, Event, Operation};
+use engagement_relay::replication::pgoutput::{Change, Decoder, Record, Relation};
+use engagement_relay::router::{Router, Subscription};
+use uuid::Uuid;
+
+/// Relation OID of the benchmark table.
+const RELATION_OID: u32 = 16_385;
+
+/// `(name, type OID, part of the replica identity)` of each `engagement_events` column.
+const COLUMNS: [(&str, u32, bool); 6] = [
+    ("id", 2950, true),         // uuid
+    ("user_id", 2950, false),   // uuid
+    ("timestamp", 1184, false), // timestamptz
+    ("event_type", 25, false),  // text
+    ("value", 3802, false),     // jsonb
+    ("is_deleted", 16, false),  // bool
+];
+
+/// Owner of the benchmark row (`user_id`), the routing key.
+const OWNER: &str = "6d1f4a52-3b9e-4c87-a0d2-5e8f7b1c9a34";
+
+/// Text values of the row, as pgoutput sends them (PostgreSQL's text output of each type; jsonb
+/// is printed with its keys sorted by length, then bytes), in column order.
+const ROW: [&str; 6] = [
+    "3f2b8c4e-91d7-4a6b-b5e0-7c2d9f1a8e63",
+    OWNER,
+    "2026-11-20 12:00:00.123456+00",
+    "screen_view",
+    r#"{"device": "iPhone15,2", "screen": "home", "platform": "ios", "os_version": "17.5.1", "session_id": "8f3a2c1d", "app_version": "2.4.1", "duration_ms": 1234}"#,
+    "f",
+];
+
+/// Commit time of the benchmark transaction: 2026-11-20 12:00:00 UTC, µs since the Unix epoch.
+const COMMIT_TIME_US: i64 = 1_795_176_000_000_000;
+
+/// Session queue capacity: the `limits.session_queue` default.
+const QUEUE_CAPACITY: usize = 1024;
+
+/// Dispatches timed back to back before the queues are drained (untimed); below
+/// [`QUEUE_CAPACITY`], so no session ever overflows.
+const DRAIN_EVERY: u64 = 16;
+
+/// Minimal big-endian pgoutput message writer.
+struct Msg(Vec<u8>);
+
+impl Msg {
+    fn new(tag: u8) -> Self {
+        Msg(vec![tag])
+    }
+
+    fn u8(mut self, v: u8) -> Self {
+        self.0.push(v);
+        self
+    }
+
+    fn i16(mut self, v: i16) -> Self {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    fn i32(mut self, v: i32) -> Self {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    fn u32(mut self, v: u32) -> Self {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    fn cstr(mut self, s: &str) -> Self {
+        self.0.extend_from_slice(s.as_bytes());
+        self.0.push(0);
+        self
+    }
+
+    fn bytes(mut self, b: &[u8]) -> Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+}
+
+/// Relation (`'R'`): Int32 OID, namespace, name, Int8 replica identity, Int16 column count, then
+/// per column Int8 flags (1 = key), name, Int32 type OID, Int32 type modifier.
+fn relation_message() -> Vec<u8> {
+    let mut m = Msg::new(b'R')
+        .u32(RELATION_OID)
+        .cstr("public")
+        .cstr("engagement_events")
+        .u8(b'd')
+        .i16(count(COLUMNS.len()));
+    for (name, type_oid, key) in COLUMNS {
+        m = m.u8(u8::from(key)).cstr(name).u32(type_oid).i32(-1);
+    }
+    m.0
+}
+
+/// Insert (`'I'`): Int32 relation OID, `'N'`, TupleData (Int16 column count, then per column
+/// `'t'`, Int32 length and the value's text bytes).
+fn insert_message() -> Vec<u8> {
+    let mut m = Msg::new(b'I')
+        .u32(RELATION_OID)
+        .u8(b'N')
+        .i16(count(ROW.len()));
+    for value in ROW {
+        let len = i32::try_from(value.len()).expect("value fits an Int32 length");
+        m = m.u8(b't').i32(len).bytes(value.as_bytes());
+    }
+    m.0
+}
+
+fn count(n: usize) -> i16 {
+    i16::try_from(n).expect("column count fits an Int16")
+}
+
+/// A decoder that has seen the Relation message, and the Insert message to decode.
+fn primed_decoder() -> (Decoder, Vec<u8>) {
+    let mut decoder = Decoder::new();
+    match decoder.decode(&relation_message()) {
+        Ok(Change::Relation(_)) => {}
+        other => panic!("Relation message did not decode: {other:?}"),
+    }
+    (decoder, insert_message())
+}
+
+/// The decoded benchmark row and its relation.
+fn decoded_row() -> (Arc<Relation>, Record) {
+    let (mut decoder, insert) = primed_decoder();
+    match decoder.decode(&insert) {
+        Ok(Change::Insert { relation, new }) => {
+            assert_eq!(new.len(), COLUMNS.len(), "every column decoded");
+            assert!(new["value"].is_object(), "jsonb parsed: {new:?}");
+            (relation, new)
+        }
+        other => panic!("Insert message did not decode: {other:?}"),
+    }
+}
+
+fn cursor() -> Cursor {
+    Cursor {
+        lsn: 0x16B3_7A28,
+        index: 0,
+    }
+}
+
+fn decode_insert(c: &mut Criterion) {
+    let (mut decoder, insert) = primed_decoder();
+    c.bench_function("decode_insert", |b| {
+        b.iter_with_large_drop(|| decoder.decode(black_box(&insert)))
+    });
+}
+
+fn encode_event(c: &mut Criterion) {
+    let (relation, record) = decoded_row();
+    let event = Event::new(
+        cursor(),
+        COMMIT_TIME_US,
+        Operation::Insert,
+        Arc::clone(&relation),
+        record.clone(),
+    );
+    assert_eq!(event.owner, Uuid::parse_str(OWNER).ok(), "owner extracted");
+    c.bench_function("encode_event", |b| {
+        b.iter_batched(
+            || (Arc::clone(&relation), record.clone()),
+            |(relation, record)| {
+                Event::new(
+                    black_box(cursor()),
+                    black_box(COMMIT_TIME_US),
+                    Operation::Insert,
+                    relation,
+                    record,
+                )
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn router_fanout(c: &mut Criterion) {
+    let (relation, record) = decoded_row();
+    let event = Arc::new(Event::new(
+        cursor(),
+        COMMIT_TIME_US,
+        Operation::Insert,
+        relation,
+        record,
+    ));
+    let principal = Principal {
+        user_id: event.owner,
+        role: Role::Authenticated,
+        expires_at: i64::MAX,
+    };
+
+    let mut group = c.benchmark_group("router_fanout");
+    for sessions in [1_usize, 10, 1000] {
+        let router = Router::new(QUEUE_CAPACITY);
+        let mut subs: Vec<Subscription> = (0..sessions)
+            .map(|_| router.subscribe(&principal, None))
+            .collect();
+        assert_eq!(router.dispatch(Arc::clone(&event)), sessions, "all queued");
+        drain(&mut subs);
+
+        group.throughput(Throughput::Elements(sessions as u64));
+        group.bench_function(BenchmarkId::from_parameter(sessions), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(DRAIN_EVERY);
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        black_box(router.dispatch(Arc::clone(&event)));
+                    }
+                    timed += start.elapsed();
+                    drain(&mut subs);
+                    left -= n;
+                }
+                timed
+            })
+        });
+
+        assert_eq!(
+            router.session_counts(),
+            (sessions, 0),
+            "no session overflowed"
+        );
+        for sub in subs {
+            router.unsubscribe(sub);
+        }
+    }
+    group.finish();
+}
+
+/// Empties every session queue.
+fn drain(subs: &mut [Subscription]) {
+    for sub in subs {
+        while sub.rx.try_recv().is_ok() {}
+    }
+}
+
+criterion_group!(benches, decode_insert, encode_event, router_fanout);
+criterion_main!(benches);

@@ -1,0 +1,360 @@
+//! `relay-soak`: opens many WebSocket sessions against engagement-relay, inserts a steady load,
+//! and checks every delivery: latency (commit → receive, send → receive), loss, duplicates and
+//! leaks, with the relay's CPU and memory. Exit status 1 on any leak, loss or duplicate, or a
+//! p99 above `--slo-ms`.
+
+mod drain;
+mod load;
+mod plot;
+mod procstat;
+mod report;
+mod sessions;
+mod spawn;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use engagement_relay::auth::{mint, Role};
+use engagement_relay::dev::DEV_JWT_SECRET;
+use tracing::info;
+
+use crate::report::Report;
+use crate::sessions::{Live, SessionSpec, StopToken};
+
+#[derive(Parser)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    soak: SoakArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Slot drain throughput: the relay vs pg_recvlogical on the same backlog.
+    Drain(drain::DrainArgs),
+    /// (internal) run the relay from RELAY_* variables; used by --spawn-dev.
+    #[command(name = "__relay", hide = true)]
+    Relay,
+}
+
+/// A soak run.
+#[derive(Args, Clone)]
+struct SoakArgs {
+    /// Relay WebSocket base URL (loopback only).
+    #[arg(long, default_value = "ws://127.0.0.1:4000")]
+    url: String,
+    /// Relay metrics URL.
+    #[arg(long, default_value = "http://127.0.0.1:9898/metrics")]
+    metrics_url: String,
+    /// Database the relay streams from [env: RELAY_DATABASE_URL].
+    #[arg(long, env = "RELAY_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// The relay's JWT secret [env: RELAY_JWT_SECRET].
+    #[arg(long, env = "RELAY_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// User sessions to open.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Distinct users (sessions are spread round-robin; several per user when connections > users).
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Extra service-role sessions that receive every event.
+    #[arg(long, default_value_t = 0)]
+    firehose: usize,
+    /// Events inserted per second (0: idle sessions only).
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// How long the insert load runs.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Sessions opened per second during the ramp.
+    #[arg(long, default_value_t = 1000.0)]
+    connect_rate: f64,
+    /// Longest wait for straggling deliveries after the load stops.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    /// p99 commit → receive latency above this fails the run.
+    #[arg(long, default_value_t = 500.0)]
+    slo_ms: f64,
+    /// Check correctness only (leaks, loss, duplicates), not the latency SLO.
+    #[arg(long)]
+    no_slo: bool,
+    /// Pid of the relay (default: found from the URL's port, or the spawned child).
+    #[arg(long)]
+    relay_pid: Option<u32>,
+    /// Start a private PostgreSQL and the relay first (needs PostgreSQL server binaries).
+    #[arg(long)]
+    spawn_dev: bool,
+    /// Write the JSON report here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Draw the latency distribution (SVG) here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tokio_postgres=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    engagement_relay::limits::raise_nofile_limit();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return fail(&e.into()),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Relay) => spawn::serve_relay().await.map(|()| true),
+            Some(Command::Drain(args)) => drain::run(args).await.map(|()| true),
+            None => soak(cli.soak).await,
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("relay-soak: {e:#}");
+    ExitCode::from(2)
+}
+
+/// Runs a soak; `Ok(passed)`.
+async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
+    if args.users == 0 || args.connections == 0 && args.firehose == 0 {
+        bail!("--users and --connections (or --firehose) must be at least 1");
+    }
+    let mut _cluster = None;
+    let mut child = None;
+    if args.spawn_dev {
+        let cluster = spawn::start_cluster().await?;
+        let url = cluster.url("postgres");
+        let relay = spawn::spawn_relay(spawn::RelayEnv {
+            database_url: &url,
+            slot: "relay_soak",
+        })
+        .await?;
+        args.url = format!("ws://{}", relay.addr);
+        args.metrics_url = format!("http://{}/metrics", relay.metrics);
+        args.database_url = Some(url);
+        args.jwt_secret = Some(DEV_JWT_SECRET.into());
+        args.relay_pid = Some(relay.pid());
+        child = Some(relay);
+        _cluster = Some(cluster);
+    }
+    let relay = loopback_target(&args.url)?;
+    let database_url = args
+        .database_url
+        .clone()
+        .context("--database-url (or --spawn-dev) is required")?;
+    let secret = args
+        .jwt_secret
+        .clone()
+        .context("--jwt-secret (or --spawn-dev) is required")?;
+    let pid = args
+        .relay_pid
+        .or_else(|| procstat::pid_listening_on(relay.port()));
+
+    let bound = Duration::from_secs_f64(args.connections as f64 / args.connect_rate.max(1.0))
+        + args.duration
+        + args.drain
+        + Duration::from_secs(180);
+    let report = tokio::time::timeout(bound, run(&args, relay, &database_url, &secret, pid))
+        .await
+        .map_err(|_| anyhow::anyhow!("the run exceeded its time bound ({bound:?})"))??;
+    if let Some(child) = child {
+        tokio::task::spawn_blocking(move || child.stop()).await??;
+    }
+    println!("{}", report::summary(&report));
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    for failure in &report.failures {
+        eprintln!("FAIL: {failure}");
+    }
+    Ok(report.failures.is_empty())
+}
+
+/// The relay's address, refusing anything outside 127.0.0.0/8.
+fn loopback_target(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("ws://")
+        .context("--url must start with ws://")?;
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    let addr: SocketAddr = host_port
+        .parse()
+        .with_context(|| format!("--url: `{host_port}` is not an IPv4 address and port"))?;
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => Ok(addr),
+        _ => bail!("--url: load is only sent to 127.0.0.0/8, not {}", addr.ip()),
+    }
+}
+
+async fn run(
+    args: &SoakArgs,
+    relay: SocketAddr,
+    database_url: &str,
+    secret: &str,
+    pid: Option<u32>,
+) -> anyhow::Result<Report> {
+    let db = engagement_relay::db::connect(database_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("--database-url: {}", engagement_relay::db::describe(&e)))?;
+    let users = load::create_users(&db, args.users).await?;
+    let ttl = args.duration + Duration::from_secs(3600);
+    let base = args.url.trim_end_matches('/');
+    let mut specs = Vec::with_capacity(args.connections + args.firehose);
+    for i in 0..args.connections {
+        let user = i % users.len();
+        let token = mint(secret, Some(users[user]), Role::Authenticated, ttl)?;
+        specs.push(SessionSpec {
+            user: Some(user),
+            user_id: Some(users[user].to_string()),
+            url: format!("{base}/v1/events?access_token={token}"),
+            relay,
+            source: sessions::source_address(i),
+        });
+    }
+    let service = mint(secret, None, Role::ServiceRole, ttl)?;
+    for i in 0..args.firehose {
+        specs.push(SessionSpec {
+            user: None,
+            user_id: None,
+            url: format!("{base}/v1/events?access_token={service}"),
+            relay,
+            source: sessions::source_address(args.connections + i),
+        });
+    }
+
+    let monitor = pid.map(procstat::monitor);
+    let before = pid.and_then(procstat::sample).unwrap_or_default();
+    let metrics_before = scrape(&args.metrics_url).await;
+
+    // Ramp.
+    let live = Arc::new(Live::default());
+    let stop = StopToken::new();
+    let total = specs.len();
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    let users_of: Vec<Option<usize>> = specs.iter().map(|s| s.user).collect();
+    for (i, spec) in specs.into_iter().enumerate() {
+        let due = Duration::from_secs_f64(i as f64 / args.connect_rate.max(1.0));
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        tasks.push(tokio::spawn(sessions::run(
+            spec,
+            live.clone(),
+            stop.clone(),
+        )));
+    }
+    let ramp_deadline = Instant::now() + Duration::from_secs(120);
+    while live.ready.load(Ordering::Relaxed) + live.failed.load(Ordering::Relaxed) < total {
+        if Instant::now() > ramp_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connected = live.ready.load(Ordering::Relaxed);
+    info!(connected, total, ramp = ?started.elapsed(), "sessions connected");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_ramp = pid.and_then(procstat::sample).unwrap_or_default();
+
+    // Hold: the insert load.
+    info!(rate = args.rate, duration = ?args.duration, "inserting");
+    let sent = load::insert_load(&db, &users, args.rate, args.duration).await?;
+    let mut per_user = vec![0u64; users.len()];
+    for &owner in &sent.owner {
+        per_user[owner as usize] += 1;
+    }
+    let expected: u64 = users_of
+        .iter()
+        .map(|u| u.map_or(sent.owner.len() as u64, |u| per_user[u]))
+        .sum();
+
+    // Drain: wait for stragglers.
+    let drain_deadline = Instant::now() + args.drain;
+    while live.received.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let mut outcomes = Vec::with_capacity(total);
+    for task in tasks {
+        outcomes.push(task.await.unwrap_or_default());
+    }
+    let end = pid.and_then(procstat::sample).unwrap_or_default();
+    let metrics_after = scrape(&args.metrics_url).await;
+
+    let mut report = Report::default();
+    report::account(&mut report, &sent, &outcomes, &users_of);
+    report.relay.pid = pid.unwrap_or(0);
+    report.relay.cpu_seconds = (end.cpu_seconds - before.cpu_seconds).max(0.0);
+    report.relay.max_rss_bytes = monitor.as_ref().map_or(0, |(rx, _)| rx.borrow().1);
+    report.relay.rss_before_ramp_bytes = before.rss_bytes;
+    report.relay.rss_after_ramp_bytes = after_ramp.rss_bytes;
+    report.relay.rss_per_connection_bytes =
+        after_ramp.rss_bytes.saturating_sub(before.rss_bytes) / connected.max(1) as u64;
+    report.relay_metrics = report::relay_histogram(&metrics_before, &metrics_after);
+    report.params = serde_json::json!({
+        "connections": args.connections, "users": args.users, "firehose": args.firehose,
+        "rate": args.rate, "duration_s": args.duration.as_secs_f64(),
+        "connect_rate": args.connect_rate, "slo_ms": args.slo_ms,
+    });
+    if sent.failed_batches > 0 {
+        report
+            .failures
+            .push(format!("{} insert batches failed", sent.failed_batches));
+    }
+    for (what, n) in [
+        ("leaks", report.leaks),
+        ("lost", report.lost),
+        ("duplicates", report.duplicates),
+    ] {
+        if n > 0 {
+            report.failures.push(format!("{n} {what}"));
+        }
+    }
+    if report.connection_errors > 0 {
+        report.failures.push(format!(
+            "{} sessions never connected",
+            report.connection_errors
+        ));
+    }
+    if !args.no_slo && report.latency_ms.p99 > args.slo_ms {
+        report.failures.push(format!(
+            "p99 {:.2} ms is above --slo-ms {}",
+            report.latency_ms.p99, args.slo_ms
+        ));
+    }
+    if let Some(path) = &args.svg {
+        let title = format!(
+            "relay-soak: {} sessions, {} users, {} events/s for {:?}",
+            args.connections, args.users, args.rate, args.duration
+        );
+        plot::draw(path, &report::latencies_ms(&outcomes), args.slo_ms, &title)?;
+    }
+    Ok(report)
+}
+
+async fn scrape(url: &str) -> String {
+    match reqwest::get(url).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}

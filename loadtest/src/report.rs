@@ -1,0 +1,315 @@
+//! Turns what the sessions saw into the report: loss, duplicates, leaks, latency quantiles,
+//! the relay's CPU and memory, and its own latency histogram from `/metrics`.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::load::Sent;
+use crate::sessions::SessionOutcome;
+
+/// Latency quantiles, milliseconds.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Quantiles {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// The relay process over the run.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RelayUsage {
+    /// Pid measured (0 when unknown).
+    pub pid: u32,
+    /// CPU seconds used from the start of the ramp to the end of the drain.
+    pub cpu_seconds: f64,
+    /// Peak resident set size, bytes.
+    pub max_rss_bytes: u64,
+    /// RSS before the first session connected, bytes.
+    pub rss_before_ramp_bytes: u64,
+    /// RSS once every session was connected, before any event, bytes.
+    pub rss_after_ramp_bytes: u64,
+    /// (after − before) / connected sessions, bytes.
+    pub rss_per_connection_bytes: u64,
+}
+
+/// The relay's own `relay_delivery_latency_seconds` over the run (bucket interpolation, as
+/// Prometheus' `histogram_quantile`).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RelayHistogram {
+    /// Samples recorded during the run.
+    pub count: f64,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+}
+
+/// The whole report (`--out report.json`).
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Events committed by the load generator.
+    pub sent: u64,
+    /// Deliveries expected: each event once per session of its user, plus once per firehose.
+    pub expected: u64,
+    /// Distinct expected events received.
+    pub delivered: u64,
+    /// Expected deliveries never received.
+    pub lost: u64,
+    /// Events received more than once by the same session.
+    pub duplicates: u64,
+    /// Events received by a session whose `sub` is not the row's `user_id`.
+    pub leaks: u64,
+    /// Sessions that never reached `ready`.
+    pub connection_errors: u64,
+    /// Sessions closed by the relay, by close code.
+    pub closes: BTreeMap<String, u64>,
+    /// Commit timestamp → client receive.
+    pub latency_ms: Quantiles,
+    /// Insert sent → client receive.
+    pub send_latency_ms: Quantiles,
+    /// Relay CPU and memory.
+    pub relay: RelayUsage,
+    /// The relay's own delivery histogram.
+    pub relay_metrics: RelayHistogram,
+    /// The run's parameters.
+    pub params: serde_json::Value,
+    /// Why the run failed (empty when it passed).
+    pub failures: Vec<String>,
+}
+
+/// Compares what each session received with what it should have.
+pub fn account(
+    report: &mut Report,
+    sent: &Sent,
+    outcomes: &[SessionOutcome],
+    users: &[Option<usize>],
+) {
+    let mut per_user: Vec<Vec<u64>> = Vec::new();
+    for (seq, &owner) in sent.owner.iter().enumerate() {
+        let owner = owner as usize;
+        if per_user.len() <= owner {
+            per_user.resize_with(owner + 1, Vec::new);
+        }
+        per_user[owner].push(seq as u64);
+    }
+    report.sent = sent.owner.len() as u64;
+    let mut commit = histogram();
+    let mut send = histogram();
+    for (outcome, user) in outcomes.iter().zip(users) {
+        if !outcome.connected {
+            report.connection_errors += 1;
+            continue;
+        }
+        if let Some(code) = outcome.close_code {
+            *report.closes.entry(code.to_string()).or_default() += 1;
+        }
+        report.leaks += outcome.leaks;
+        let mut got = outcome.seqs.clone();
+        got.sort_unstable();
+        let before = got.len();
+        got.dedup();
+        report.duplicates += (before - got.len()) as u64;
+        let expected: &[u64] = match user {
+            Some(u) => per_user.get(*u).map(Vec::as_slice).unwrap_or(&[]),
+            None => &[],
+        };
+        let expected_len = if user.is_some() {
+            expected.len()
+        } else {
+            sent.owner.len()
+        };
+        let received = if user.is_some() {
+            expected
+                .iter()
+                .filter(|s| got.binary_search(s).is_ok())
+                .count()
+        } else {
+            got.iter()
+                .filter(|s| (**s as usize) < sent.owner.len())
+                .count()
+        };
+        report.expected += expected_len as u64;
+        report.delivered += received as u64;
+        report.lost += (expected_len - received) as u64;
+        for &us in &outcome.commit_latency_us {
+            let _ = commit.record(us.max(1) as u64);
+        }
+        for &us in &outcome.send_latency_us {
+            let _ = send.record(us.max(1) as u64);
+        }
+    }
+    report.latency_ms = quantiles(&commit);
+    report.send_latency_ms = quantiles(&send);
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
+}
+
+fn quantiles(h: &Histogram<u64>) -> Quantiles {
+    if h.is_empty() {
+        return Quantiles::default();
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    Quantiles {
+        p50: ms(h.value_at_quantile(0.5)),
+        p90: ms(h.value_at_quantile(0.9)),
+        p99: ms(h.value_at_quantile(0.99)),
+        p999: ms(h.value_at_quantile(0.999)),
+        max: ms(h.max()),
+    }
+}
+
+/// Cumulative bucket counts of `relay_delivery_latency_seconds` in a `/metrics` text:
+/// (upper bound in seconds, count), in order.
+pub fn delivery_buckets(metrics: &str) -> Vec<(f64, f64)> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("relay_delivery_latency_seconds_bucket{le=\""))
+        .filter_map(|rest| {
+            let (le, tail) = rest.split_once("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, tail.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The relay histogram's quantiles between two scrapes.
+pub fn relay_histogram(before: &str, after: &str) -> RelayHistogram {
+    let b = delivery_buckets(before);
+    let a = delivery_buckets(after);
+    let diff: Vec<(f64, f64)> = a
+        .iter()
+        .map(|&(le, n)| (le, n - b.iter().find(|x| x.0 == le).map_or(0.0, |x| x.1)))
+        .collect();
+    let count = diff.last().map_or(0.0, |x| x.1);
+    RelayHistogram {
+        count,
+        p50_ms: bucket_quantile(&diff, 0.5) * 1000.0,
+        p99_ms: bucket_quantile(&diff, 0.99) * 1000.0,
+    }
+}
+
+/// Linear interpolation inside the bucket holding quantile `q` (Prometheus semantics).
+fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total <= 0.0 {
+        return 0.0;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, n) in buckets {
+        if n >= rank {
+            if le.is_infinite() {
+                return prev.0;
+            }
+            let within = if n > prev.1 {
+                (rank - prev.1) / (n - prev.1)
+            } else {
+                0.0
+            };
+            return prev.0 + (le - prev.0) * within;
+        }
+        prev = (le, n);
+    }
+    prev.0
+}
+
+/// The human summary printed at the end of a run.
+pub fn summary(r: &Report) -> String {
+    let q = |q: &Quantiles| {
+        format!(
+            "{:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            q.p50, q.p90, q.p99, q.p999, q.max
+        )
+    };
+    let mut s = String::new();
+    s += &format!("events sent            {:>12}\n", r.sent);
+    s += &format!("deliveries expected    {:>12}\n", r.expected);
+    s += &format!("delivered              {:>12}\n", r.delivered);
+    s += &format!("lost                   {:>12}\n", r.lost);
+    s += &format!("duplicates             {:>12}\n", r.duplicates);
+    s += &format!("leaks                  {:>12}\n", r.leaks);
+    s += &format!("connection errors      {:>12}\n", r.connection_errors);
+    s += &format!("closes by code         {:>12}\n", format!("{:?}", r.closes));
+    s += "latency (ms)               p50      p90      p99    p99.9      max\n";
+    s += &format!("  commit → receive  {}\n", q(&r.latency_ms));
+    s += &format!("  send → receive    {}\n", q(&r.send_latency_ms));
+    s += &format!(
+        "relay histogram        p50 {:.2} ms, p99 {:.2} ms over {} samples\n",
+        r.relay_metrics.p50_ms, r.relay_metrics.p99_ms, r.relay_metrics.count
+    );
+    s += &format!(
+        "relay process          pid {}, cpu {:.2} s, max rss {:.1} MiB, {} B per connection\n",
+        r.relay.pid,
+        r.relay.cpu_seconds,
+        r.relay.max_rss_bytes as f64 / 1048576.0,
+        r.relay.rss_per_connection_bytes
+    );
+    s
+}
+
+/// Raw commit → receive latencies of every session, ms (for the plot).
+pub fn latencies_ms(outcomes: &[SessionOutcome]) -> Vec<f64> {
+    outcomes
+        .iter()
+        .flat_map(|o| o.commit_latency_us.iter().map(|&us| us as f64 / 1000.0))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_quantiles_interpolate_like_prometheus() {
+        let text = "relay_delivery_latency_seconds_bucket{le=\"0.001\"} 50\n\
+                    relay_delivery_latency_seconds_bucket{le=\"0.002\"} 100\n\
+                    relay_delivery_latency_seconds_bucket{le=\"+Inf\"} 100\n";
+        let h = relay_histogram("", text);
+        assert_eq!(h.count, 100.0);
+        assert!((h.p50_ms - 1.0).abs() < 1e-9);
+        assert!((h.p99_ms - 1.98).abs() < 1e-9);
+    }
+
+    #[test]
+    fn loss_duplicates_and_leaks_are_counted_per_session() {
+        let sent = Sent {
+            owner: vec![0, 1, 0, 1],
+            failed_batches: 0,
+        };
+        let a = SessionOutcome {
+            connected: true,
+            seqs: vec![0, 2, 2],
+            ..Default::default()
+        };
+        let b = SessionOutcome {
+            connected: true,
+            seqs: vec![1],
+            leaks: 1,
+            ..Default::default()
+        };
+        let fire = SessionOutcome {
+            connected: true,
+            seqs: vec![0, 1, 2, 3],
+            ..Default::default()
+        };
+        let mut r = Report::default();
+        account(&mut r, &sent, &[a, b, fire], &[Some(0), Some(1), None]);
+        assert_eq!((r.sent, r.expected, r.delivered), (4, 8, 7));
+        assert_eq!((r.lost, r.duplicates, r.leaks), (1, 1, 1));
+    }
+}

@@ -1,0 +1,182 @@
+//! WebSocket sessions: each connects from its own loopback source address, waits for `ready`,
+//! then records every event it receives (sequence number, latencies, leaks) until stopped.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::Message;
+pub use tokio_util::sync::CancellationToken as StopToken;
+
+/// What one session is for.
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    /// Index of the user it belongs to, or `None` for a service-role (firehose) session.
+    pub user: Option<usize>,
+    /// The user's UUID as text (compared with each record's `user_id`).
+    pub user_id: Option<String>,
+    /// `ws://…/v1/events?access_token=…`.
+    pub url: String,
+    /// The relay's address.
+    pub relay: SocketAddr,
+    /// Loopback source address (127.0.0.x) to spread local ports over.
+    pub source: IpAddr,
+}
+
+/// What one session saw.
+#[derive(Debug, Default)]
+pub struct SessionOutcome {
+    /// Reached `ready`.
+    pub connected: bool,
+    /// Connection error, if it never connected.
+    pub error: Option<String>,
+    /// Close code sent by the relay, if it closed the session.
+    pub close_code: Option<u16>,
+    /// Sequence numbers received, in arrival order.
+    pub seqs: Vec<u64>,
+    /// Events whose `user_id` was not this session's user.
+    pub leaks: u64,
+    /// Commit → receive latency per event, µs.
+    pub commit_latency_us: Vec<u32>,
+    /// Insert sent → receive latency per event, µs.
+    pub send_latency_us: Vec<u32>,
+}
+
+/// Counters shared by all sessions, for progress and straggler waits.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Sessions that reached `ready`.
+    pub ready: AtomicUsize,
+    /// Sessions that failed to connect or ended.
+    pub failed: AtomicUsize,
+    /// Events received by all sessions.
+    pub received: AtomicU64,
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(default, borrow)]
+    commit_timestamp: Option<&'a str>,
+    #[serde(default, borrow)]
+    record: Option<Record<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Record<'a> {
+    #[serde(borrow)]
+    user_id: &'a str,
+    value: Probe,
+}
+
+#[derive(Deserialize)]
+struct Probe {
+    seq: u64,
+    sent_us: i64,
+}
+
+/// The loopback source address for session `i`: 127.0.0.1 … 127.0.0.250.
+pub fn source_address(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % 250) as u8))
+}
+
+/// Runs one session until `stop`; never panics on what the relay sends.
+pub async fn run(spec: SessionSpec, live: Arc<Live>, stop: StopToken) -> SessionOutcome {
+    let mut out = SessionOutcome::default();
+    let mut ws = match connect(&spec).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            live.failed.fetch_add(1, Ordering::Relaxed);
+            out.error = Some(e);
+            return out;
+        }
+    };
+    // The first frame must be `ready`.
+    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) if t.contains("\"ready\"") => {
+            out.connected = true;
+            live.ready.fetch_add(1, Ordering::Relaxed);
+        }
+        other => {
+            live.failed.fetch_add(1, Ordering::Relaxed);
+            out.error = Some(format!("no ready frame: {other:?}"));
+            return out;
+        }
+    }
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            msg = ws.next() => msg,
+        };
+        match msg {
+            Some(Ok(Message::Text(text))) => record(&mut out, &spec, &live, text.as_bytes()),
+            Some(Ok(Message::Close(frame))) => {
+                out.close_code = frame.map(|f| u16::from(f.code));
+                live.failed.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => {
+                live.failed.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+    out
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn connect(spec: &SessionSpec) -> Result<Ws, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket
+        .bind(SocketAddr::new(spec.source, 0))
+        .map_err(|e| format!("bind {}: {e}", spec.source))?;
+    let stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(spec.relay))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (ws, _) = tokio_tungstenite::client_async(spec.url.as_str(), stream)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    Ok(ws)
+}
+
+fn record(out: &mut SessionOutcome, spec: &SessionSpec, live: &Live, text: &[u8]) {
+    let now = chrono::Utc::now().timestamp_micros();
+    let Ok(frame) = serde_json::from_slice::<Frame>(text) else {
+        return;
+    };
+    if frame.kind != "insert" {
+        return;
+    }
+    let Some(record) = frame.record else {
+        return;
+    };
+    if let Some(own) = &spec.user_id {
+        if record.user_id != own {
+            out.leaks += 1;
+        }
+    }
+    let commit_us = frame
+        .commit_timestamp
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_micros())
+        .unwrap_or(now);
+    out.seqs.push(record.value.seq);
+    out.commit_latency_us.push(clamp_us(now - commit_us));
+    out.send_latency_us
+        .push(clamp_us(now - record.value.sent_us));
+    live.received.fetch_add(1, Ordering::Relaxed);
+}
+
+fn clamp_us(us: i64) -> u32 {
+    us.clamp(0, u32::MAX as i64) as u32
+}
