@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 pub use tokio_util::sync::CancellationToken as StopToken;
 
@@ -143,9 +144,15 @@ async fn connect(spec: &SessionSpec) -> Result<Ws, String> {
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let (ws, _) = tokio_tungstenite::client_async(spec.url.as_str(), stream)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
+    // tungstenite allocates its read buffer up front (128 KiB by default): keep 50,000
+    // sessions affordable for the harness itself.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0);
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(spec.url.as_str(), stream, Some(config))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
     Ok(ws)
 }
 
