@@ -28,7 +28,7 @@ pub struct DrainArgs {
 
 /// Builds the backlog on a private cluster and times both consumers `runs` times.
 pub async fn run(args: DrainArgs) -> anyhow::Result<()> {
-    let cluster = spawn::start_cluster().await?;
+    let cluster = spawn::start_cluster(Vec::new()).await?;
     let url = cluster.url("postgres");
     let pg = db::connect(&url)
         .await

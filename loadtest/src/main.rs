@@ -93,6 +93,10 @@ struct SoakArgs {
     /// Start a private PostgreSQL and the relay first (needs PostgreSQL server binaries).
     #[arg(long)]
     spawn_dev: bool,
+    /// Extra server setting for the --spawn-dev cluster, `name=value` (repeatable), e.g.
+    /// `fsync=off` to take the disk's flush latency out of commit → receive.
+    #[arg(long = "pg-setting", value_parser = parse_setting)]
+    pg_settings: Vec<(String, String)>,
     /// Write the JSON report here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -129,6 +133,13 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not name=value"))?;
+    Ok((name.trim().to_string(), value.trim().to_string()))
+}
+
 fn fail(e: &anyhow::Error) -> ExitCode {
     eprintln!("relay-soak: {e:#}");
     ExitCode::from(2)
@@ -142,7 +153,7 @@ async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
     let mut _cluster = None;
     let mut child = None;
     if args.spawn_dev {
-        let cluster = spawn::start_cluster().await?;
+        let cluster = spawn::start_cluster(args.pg_settings.clone()).await?;
         let url = cluster.url("postgres");
         let relay = spawn::spawn_relay(spawn::RelayEnv {
             database_url: &url,
@@ -310,11 +321,12 @@ async fn run(
     report.relay.rss_after_ramp_bytes = after_ramp.rss_bytes;
     report.relay.rss_per_connection_bytes =
         after_ramp.rss_bytes.saturating_sub(before.rss_bytes) / connected.max(1) as u64;
-    report.relay_metrics = report::relay_histogram(&metrics_before, &metrics_after);
+    report.relay_metrics = report::RelayMetrics::between(&metrics_before, &metrics_after);
     report.params = serde_json::json!({
         "connections": args.connections, "users": args.users, "firehose": args.firehose,
         "rate": args.rate, "duration_s": args.duration.as_secs_f64(),
         "connect_rate": args.connect_rate, "slo_ms": args.slo_ms,
+        "pg_settings": args.pg_settings,
     });
     if sent.failed_batches > 0 {
         report

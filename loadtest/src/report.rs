@@ -41,8 +41,8 @@ pub struct RelayUsage {
     pub rss_per_connection_bytes: u64,
 }
 
-/// The relay's own `relay_delivery_latency_seconds` over the run (bucket interpolation, as
-/// Prometheus' `histogram_quantile`).
+/// One of the relay's latency histograms over the run (bucket interpolation, as Prometheus'
+/// `histogram_quantile`).
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct RelayHistogram {
     /// Samples recorded during the run.
@@ -51,6 +51,26 @@ pub struct RelayHistogram {
     pub p50_ms: f64,
     /// 99th percentile, ms.
     pub p99_ms: f64,
+}
+
+/// The relay's own view, from `/metrics`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RelayMetrics {
+    /// `relay_delivery_latency_seconds`: commit timestamp → frame written to the socket.
+    pub delivery: RelayHistogram,
+    /// `relay_replication_latency_seconds`: commit timestamp → row decoded by the relay (what
+    /// PostgreSQL's WAL flush and walsender add before the relay sees the row).
+    pub replication: RelayHistogram,
+}
+
+impl RelayMetrics {
+    /// Both histograms between two scrapes.
+    pub fn between(before: &str, after: &str) -> RelayMetrics {
+        RelayMetrics {
+            delivery: relay_histogram(before, after, "relay_delivery_latency_seconds"),
+            replication: relay_histogram(before, after, "relay_replication_latency_seconds"),
+        }
+    }
 }
 
 /// The whole report (`--out report.json`).
@@ -78,8 +98,8 @@ pub struct Report {
     pub send_latency_ms: Quantiles,
     /// Relay CPU and memory.
     pub relay: RelayUsage,
-    /// The relay's own delivery histogram.
-    pub relay_metrics: RelayHistogram,
+    /// The relay's own histograms.
+    pub relay_metrics: RelayMetrics,
     /// The run's parameters.
     pub params: serde_json::Value,
     /// Why the run failed (empty when it passed).
@@ -169,12 +189,13 @@ fn quantiles(h: &Histogram<u64>) -> Quantiles {
     }
 }
 
-/// Cumulative bucket counts of `relay_delivery_latency_seconds` in a `/metrics` text:
-/// (upper bound in seconds, count), in order.
-pub fn delivery_buckets(metrics: &str) -> Vec<(f64, f64)> {
+/// Cumulative bucket counts of histogram `name` in a `/metrics` text: (upper bound in seconds,
+/// count), in order.
+pub fn buckets(metrics: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
     metrics
         .lines()
-        .filter_map(|l| l.strip_prefix("relay_delivery_latency_seconds_bucket{le=\""))
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
         .filter_map(|rest| {
             let (le, tail) = rest.split_once("\"}")?;
             let le = if le == "+Inf" {
@@ -187,10 +208,10 @@ pub fn delivery_buckets(metrics: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// The relay histogram's quantiles between two scrapes.
-pub fn relay_histogram(before: &str, after: &str) -> RelayHistogram {
-    let b = delivery_buckets(before);
-    let a = delivery_buckets(after);
+/// Histogram `name`'s quantiles between two scrapes.
+pub fn relay_histogram(before: &str, after: &str, name: &str) -> RelayHistogram {
+    let b = buckets(before, name);
+    let a = buckets(after, name);
     let diff: Vec<(f64, f64)> = a
         .iter()
         .map(|&(le, n)| (le, n - b.iter().find(|x| x.0 == le).map_or(0.0, |x| x.1)))
@@ -248,10 +269,15 @@ pub fn summary(r: &Report) -> String {
     s += "latency (ms)               p50      p90      p99    p99.9      max\n";
     s += &format!("  commit → receive  {}\n", q(&r.latency_ms));
     s += &format!("  send → receive    {}\n", q(&r.send_latency_ms));
-    s += &format!(
-        "relay histogram        p50 {:.2} ms, p99 {:.2} ms over {} samples\n",
-        r.relay_metrics.p50_ms, r.relay_metrics.p99_ms, r.relay_metrics.count
-    );
+    for (what, h) in [
+        ("relay: commit → sent ", &r.relay_metrics.delivery),
+        ("relay: commit → read ", &r.relay_metrics.replication),
+    ] {
+        s += &format!(
+            "{what}  p50 {:.2} ms, p99 {:.2} ms over {} samples\n",
+            h.p50_ms, h.p99_ms, h.count
+        );
+    }
     s += &format!(
         "relay process          pid {}, cpu {:.2} s, max rss {:.1} MiB, {} B per connection\n",
         r.relay.pid,
@@ -279,7 +305,7 @@ mod tests {
         let text = "relay_delivery_latency_seconds_bucket{le=\"0.001\"} 50\n\
                     relay_delivery_latency_seconds_bucket{le=\"0.002\"} 100\n\
                     relay_delivery_latency_seconds_bucket{le=\"+Inf\"} 100\n";
-        let h = relay_histogram("", text);
+        let h = relay_histogram("", text, "relay_delivery_latency_seconds");
         assert_eq!(h.count, 100.0);
         assert!((h.p50_ms - 1.0).abs() < 1e-9);
         assert!((h.p99_ms - 1.98).abs() < 1e-9);

@@ -14,10 +14,12 @@ use engagement_relay::pgcluster::{Cluster, ClusterOptions};
 /// A private cluster with the migrations applied. Durable settings (not the tests' `fast`
 /// ones): with `synchronous_commit=off` the walsender waits for the WAL writer (up to 200 ms)
 /// before it may send a commit, which would measure PostgreSQL's flush delay, not the relay.
-pub async fn start_cluster() -> anyhow::Result<Cluster> {
-    let cluster = tokio::task::spawn_blocking(|| {
+/// `settings` are extra `name=value` server settings (`--pg-setting`).
+pub async fn start_cluster(settings: Vec<(String, String)>) -> anyhow::Result<Cluster> {
+    let cluster = tokio::task::spawn_blocking(move || {
         Cluster::start(ClusterOptions {
             max_connections: 100,
+            settings,
             ..ClusterOptions::default()
         })
     })
