@@ -110,31 +110,46 @@ async fn serve(
     Ok(())
 }
 
+/// Prints how to connect. Written in one piece and never panics: a closed stdout (the
+/// reader went away) must not take the relay down.
 fn print_banner(
     config: &Config,
     relay: &crate::Relay,
     users: &[(Uuid, String)],
     url: &str,
 ) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    use std::io::Write as _;
     let secret = config.auth.jwt_secret.expose();
     let ttl = Duration::from_secs(24 * 3600);
     let port = relay.server_addr().port();
     let metrics_port = relay.metrics_addr().port();
-    println!("\nengagement-relay dev is running (Ctrl-C stops it and the private PostgreSQL)\n");
-    println!("  database   {url}");
-    println!("  metrics    http://127.0.0.1:{metrics_port}/metrics");
+    let mut text = String::new();
+    writeln!(
+        text,
+        "\nengagement-relay dev is running (Ctrl-C stops it and the private PostgreSQL)\n"
+    )?;
+    writeln!(text, "  database   {url}")?;
+    writeln!(text, "  metrics    http://127.0.0.1:{metrics_port}/metrics")?;
     if let Some((id, email)) = users.first() {
         let token = mint(secret, Some(*id), Role::Authenticated, ttl)?;
-        println!("  user       {email} ({id})");
-        println!("  token      {token}");
-        println!("  connect    ws://127.0.0.1:{port}/v1/events?access_token={token}");
-        println!(
-            "             e.g. npx wscat -c 'ws://127.0.0.1:{port}/v1/events?access_token={token}'"
-        );
+        let stream = format!("ws://127.0.0.1:{port}/v1/events?access_token={token}");
+        writeln!(text, "  user       {email} ({id})")?;
+        writeln!(text, "  token      {token}")?;
+        writeln!(text, "  connect    {stream}")?;
+        writeln!(text, "             e.g. npx wscat -c '{stream}'")?;
     }
     let service = mint(secret, None, Role::ServiceRole, ttl)?;
-    println!("  firehose   ws://127.0.0.1:{port}/v1/events?access_token={service}");
-    println!("  new token  engagement-relay --jwt-secret '{secret}' token --sub <uuid>\n");
+    writeln!(
+        text,
+        "  firehose   ws://127.0.0.1:{port}/v1/events?access_token={service}"
+    )?;
+    writeln!(
+        text,
+        "  new token  engagement-relay --jwt-secret '{secret}' token --sub <uuid>\n"
+    )?;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     Ok(())
 }
 
