@@ -30,6 +30,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use engagement_relay::auth::{Principal, Role};
 use engagement_relay::event::{Cursor, Event, Operation};
 use engagement_relay::replication::pgoutput::{Change, Decoder, Record, Relation};
+use engagement_relay::replication::pgoutput_writer;
 use engagement_relay::router::{Router, Subscription};
 use uuid::Uuid;
 
@@ -70,77 +71,15 @@ const QUEUE_CAPACITY: usize = 1024;
 /// [`QUEUE_CAPACITY`], so no session ever overflows.
 const DRAIN_EVERY: u64 = 16;
 
-/// Minimal big-endian pgoutput message writer.
-struct Msg(Vec<u8>);
-
-impl Msg {
-    fn new(tag: u8) -> Self {
-        Msg(vec![tag])
-    }
-
-    fn u8(mut self, v: u8) -> Self {
-        self.0.push(v);
-        self
-    }
-
-    fn i16(mut self, v: i16) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-
-    fn i32(mut self, v: i32) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-
-    fn u32(mut self, v: u32) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-
-    fn cstr(mut self, s: &str) -> Self {
-        self.0.extend_from_slice(s.as_bytes());
-        self.0.push(0);
-        self
-    }
-
-    fn bytes(mut self, b: &[u8]) -> Self {
-        self.0.extend_from_slice(b);
-        self
-    }
-}
-
-/// Relation (`'R'`): Int32 OID, namespace, name, Int8 replica identity, Int16 column count, then
-/// per column Int8 flags (1 = key), name, Int32 type OID, Int32 type modifier.
+/// The Relation message (`'R'`) of the benchmark table.
 fn relation_message() -> Vec<u8> {
-    let mut m = Msg::new(b'R')
-        .u32(RELATION_OID)
-        .cstr("public")
-        .cstr("engagement_events")
-        .u8(b'd')
-        .i16(count(COLUMNS.len()));
-    for (name, type_oid, key) in COLUMNS {
-        m = m.u8(u8::from(key)).cstr(name).u32(type_oid).i32(-1);
-    }
-    m.0
+    pgoutput_writer::relation(RELATION_OID, "public", "engagement_events", &COLUMNS)
 }
 
-/// Insert (`'I'`): Int32 relation OID, `'N'`, TupleData (Int16 column count, then per column
-/// `'t'`, Int32 length and the value's text bytes).
+/// The Insert message (`'I'`): every column as text.
 fn insert_message() -> Vec<u8> {
-    let mut m = Msg::new(b'I')
-        .u32(RELATION_OID)
-        .u8(b'N')
-        .i16(count(ROW.len()));
-    for value in ROW {
-        let len = i32::try_from(value.len()).expect("value fits an Int32 length");
-        m = m.u8(b't').i32(len).bytes(value.as_bytes());
-    }
-    m.0
-}
-
-fn count(n: usize) -> i16 {
-    i16::try_from(n).expect("column count fits an Int16")
+    let values: Vec<Option<&str>> = ROW.iter().map(|v| Some(*v)).collect();
+    pgoutput_writer::insert(RELATION_OID, &values)
 }
 
 /// A decoder that has seen the Relation message, and the Insert message to decode.

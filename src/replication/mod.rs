@@ -6,6 +6,7 @@
 //! missing, authentication failed).
 
 pub mod pgoutput;
+pub mod pgoutput_writer;
 pub mod slot;
 pub mod stream;
 pub mod values;

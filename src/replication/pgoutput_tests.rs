@@ -9,77 +9,10 @@ use serde_json::json;
 #[path = "pgoutput_error_tests.rs"]
 mod errors;
 
-/// Test-only pgoutput message encoder (big-endian, NUL-terminated strings).
-struct Msg(Vec<u8>);
-
-impl Msg {
-    fn new(tag: u8) -> Self {
-        Msg(vec![tag])
-    }
-    fn u8(mut self, v: u8) -> Self {
-        self.0.push(v);
-        self
-    }
-    fn i16(mut self, v: i16) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn i32(mut self, v: i32) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn u32(mut self, v: u32) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn i64(mut self, v: i64) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn u64(mut self, v: u64) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn cstr(mut self, s: &str) -> Self {
-        self.0.extend_from_slice(s.as_bytes());
-        self.0.push(0);
-        self
-    }
-    /// TupleData: `None` = NULL, `Some("\u{0}u")` = unchanged TOAST, else text.
-    fn tuple(mut self, values: &[Option<&str>]) -> Self {
-        self = self.i16(values.len() as i16);
-        for v in values {
-            self = match v {
-                None => self.u8(b'n'),
-                Some(UNCHANGED) => self.u8(b'u'),
-                Some(text) => self.u8(b't').i32(text.len() as i32).raw(text.as_bytes()),
-            };
-        }
-        self
-    }
-    fn raw(mut self, bytes: &[u8]) -> Self {
-        self.0.extend_from_slice(bytes);
-        self
-    }
-    fn build(self) -> Vec<u8> {
-        self.0
-    }
-}
-
-const UNCHANGED: &str = "\u{0}u";
-
-fn relation_msg(oid: u32, schema: &str, name: &str, cols: &[(&str, u32, bool)]) -> Vec<u8> {
-    let mut m = Msg::new(b'R')
-        .u32(oid)
-        .cstr(schema)
-        .cstr(name)
-        .u8(b'd')
-        .i16(cols.len() as i16);
-    for &(col, type_oid, key) in cols {
-        m = m.u8(u8::from(key)).cstr(col).u32(type_oid).i32(-1);
-    }
-    m.build()
-}
+use super::super::pgoutput_writer::{
+    insert as insert_msg, relation as relation_msg, MessageWriter as Msg,
+    UNCHANGED_TOAST as UNCHANGED,
+};
 
 const EVENTS_OID: u32 = 16_384;
 const EVENTS_COLS: [(&str, u32, bool); 6] = [
@@ -114,10 +47,6 @@ fn events_decoder() -> Decoder {
     ))
     .unwrap();
     d
-}
-
-fn insert_msg(oid: u32, values: &[Option<&str>]) -> Vec<u8> {
-    Msg::new(b'I').u32(oid).u8(b'N').tuple(values).build()
 }
 
 fn keys(r: &Record) -> Vec<&str> {
