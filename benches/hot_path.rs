@@ -165,7 +165,7 @@ fn router_fanout(c: &mut Criterion) {
     for sessions in [1_usize, 10, 1000] {
         let router = Router::new(QUEUE_CAPACITY);
         let mut subs: Vec<Subscription> = (0..sessions)
-            .map(|_| router.subscribe(&principal, None))
+            .map(|_| router.subscribe(&principal, None, Default::default()))
             .collect();
         assert_eq!(router.dispatch(Arc::clone(&event)), sessions, "all queued");
         drain(&mut subs);
@@ -195,7 +195,7 @@ fn router_fanout(c: &mut Criterion) {
             "no session overflowed"
         );
         for sub in subs {
-            router.unsubscribe(sub);
+            router.unsubscribe(sub.ticket);
         }
     }
     group.finish();

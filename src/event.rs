@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use chrono::{DateTime, SecondsFormat};
@@ -89,6 +89,8 @@ pub struct Event {
     /// The row: column name → JSON value, in column order.
     pub record: Record,
     native: Utf8Bytes,
+    /// Other encodings (the Supabase frames), built on first use and shared, by key.
+    encodings: Mutex<Vec<(Box<str>, Utf8Bytes)>>,
 }
 
 /// The owner column every streamed table is routed by.
@@ -141,7 +143,36 @@ impl Event {
             event_type,
             record,
             native,
+            encodings: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The encoding named `key`, built by `encode` the first time any session asks for it and
+    /// shared afterwards: sessions that need the same bytes (same protocol version, topic,
+    /// join_ref and binding ids) cost one encoding, not one each.
+    pub fn encoded(&self, key: &str, encode: impl FnOnce(&Event) -> String) -> Utf8Bytes {
+        if let Some(bytes) = self.cached(key) {
+            return bytes;
+        }
+        // Encode without holding the lock: encoders may ask for other encodings of this event.
+        let bytes = Utf8Bytes::from(encode(self));
+        let mut encodings = self.encodings.lock().unwrap_or_else(|e| e.into_inner());
+        match encodings.iter().find(|(k, _)| &**k == key) {
+            // Another session encoded it meanwhile: keep the first, so all share one buffer.
+            Some((_, first)) => first.clone(),
+            None => {
+                encodings.push((Box::from(key), bytes.clone()));
+                bytes
+            }
+        }
+    }
+
+    fn cached(&self, key: &str) -> Option<Utf8Bytes> {
+        let encodings = self.encodings.lock().unwrap_or_else(|e| e.into_inner());
+        encodings
+            .iter()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, bytes)| bytes.clone())
     }
 
     /// The native-protocol frame (`{"type":"insert",…}`), encoded once and shared.
@@ -192,6 +223,32 @@ mod tests {
         assert!(a.to_string() < b.to_string() && b.to_string() < c.to_string());
         assert!("zz".parse::<Cursor>().is_err());
         assert!("g00000000000000000000000".parse::<Cursor>().is_err());
+    }
+
+    #[test]
+    fn an_encoding_is_built_once_and_may_nest() {
+        let relation = Arc::new(Relation {
+            oid: 1,
+            schema: "public".into(),
+            name: "t".into(),
+            replica_identity: b'd',
+            columns: Vec::new(),
+        });
+        let event = Event::new(
+            Cursor::default(),
+            0,
+            Operation::Insert,
+            relation,
+            Record::new(),
+        );
+        let mut calls = 0;
+        let outer = event.encoded("outer", |e| {
+            calls += 1;
+            format!("[{}]", e.encoded("inner", |_| "x".into()))
+        });
+        assert_eq!(outer.as_str(), "[x]");
+        assert_eq!(event.encoded("outer", |_| unreachable!()).as_str(), "[x]");
+        assert_eq!(calls, 1);
     }
 
     #[test]

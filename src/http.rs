@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocket;
 use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +28,7 @@ use crate::config::LimitsConfig;
 use crate::metrics as m;
 use crate::replication::StreamStatus;
 use crate::router::Router;
+use crate::session::phoenix::Vsn;
 use crate::session::{self, SessionContext};
 
 /// Read buffer per session, bytes.
@@ -59,6 +61,7 @@ pub struct AppState {
 pub fn server_routes(state: AppState) -> HttpRouter {
     HttpRouter::new()
         .route("/v1/events", get(native_upgrade))
+        .route("/realtime/v1/websocket", get(realtime_upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -176,6 +179,49 @@ async fn native_upgrade(
         Ok(p) => p,
         Err(e) => return refuse(&e),
     };
+    let types = event_types(&query);
+    start_session(&state, upgrade, move |ws, ctx| {
+        session::run_native(ws, ctx, principal, types)
+    })
+}
+
+/// `GET /realtime/v1/websocket?apikey=…&vsn=…`: Supabase Realtime clients. The `apikey` is
+/// checked here when it is a JWT (any role, `anon` included: it only opens the socket); each
+/// channel is authorized at `phx_join` by its `access_token`.
+async fn realtime_upgrade(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let vsn = match Vsn::from_param(query.get("vsn").map(String::as_str)) {
+        Ok(v) => v,
+        Err(why) => return error_response(StatusCode::BAD_REQUEST, "unsupported_vsn", &why),
+    };
+    let apikey = query.get("apikey").filter(|k| !k.is_empty()).cloned();
+    match apikey.as_deref() {
+        None => return refuse(&AuthError::Missing),
+        Some(key) if !key.starts_with("sb_") => match state.verifier.verify(key) {
+            Ok(_) | Err(AuthError::Forbidden(_)) => {}
+            Err(e) => return refuse(&e),
+        },
+        Some(_) => {}
+    }
+    start_session(&state, upgrade, move |ws, ctx| {
+        session::realtime::run_realtime(ws, ctx, vsn, apikey)
+    })
+}
+
+/// Upgrades the connection (or explains why not: 426, 503) and runs `run` as a tracked
+/// session task holding one of `server.max_sessions` slots.
+fn start_session<F, Fut>(
+    state: &AppState,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    run: F,
+) -> Response
+where
+    F: FnOnce(WebSocket, SessionContext) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(e) => {
@@ -186,14 +232,13 @@ async fn native_upgrade(
             )
         }
     };
-    let Some(slot) = reserve(&state) else {
+    let Some(slot) = reserve(state) else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_sessions",
             "the relay is at server.max_sessions; retry later",
         );
     };
-    let types = event_types(&query);
     let max_frame = state.limits.max_client_frame_bytes;
     let ctx = SessionContext {
         router: state.router.clone(),
@@ -211,7 +256,7 @@ async fn native_upgrade(
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .on_upgrade(move |ws| {
             tracker.track_future(async move {
-                session::run_native(ws, ctx, principal, types).await;
+                run(ws, ctx).await;
                 drop(slot);
             })
         })

@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod dev;
 pub mod event;
+pub mod filter;
 pub mod http;
 pub mod limits;
 pub mod metrics;

@@ -27,20 +27,24 @@ struct SessionHandle {
     overflow: CancellationToken,
 }
 
-/// The session's side: its queue and its overflow signal. Hand it back to
-/// [`Router::unsubscribe`] when the session ends.
+/// Identifies a registration; hand it back to [`Router::unsubscribe`] exactly once.
+#[derive(Debug)]
+pub struct Ticket {
+    /// Subscription id, unique in this process.
+    pub id: u64,
+    /// The owner it receives events of (`None`: service role, all events).
+    pub user_id: Option<Uuid>,
+    /// Role of the token.
+    pub role: Role,
+}
+
+/// The subscriber's side: its ticket and its queue.
 #[derive(Debug)]
 pub struct Subscription {
-    /// Session id, unique in this process.
-    pub id: u64,
-    /// The owner the session receives events of (`None`: a service-role session, all events).
-    pub user_id: Option<Uuid>,
-    /// Role of the session's token.
-    pub role: Role,
-    /// Events routed to this session, in commit order.
+    /// For [`Router::unsubscribe`].
+    pub ticket: Ticket,
+    /// Events routed to this subscription, in commit order.
     pub rx: mpsc::Receiver<Arc<Event>>,
-    /// Cancelled when the queue overflowed and the session must close with 4008.
-    pub overflow: CancellationToken,
 }
 
 /// Routes events to sessions. Shared (`Arc`) by the replication task and every session.
@@ -70,21 +74,23 @@ impl Router {
         }
     }
 
-    /// Registers a session for `principal`: a user's session receives the events whose owner is
-    /// its `sub`, a service-role session every event. `event_types` narrows to those types.
+    /// Registers a subscription for `principal`: a user's receives the events whose owner is
+    /// its `sub`, a service-role one every event. `event_types` narrows to those types.
+    /// `overflow` is cancelled if its queue fills (the session must then close, 4008); several
+    /// subscriptions of one socket may share it.
     pub fn subscribe(
         &self,
         principal: &Principal,
         event_types: Option<Vec<String>>,
+        overflow: CancellationToken,
     ) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.queue_capacity);
-        let overflow = CancellationToken::new();
         let handle = SessionHandle {
             id,
             tx,
             event_types: event_types.map(|t| t.into_iter().map(Box::from).collect()),
-            overflow: overflow.clone(),
+            overflow,
         };
         let user_id = match principal.role {
             Role::Authenticated => principal.user_id,
@@ -96,17 +102,18 @@ impl Router {
         }
         gauge!(m::SESSIONS, "role" => principal.role.as_str()).increment(1.0);
         Subscription {
-            id,
-            user_id,
-            role: principal.role,
+            ticket: Ticket {
+                id,
+                user_id,
+                role: principal.role,
+            },
             rx,
-            overflow,
         }
     }
 
-    /// Removes a session; it consumes the subscription, so it happens once per session (the
-    /// router may already have dropped the handle on overflow).
-    pub fn unsubscribe(&self, subscription: Subscription) {
+    /// Removes a subscription; it consumes the ticket, so it happens once (the router may
+    /// already have dropped the handle on overflow).
+    pub fn unsubscribe(&self, subscription: Ticket) {
         match subscription.user_id {
             Some(user) => {
                 if let Some(mut list) = self.users.get_mut(&user) {
@@ -217,6 +224,10 @@ mod tests {
         }
     }
 
+    fn token() -> CancellationToken {
+        CancellationToken::new()
+    }
+
     fn event(owner: Uuid, event_type: &str, index: u32) -> Arc<Event> {
         let relation = Arc::new(Relation {
             oid: 1,
@@ -235,9 +246,9 @@ mod tests {
     fn events_reach_their_owner_and_the_service_role_only() {
         let router = Router::new(8);
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let mut sa = router.subscribe(&principal(Some(a)), None);
-        let mut sb = router.subscribe(&principal(Some(b)), None);
-        let mut all = router.subscribe(&principal(None), None);
+        let mut sa = router.subscribe(&principal(Some(a)), None, token());
+        let mut sb = router.subscribe(&principal(Some(b)), None, token());
+        let mut all = router.subscribe(&principal(None), None, token());
         assert_eq!(router.dispatch(event(a, "app_open", 0)), 2);
         assert_eq!(sa.rx.try_recv().unwrap().owner, Some(a));
         assert!(sb.rx.try_recv().is_err());
@@ -249,7 +260,8 @@ mod tests {
     fn a_type_filter_narrows() {
         let router = Router::new(8);
         let a = Uuid::new_v4();
-        let mut goals = router.subscribe(&principal(Some(a)), Some(vec!["goal_complete".into()]));
+        let types = Some(vec!["goal_complete".into()]);
+        let mut goals = router.subscribe(&principal(Some(a)), types, token());
         router.dispatch(event(a, "app_open", 0));
         router.dispatch(event(a, "goal_complete", 1));
         assert_eq!(goals.rx.try_recv().unwrap().cursor.index, 1);
@@ -260,22 +272,23 @@ mod tests {
     fn an_overflow_cancels_and_removes_only_that_session() {
         let router = Router::new(2);
         let a = Uuid::new_v4();
-        let slow = router.subscribe(&principal(Some(a)), None);
-        let mut fast = router.subscribe(&principal(Some(a)), None);
+        let (slow_overflow, fast_overflow) = (token(), token());
+        let slow = router.subscribe(&principal(Some(a)), None, slow_overflow.clone());
+        let mut fast = router.subscribe(&principal(Some(a)), None, fast_overflow.clone());
         for i in 0..3 {
             router.dispatch(event(a, "app_open", i));
             while fast.rx.try_recv().is_ok() {}
         }
-        assert!(slow.overflow.is_cancelled());
-        assert!(!fast.overflow.is_cancelled());
+        assert!(slow_overflow.is_cancelled());
+        assert!(!fast_overflow.is_cancelled());
         assert_eq!(router.session_counts(), (1, 0));
-        router.unsubscribe(slow);
+        router.unsubscribe(slow.ticket);
         assert_eq!(
             router.session_counts(),
             (1, 0),
             "after the router dropped it"
         );
-        router.unsubscribe(fast);
+        router.unsubscribe(fast.ticket);
         assert_eq!(router.session_counts(), (0, 0));
     }
 }

@@ -6,6 +6,8 @@
 //! 4008 slow consumer.
 
 pub mod native;
+pub mod phoenix;
+pub mod realtime;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,13 +59,13 @@ pub struct SessionContext {
 }
 
 /// Why a session ended, as the close frame sent.
-struct Close {
+pub(crate) struct Close {
     code: u16,
     reason: String,
 }
 
 impl Close {
-    fn new(code: u16, reason: impl Into<String>) -> Close {
+    pub(crate) fn new(code: u16, reason: impl Into<String>) -> Close {
         Close {
             code,
             reason: reason.into(),
@@ -81,28 +83,36 @@ pub async fn run_native(
     // Read the cursor before subscribing: an event dispatched in between is then newer than
     // `ready.cursor`, never older and missing.
     let cursor = ctx.router.latest_cursor();
-    let mut sub = ctx.router.subscribe(&principal, event_types);
+    let overflow = CancellationToken::new();
+    let mut sub = ctx
+        .router
+        .subscribe(&principal, event_types, overflow.clone());
     let session_id = uuid::Uuid::new_v4().to_string();
     let ready = native::ready(&session_id, &principal, cursor);
     debug!(session_id, user_id = ?principal.user_id, role = principal.role.as_str(), "session opened");
 
     let close = match send(&mut ws, Message::Text(ready)).await {
-        Ok(()) => serve(&mut ws, &ctx, &mut sub, &mut principal).await,
+        Ok(()) => serve(&mut ws, &ctx, &mut sub, &overflow, &mut principal).await,
         Err(()) => None,
     };
-    ctx.router.unsubscribe(sub);
+    ctx.router.unsubscribe(sub.ticket);
+    finish(&mut ws, close, &session_id).await;
+}
+
+/// Counts the close and sends its frame (bounded), unless the peer is already gone.
+pub(crate) async fn finish(ws: &mut WebSocket, close: Option<Close>, session: &str) {
     if let Some(close) = close {
         counter!(m::SESSIONS_CLOSED, "code" => close.code.to_string()).increment(1);
         if close.code == CLOSE_SLOW {
-            info!(session_id, user_id = ?principal.user_id, "closed a slow consumer (4008)");
+            info!(session, "closed a slow consumer (4008)");
         }
         let frame = CloseFrame {
             code: close.code,
             reason: Utf8Bytes::from(truncate(close.reason)),
         };
-        let _ = send(&mut ws, Message::Close(Some(frame))).await;
+        let _ = send(ws, Message::Close(Some(frame))).await;
     }
-    debug!(session_id, "session closed");
+    debug!(session, "session closed");
 }
 
 /// The session loop; returns the close to send, or `None` when the peer is gone.
@@ -113,6 +123,7 @@ async fn serve(
     ws: &mut WebSocket,
     ctx: &SessionContext,
     sub: &mut Subscription,
+    overflow: &CancellationToken,
     principal: &mut Principal,
 ) -> Option<Close> {
     let mut batch: Vec<Arc<Event>> = Vec::with_capacity(BATCH);
@@ -137,7 +148,7 @@ async fn serve(
                 }
                 return Some(Close::new(CLOSE_GOING_AWAY, "server shutting down"));
             }
-            _ = sub.overflow.cancelled() => return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full")),
+            _ = overflow.cancelled() => return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full")),
             _ = &mut expiry => {
                 let text = native::error("token_expired", "the access token expired; reconnect with a fresh token");
                 let _ = send(ws, Message::Text(text)).await;
@@ -180,7 +191,7 @@ async fn serve(
                 // does not wait for a peer that stopped reading.
                 let written = tokio::select! {
                     biased;
-                    _ = sub.overflow.cancelled() => return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full")),
+                    _ = overflow.cancelled() => return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full")),
                     r = write_batch(ws, &mut batch) => r,
                 };
                 if written.is_err() {
@@ -200,18 +211,23 @@ async fn write_batch(ws: &mut WebSocket, batch: &mut Vec<Arc<Event>>) -> Result<
         ws.feed(Message::Text(event.native_frame())).await?;
     }
     ws.flush().await?;
-    let now = now_unix_us();
-    let latency = histogram!(m::DELIVERY_LATENCY);
-    for event in batch.iter() {
-        latency.record((now - event.commit_time_us).max(0) as f64 / 1e6);
-    }
-    counter!(m::EVENTS_DELIVERED).increment(batch.len() as u64);
+    record_delivery(batch);
     batch.clear();
     Ok(())
 }
 
+/// Records frames just written: delivery latency (commit → now) and the delivered count.
+pub(crate) fn record_delivery(events: &[Arc<Event>]) {
+    let now = now_unix_us();
+    let latency = histogram!(m::DELIVERY_LATENCY);
+    for event in events {
+        latency.record((now - event.commit_time_us).max(0) as f64 / 1e6);
+    }
+    counter!(m::EVENTS_DELIVERED).increment(events.len() as u64);
+}
+
 /// Sends one frame, giving up after [`CLOSE_TIMEOUT`] (a peer that stopped reading).
-async fn send(ws: &mut WebSocket, msg: Message) -> Result<(), ()> {
+pub(crate) async fn send(ws: &mut WebSocket, msg: Message) -> Result<(), ()> {
     match tokio::time::timeout(CLOSE_TIMEOUT, ws.send(msg)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),

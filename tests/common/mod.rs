@@ -3,6 +3,7 @@
 //! template, a relay per test on port 0, and real WebSocket clients.
 #![allow(dead_code)]
 
+pub mod node;
 pub mod ws;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,184 @@
+//! Phoenix channel frames as Supabase Realtime clients speak them (PROTOCOL.md "Supabase
+//! Realtime compatibility"; `@supabase/realtime-js` `RealtimeClient`/serializer,
+//! `realtime_client` for Dart): `vsn=1.0.0` objects `{topic,event,payload,ref,join_ref}`,
+//! `vsn=2.0.0` arrays `[join_ref,ref,topic,event,payload]`.
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::{json, Value};
+
+use crate::event::{Event, Operation};
+use crate::replication::pgoutput::type_name;
+
+/// Serializer version, chosen per connection by the `vsn` query parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vsn {
+    /// `1.0.0` (also when absent): JSON objects.
+    V1,
+    /// `2.0.0`: JSON arrays.
+    V2,
+}
+
+impl Vsn {
+    /// Parses the `vsn` parameter. Errors: an unsupported version, as text.
+    pub fn from_param(vsn: Option<&str>) -> Result<Vsn, String> {
+        match vsn {
+            None | Some("1.0.0") => Ok(Vsn::V1),
+            Some("2.0.0") => Ok(Vsn::V2),
+            Some(other) => Err(format!("unsupported vsn `{other}`: use 1.0.0 or 2.0.0")),
+        }
+    }
+}
+
+/// One Phoenix message. `join_ref` and `msg_ref` are echoed exactly as the client sent them
+/// (strings in current clients; `null` when absent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The channel's join reference.
+    pub join_ref: Value,
+    /// This message's reference (replies carry the request's).
+    pub msg_ref: Value,
+    /// `realtime:<name>` or `phoenix`.
+    pub topic: String,
+    /// `phx_join`, `heartbeat`, `postgres_changes`, …
+    pub event: String,
+    /// The payload object.
+    pub payload: Value,
+}
+
+/// Parses a client text frame. Errors: why it is not a Phoenix message of this version.
+pub fn decode(text: &str, vsn: Vsn) -> Result<Message, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let field = |v: Option<&Value>| v.cloned().unwrap_or(Value::Null);
+    let (join_ref, msg_ref, topic, event, payload) = match (vsn, &value) {
+        (Vsn::V2, Value::Array(a)) if a.len() == 5 => (
+            field(a.first()),
+            field(a.get(1)),
+            &a[2],
+            &a[3],
+            field(a.get(4)),
+        ),
+        (Vsn::V1, Value::Object(o)) => (
+            field(o.get("join_ref")),
+            field(o.get("ref")),
+            o.get("topic").unwrap_or(&Value::Null),
+            o.get("event").unwrap_or(&Value::Null),
+            field(o.get("payload")),
+        ),
+        (Vsn::V2, _) => {
+            return Err("vsn 2.0.0 frames are [join_ref, ref, topic, event, payload]".into())
+        }
+        (Vsn::V1, _) => {
+            return Err("vsn 1.0.0 frames are {topic, event, payload, ref, join_ref}".into())
+        }
+    };
+    let (Some(topic), Some(event)) = (topic.as_str(), event.as_str()) else {
+        return Err("topic and event must be strings".into());
+    };
+    Ok(Message {
+        join_ref,
+        msg_ref,
+        topic: topic.to_string(),
+        event: event.to_string(),
+        payload,
+    })
+}
+
+/// Encodes a message for the client.
+pub fn encode(msg: &Message, vsn: Vsn) -> Utf8Bytes {
+    let value = match vsn {
+        Vsn::V2 => json!([msg.join_ref, msg.msg_ref, msg.topic, msg.event, msg.payload]),
+        Vsn::V1 => json!({
+            "topic": msg.topic, "event": msg.event, "payload": msg.payload,
+            "ref": msg.msg_ref, "join_ref": msg.join_ref,
+        }),
+    };
+    value.to_string().into()
+}
+
+/// The `postgres_changes` frame of `event` for one channel and its matching binding `ids`.
+/// Built once per (version, topic, join_ref, ids) and shared through the event's cache, so a
+/// thousand sockets of one user joined the same way cost one encoding.
+pub fn change_frame(
+    event: &Event,
+    vsn: Vsn,
+    topic: &str,
+    join_ref: &Value,
+    ids: &[u64],
+) -> Utf8Bytes {
+    let key = format!("phx{}|{topic}|{join_ref}|{ids:?}", vsn as u8);
+    event.encoded(&key, |event| {
+        let data = event.encoded("phx-data", change_data);
+        let ids = serde_json::to_string(ids).unwrap_or_default();
+        let topic = Value::from(topic);
+        match vsn {
+            Vsn::V2 => format!(
+                "[{join_ref},null,{topic},\"postgres_changes\",{{\"ids\":{ids},\"data\":{data}}}]"
+            ),
+            Vsn::V1 => format!(
+                "{{\"topic\":{topic},\"event\":\"postgres_changes\",\"payload\":{{\"ids\":{ids},\"data\":{data}}},\"ref\":null,\"join_ref\":{join_ref}}}"
+            ),
+        }
+    })
+}
+
+/// `data` of a `postgres_changes` payload: `schema`, `table`, `commit_timestamp` (UTC,
+/// milliseconds, `Z`), `type`, `columns` (`[{name, type}]`, PostgreSQL type names), `record`,
+/// `errors`; for updates also `old_record` (`{}`: the relay streams the new row only, and
+/// realtime-js reads `old_record` of every UPDATE).
+fn change_data(event: &Event) -> String {
+    let columns: Vec<Value> = event
+        .relation
+        .columns
+        .iter()
+        .map(|c| json!({"name": c.name, "type": type_name(c.type_oid)}))
+        .collect();
+    let commit = chrono::DateTime::from_timestamp_micros(event.commit_time_us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    let mut data = json!({
+        "schema": event.relation.schema,
+        "table": event.relation.name,
+        "commit_timestamp": commit,
+        "type": supabase_type(event.operation),
+        "columns": columns,
+        "record": event.record,
+        "errors": null,
+    });
+    if event.operation == Operation::Update {
+        data["old_record"] = json!({});
+    }
+    data.to_string()
+}
+
+/// `INSERT` / `UPDATE`, as Supabase names the change types.
+pub fn supabase_type(op: Operation) -> &'static str {
+    match op {
+        Operation::Insert => "INSERT",
+        Operation::Update => "UPDATE",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_versions_round_trip() {
+        let msg = Message {
+            join_ref: json!("1"),
+            msg_ref: json!("2"),
+            topic: "realtime:room".into(),
+            event: "phx_join".into(),
+            payload: json!({"config": {}}),
+        };
+        for vsn in [Vsn::V1, Vsn::V2] {
+            assert_eq!(decode(&encode(&msg, vsn), vsn).unwrap(), msg);
+        }
+        assert!(decode("{}", Vsn::V2).is_err());
+        assert!(decode("[1,2,3]", Vsn::V2).is_err());
+        assert!(decode("[null,null,5,\"e\",{}]", Vsn::V2).is_err());
+        assert!(decode("nope", Vsn::V1).is_err());
+        assert_eq!(Vsn::from_param(None), Ok(Vsn::V1));
+        assert!(Vsn::from_param(Some("3.0.0")).is_err());
+    }
+}
