@@ -93,6 +93,9 @@ pub struct Event {
     encodings: Mutex<Vec<(Box<str>, Utf8Bytes)>>,
 }
 
+/// Most cached encodings per event.
+const MAX_ENCODINGS: usize = 16;
+
 /// The owner column every streamed table is routed by.
 pub const OWNER_COLUMN: &str = "user_id";
 
@@ -160,6 +163,9 @@ impl Event {
         match encodings.iter().find(|(k, _)| &**k == key) {
             // Another session encoded it meanwhile: keep the first, so all share one buffer.
             Some((_, first)) => first.clone(),
+            // Past a few variants (many topics or join refs), sharing stops paying: the lookup
+            // would grow with the number of sessions. Those get their own bytes.
+            None if encodings.len() >= MAX_ENCODINGS => bytes,
             None => {
                 encodings.push((Box::from(key), bytes.clone()));
                 bytes

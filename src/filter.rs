@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use crate::replication::pgoutput::Record;
+use crate::replication::pgoutput::{oid, text_to_json, type_name, Record};
 
 /// A comparison operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,10 +59,14 @@ impl fmt::Display for FilterError {
 }
 
 impl Filter {
-    /// Parses `text`; `columns` are the table's columns (an unknown column is an error).
-    pub fn parse(text: &str, columns: &[&str]) -> Result<Filter, FilterError> {
+    /// Parses `text`; `columns` are the table's columns with their type OIDs (an unknown
+    /// column, a jsonb column, or a value that is not of the column's type is an error, as
+    /// Supabase's `subscription_check_filters` refuses them). Operands are normalised to the
+    /// form the decoder gives record values (timestamps RFC 3339 UTC with microseconds, uuids
+    /// in lower case, booleans `true`/`false`), so comparisons are exact.
+    pub fn parse(text: &str, columns: &[(&str, u32)]) -> Result<Filter, FilterError> {
         let mut conditions = Vec::new();
-        for segment in split_segments(text) {
+        for segment in split_top_level(text) {
             let segment = segment.trim();
             if segment.is_empty() {
                 continue;
@@ -92,12 +96,12 @@ impl Filter {
                 }
             };
             let column = column.trim();
-            if !columns.contains(&column) {
+            let Some(&(_, type_oid)) = columns.iter().find(|(name, _)| *name == column) else {
                 return Err(FilterError(format!(
                     "unknown column `{column}` in filter `{segment}`"
                 )));
-            }
-            let values = if op == Op::In {
+            };
+            let raw: Vec<String> = if op == Op::In {
                 let list = value
                     .strip_prefix('(')
                     .and_then(|v| v.strip_suffix(')'))
@@ -106,10 +110,30 @@ impl Filter {
                             "invalid filter `{segment}`: `in` takes a list like in.(a,b)"
                         ))
                     })?;
-                list.split(',').map(|v| unquote(v.trim())).collect()
+                let items: Vec<String> = split_top_level(list)
+                    .iter()
+                    .map(|v| unquote(v.trim()))
+                    .collect();
+                if items.len() > MAX_IN_VALUES {
+                    return Err(FilterError(format!(
+                        "too many values in `in` (at most {MAX_IN_VALUES})"
+                    )));
+                }
+                items
             } else {
                 vec![unquote(value)]
             };
+            let values = raw
+                .iter()
+                .map(|v| {
+                    normalise(type_oid, v).ok_or_else(|| {
+                        FilterError(format!(
+                            "invalid value `{v}` for column `{column}` of type {}",
+                            type_name(type_oid)
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             conditions.push(Condition {
                 column: column.to_string(),
                 op,
@@ -126,6 +150,8 @@ impl Filter {
 }
 
 impl Condition {
+    /// A NULL (or missing) column matches no operator, `neq` included (Supabase wraps each
+    /// check in `coalesce(…, false)`).
     fn matches(&self, record: &Record) -> bool {
         let value = record.get(&self.column).unwrap_or(&Value::Null);
         match self.op {
@@ -135,7 +161,7 @@ impl Condition {
                 .any(|v| compare(value, v) == Some(std::cmp::Ordering::Equal)),
             op => {
                 let Some(ordering) = compare(value, &self.values[0]) else {
-                    return op == Op::Neq;
+                    return false;
                 };
                 match op {
                     Op::Eq => ordering.is_eq(),
@@ -163,18 +189,29 @@ fn compare(value: &Value, operand: &str) -> Option<std::cmp::Ordering> {
             n.to_string()
         }
         Value::Bool(b) => b.to_string(),
-        Value::Null => "null".to_string(),
-        Value::Array(_) | Value::Object(_) => return None,
+        Value::Null | Value::Array(_) | Value::Object(_) => return None,
     };
     Some(text.as_str().cmp(operand))
 }
 
-/// Splits at commas outside parentheses (so `in.(a,b)` stays whole).
-fn split_segments(text: &str) -> Vec<&str> {
+/// Splits at commas outside parentheses and double quotes (so `in.(a,b)` and `eq."a,b"`
+/// stay whole); a backslash escapes the next character inside quotes (PostgREST quoting, as
+/// realtime-js's filter builder and the Dart client write it).
+fn split_top_level(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
-    let (mut depth, mut start) = (0i32, 0usize);
+    let (mut depth, mut start, mut quoted, mut escaped) = (0i32, 0usize, false, false);
     for (i, c) in text.char_indices() {
+        if quoted {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
         match c {
+            '"' => quoted = true,
             '(' => depth += 1,
             ')' => depth -= 1,
             ',' if depth <= 0 => {
@@ -188,11 +225,45 @@ fn split_segments(text: &str) -> Vec<&str> {
     out
 }
 
+/// Removes PostgREST double quotes and their backslash escapes.
 fn unquote(v: &str) -> String {
-    v.strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .unwrap_or(v)
-        .to_string()
+    let Some(inner) = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) else {
+        return v.to_string();
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Most values in one `in` list (Supabase's limit).
+const MAX_IN_VALUES: usize = 100;
+
+/// An operand in the decoder's text form for the column type; `None` when it is not a value
+/// of that type (or the type cannot be filtered: json/jsonb).
+fn normalise(type_oid: u32, v: &str) -> Option<String> {
+    match type_oid {
+        oid::TIMESTAMPTZ => match text_to_json(oid::TIMESTAMPTZ, v) {
+            Value::String(s) if s.ends_with('Z') => Some(s),
+            _ => None,
+        },
+        oid::UUID => uuid::Uuid::parse_str(v).ok().map(|u| u.to_string()),
+        oid::BOOL => match v.to_ascii_lowercase().as_str() {
+            "t" | "true" | "yes" | "on" | "1" => Some("true".into()),
+            "f" | "false" | "no" | "off" | "0" => Some("false".into()),
+            _ => None,
+        },
+        oid::INT2 | oid::INT4 | oid::INT8 | oid::FLOAT4 | oid::FLOAT8 | oid::NUMERIC => {
+            v.parse::<f64>().ok().map(|_| v.to_string())
+        }
+        oid::JSON | oid::JSONB => None,
+        _ => Some(v.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -200,11 +271,22 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const COLUMNS: &[&str] = &["id", "user_id", "event_type", "value", "is_deleted", "n"];
+    const U1: &str = "6a1d3a5e-8f1b-4c2d-9e3f-4a5b6c7d8e9f";
+    const COLUMNS: &[(&str, u32)] = &[
+        ("id", oid::TEXT),
+        ("user_id", oid::UUID),
+        ("timestamp", oid::TIMESTAMPTZ),
+        ("event_type", oid::TEXT),
+        ("value", oid::JSONB),
+        ("is_deleted", oid::BOOL),
+        ("n", oid::INT4),
+        ("note", oid::TEXT),
+    ];
 
     fn record() -> Record {
-        json!({"id": "a", "user_id": "u1", "event_type": "goal_complete", "value": {"k": 1},
-               "is_deleted": false, "n": 5})
+        json!({"id": "a,b", "user_id": U1, "timestamp": "2026-11-20T12:00:00.500000Z",
+               "event_type": "goal_complete", "value": {"k": 1}, "is_deleted": false, "n": 5,
+               "note": null})
         .as_object()
         .cloned()
         .unwrap()
@@ -224,16 +306,32 @@ mod tests {
         assert!(!check("n=gt.10") && check("n=lt.6"));
         assert!(check("event_type=in.(app_open,goal_complete)"));
         assert!(!check("event_type=in.(app_open,steps_import)"));
-        assert!(check("is_deleted=eq.false"));
-        assert!(!check("value=eq.x"), "objects never equal a scalar");
+        assert!(check("is_deleted=eq.false") && check("is_deleted=eq.f"));
+    }
+
+    #[test]
+    fn operands_are_normalised_to_the_column_type() {
+        assert!(check("timestamp=gt.2026-11-20T12:00:00Z"));
+        assert!(check("timestamp=lt.2026-11-20 13:30:00+01:00"));
+        assert!(!check("timestamp=gt.2026-11-20 13:30:00+01:00"));
+        assert!(check("timestamp=eq.2026-11-20T13:00:00.5+01:00"));
+        assert!(check(&format!("user_id=eq.{}", U1.to_uppercase())));
+        assert!(check(r#"id=eq."a,b""#), "quoted values keep their commas");
+        assert!(check(r#"id=in.("x","a,b")"#));
+        assert!(check(r#"event_type=in.("goal_complete")"#));
+    }
+
+    #[test]
+    fn null_matches_no_operator() {
+        assert!(!check("note=eq.null") && !check("note=neq.x") && !check("note=in.(x)"));
     }
 
     #[test]
     fn segments_are_anded() {
-        assert!(check(
-            "user_id=eq.u1,event_type=in.(app_open,goal_complete),n=gte.5"
-        ));
-        assert!(!check("user_id=eq.u1,n=gt.5"));
+        assert!(check(&format!(
+            "user_id=eq.{U1},event_type=in.(app_open,goal_complete),n=gte.5"
+        )));
+        assert!(!check(&format!("user_id=eq.{U1},n=gt.5")));
         assert!(check(""));
     }
 
@@ -244,5 +342,10 @@ mod tests {
         assert!(err("nope=eq.1").contains("unknown column `nope`"));
         assert!(err("n").contains("expected column=op.value"));
         assert!(err("n=in.5").contains("in.(a,b)"));
+        assert!(err("is_deleted=eq.maybe").contains("invalid value `maybe`"));
+        assert!(err("user_id=eq.notauuid").contains("of type uuid"));
+        assert!(err("value=eq.x").contains("of type jsonb"));
+        let many = format!("n=in.({})", vec!["1"; 101].join(","));
+        assert!(err(&many).contains("too many values"));
     }
 }

@@ -169,8 +169,9 @@ async fn channels_bindings_ids_leave_and_rejoin() {
     );
     let close = next(&mut ws).await;
     assert_eq!(
-        (close[0].as_str(), close[3].as_str()),
-        (Some("3"), Some("phx_close"))
+        (close[0].as_str(), close[1].as_str(), close[3].as_str()),
+        (Some("3"), Some("3"), Some("phx_close")),
+        "phx_close carries the join_ref as its ref, as Phoenix does"
     );
     ws.send(Message::text(
         json!([null, "5", "phoenix", "heartbeat", {}]).to_string(),

@@ -24,19 +24,22 @@ use super::{finish, send, Close, SessionContext, CLOSE_GOING_AWAY, CLOSE_SLOW};
 use crate::auth::{now_s, AuthError, Principal};
 use crate::event::{Event, Operation};
 use crate::filter::Filter;
+use crate::replication::pgoutput::oid;
 use crate::router::Ticket;
 
 /// The only table the relay streams to Supabase clients (PROTOCOL.md).
 const STREAMED: (&str, &str) = ("public", "engagement_events");
-/// Its columns, for validating filters.
-const COLUMNS: &[&str] = &[
-    "id",
-    "user_id",
-    "timestamp",
-    "event_type",
-    "value",
-    "is_deleted",
+/// Its columns and their types, for validating filters.
+const COLUMNS: &[(&str, u32)] = &[
+    ("id", oid::UUID),
+    ("user_id", oid::UUID),
+    ("timestamp", oid::TIMESTAMPTZ),
+    ("event_type", oid::TEXT),
+    ("value", oid::JSONB),
+    ("is_deleted", oid::BOOL),
 ];
+/// Most channels one socket may join (Supabase's `max_channels_per_client` default).
+const MAX_CHANNELS: usize = 100;
 
 /// Which change types a binding receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,18 +179,33 @@ impl Socket<'_> {
             ("phoenix", "heartbeat") => self.reply(&msg, "ok", json!({})).await,
             (_, "phx_join") => self.join(msg).await,
             (_, "phx_leave") => {
-                self.leave(&msg.topic);
+                let left = self.leave(&msg.topic);
                 self.reply(&msg, "ok", json!({})).await?;
-                self.push_close(&msg.topic, msg.join_ref.clone()).await
+                match left {
+                    Some(join_ref) => self.push_close(&msg.topic, join_ref).await,
+                    None => Ok(()),
+                }
             }
             (_, "access_token") => self.refresh(&msg).await,
-            // Broadcast and presence are not served; pushes that expect a reply get an ok.
-            _ if !msg.msg_ref.is_null() => self.reply(&msg, "ok", json!({})).await,
+            // Broadcast and presence are not served: say so to pushes that expect a reply.
+            _ if !msg.msg_ref.is_null() => {
+                let reason = format!(
+                    "`{}` is not served by engagement-relay (postgres_changes only)",
+                    msg.event
+                );
+                self.reply(&msg, "error", json!({"reason": reason})).await
+            }
             _ => Ok(()),
         }
     }
 
     async fn join(&mut self, msg: Message) -> Result<(), ()> {
+        // A join on a joined topic replaces it, whether or not the new join succeeds.
+        self.leave(&msg.topic);
+        if self.channels.len() >= MAX_CHANNELS {
+            let reason = format!("TooManyChannels: at most {MAX_CHANNELS} channels per socket");
+            return self.reply(&msg, "error", json!({"reason": reason})).await;
+        }
         let token = msg.payload["access_token"]
             .as_str()
             .filter(|t| !t.starts_with("sb_"))
@@ -206,7 +224,6 @@ impl Socket<'_> {
                 return self.reply(&msg, "error", json!({"reason": reason})).await;
             }
         };
-        self.leave(&msg.topic);
         let name = msg
             .topic
             .strip_prefix("realtime:")
@@ -291,10 +308,12 @@ impl Socket<'_> {
         .await
     }
 
+    /// `phx_close` carries the channel's join_ref as both `join_ref` and `ref`, as Phoenix
+    /// sends it: the Dart client tells channel instances of one topic apart by `ref` alone.
     async fn push_close(&mut self, topic: &str, join_ref: Value) -> Result<(), ()> {
         self.push(Message {
-            join_ref,
-            msg_ref: Value::Null,
+            join_ref: join_ref.clone(),
+            msg_ref: join_ref,
             topic: topic.to_string(),
             event: "phx_close".into(),
             payload: json!({}),
@@ -302,14 +321,14 @@ impl Socket<'_> {
         .await
     }
 
-    /// Drops a channel and its subscription (no frames).
-    fn leave(&mut self, topic: &str) {
-        if let Some(channel) = self.channels.remove(topic) {
-            self.streams.remove(topic);
-            if let Some(ticket) = channel.ticket {
-                self.ctx.router.unsubscribe(ticket);
-            }
+    /// Drops a channel and its subscription (no frames); returns its join_ref if it existed.
+    fn leave(&mut self, topic: &str) -> Option<Value> {
+        let channel = self.channels.remove(topic)?;
+        self.streams.remove(topic);
+        if let Some(ticket) = channel.ticket {
+            self.ctx.router.unsubscribe(ticket);
         }
+        Some(channel.join_ref)
     }
 
     /// `access_token` on a channel: a valid token of the same identity extends it (no reply);
@@ -318,7 +337,14 @@ impl Socket<'_> {
         let Some(channel) = self.channels.get_mut(&msg.topic) else {
             return Ok(());
         };
-        let token = msg.payload["access_token"].as_str().unwrap_or_default();
+        // Clients push `access_token` on every heartbeat; a missing token or an `sb_` key is
+        // not a refresh, and the Supabase server ignores it too.
+        let Some(token) = msg.payload["access_token"]
+            .as_str()
+            .filter(|t| !t.starts_with("sb_"))
+        else {
+            return Ok(());
+        };
         let problem = match self.ctx.verifier.verify(token) {
             Ok(p) if p.user_id == channel.principal.user_id && p.role == channel.principal.role => {
                 channel.principal.expires_at = p.expires_at;
@@ -364,11 +390,12 @@ impl Socket<'_> {
     }
 
     async fn expire_channels(&mut self) -> Result<(), ()> {
-        let now = now_s() - self.ctx.verifier.leeway_s();
+        let now = now_s();
+        let leeway = self.ctx.verifier.leeway_s();
         let expired: Vec<(String, i64)> = self
             .channels
             .iter()
-            .filter(|(_, c)| c.principal.expires_at <= now)
+            .filter(|(_, c)| c.principal.expires_at.saturating_add(leeway) <= now)
             .map(|(t, c)| (t.clone(), now - c.principal.expires_at))
             .collect();
         for (topic, ago) in expired {
