@@ -8,10 +8,10 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
-use chrono::{DateTime, SecondsFormat};
 use serde::Serialize;
 use uuid::Uuid;
 
+pub use crate::replication::pgoutput::format_unix_us;
 use crate::replication::pgoutput::{Record, Relation};
 
 /// Position of a row in the WAL: (commit LSN of its transaction, index of the row inside the
@@ -190,13 +190,6 @@ impl Event {
     pub fn encoded_len(&self) -> usize {
         self.native.len()
     }
-}
-
-/// Unix microseconds → RFC 3339 UTC with `Z` and six fractional digits.
-pub fn format_unix_us(us: i64) -> String {
-    DateTime::from_timestamp_micros(us)
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true))
-        .unwrap_or_else(|| us.to_string())
 }
 
 /// Microseconds since the Unix epoch, now.

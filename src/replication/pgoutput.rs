@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 pub use super::values::{
-    format_pg_timestamp_us, oid, pg_epoch_to_unix_us, text_to_json, type_name,
+    format_pg_timestamp_us, format_unix_us, oid, pg_epoch_to_unix_us, text_to_json, type_name,
 };
 
 /// One column of a relation, from the Relation (`'R'`) message

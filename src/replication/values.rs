@@ -223,7 +223,12 @@ const PG_EPOCH_UNIX_US: i64 = 946_684_800_000_000;
 /// outside 0000–9999 use ISO 8601 expanded years (`"+12345-…"`), and values beyond
 /// chrono's range (about ±262 000 years) are clamped to it.
 pub fn format_pg_timestamp_us(us: i64) -> String {
-    let unix = pg_epoch_to_unix_us(us);
+    format_unix_us(pg_epoch_to_unix_us(us))
+}
+
+/// Microseconds since the Unix epoch → RFC 3339 UTC with `Z` and exactly 6 fractional
+/// digits, e.g. `"2026-11-20T12:00:00.123456Z"`; out-of-range values clamp to chrono's limits.
+pub fn format_unix_us(unix: i64) -> String {
     let dt = match DateTime::from_timestamp_micros(unix) {
         Some(dt) => dt.naive_utc(),
         None if unix < 0 => NaiveDateTime::MIN,
