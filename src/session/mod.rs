@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use metrics::{counter, histogram};
+use metrics::{counter, histogram, Counter, Histogram};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -130,6 +130,7 @@ async fn serve(
     let mut ping = tokio::time::interval(ctx.limits.ping_interval);
     ping.reset();
     let mut last_seen = Instant::now();
+    let delivery = Delivery::new();
     let expiry = sleep_until(expiry_instant(
         principal.expires_at,
         ctx.verifier.leeway_s(),
@@ -143,7 +144,7 @@ async fn serve(
                 while let Ok(event) = sub.rx.try_recv() {
                     batch.push(event);
                 }
-                if tokio::time::timeout(DRAIN_TIMEOUT, write_batch(ws, &mut batch)).await.is_err() {
+                if tokio::time::timeout(DRAIN_TIMEOUT, write_batch(ws, &mut batch, &delivery)).await.is_err() {
                     return None;
                 }
                 return Some(Close::new(CLOSE_GOING_AWAY, "server shutting down"));
@@ -192,7 +193,7 @@ async fn serve(
                 let written = tokio::select! {
                     biased;
                     _ = overflow.cancelled() => return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full")),
-                    r = write_batch(ws, &mut batch) => r,
+                    r = write_batch(ws, &mut batch, &delivery) => r,
                 };
                 if written.is_err() {
                     return None;
@@ -203,7 +204,11 @@ async fn serve(
 }
 
 /// Writes every queued frame, flushes once, then records delivery latency and empties `batch`.
-async fn write_batch(ws: &mut WebSocket, batch: &mut Vec<Arc<Event>>) -> Result<(), axum::Error> {
+async fn write_batch(
+    ws: &mut WebSocket,
+    batch: &mut Vec<Arc<Event>>,
+    delivery: &Delivery,
+) -> Result<(), axum::Error> {
     if batch.is_empty() {
         return Ok(());
     }
@@ -211,19 +216,34 @@ async fn write_batch(ws: &mut WebSocket, batch: &mut Vec<Arc<Event>>) -> Result<
         ws.feed(Message::Text(event.native_frame())).await?;
     }
     ws.flush().await?;
-    record_delivery(batch);
+    delivery.record(batch);
     batch.clear();
     Ok(())
 }
 
-/// Records frames just written: delivery latency (commit → now) and the delivered count.
-pub(crate) fn record_delivery(events: &[Arc<Event>]) {
-    let now = now_unix_us();
-    let latency = histogram!(m::DELIVERY_LATENCY);
-    for event in events {
-        latency.record((now - event.commit_time_us).max(0) as f64 / 1e6);
+/// Delivery accounting of one session, with its metric handles looked up once.
+pub(crate) struct Delivery {
+    latency: Histogram,
+    delivered: Counter,
+}
+
+impl Delivery {
+    pub(crate) fn new() -> Delivery {
+        Delivery {
+            latency: histogram!(m::DELIVERY_LATENCY),
+            delivered: counter!(m::EVENTS_DELIVERED),
+        }
     }
-    counter!(m::EVENTS_DELIVERED).increment(events.len() as u64);
+
+    /// Records frames just written: delivery latency (commit → now) and the delivered count.
+    pub(crate) fn record(&self, events: &[Arc<Event>]) {
+        let now = now_unix_us();
+        for event in events {
+            self.latency
+                .record((now - event.commit_time_us).max(0) as f64 / 1e6);
+        }
+        self.delivered.increment(events.len() as u64);
+    }
 }
 
 /// Sends one frame, giving up after [`CLOSE_TIMEOUT`] (a peer that stopped reading).

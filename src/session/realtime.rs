@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::phoenix::{self, Message, Vsn};
-use super::{finish, send, Close, SessionContext, CLOSE_GOING_AWAY, CLOSE_SLOW};
+use super::{finish, send, Close, Delivery, SessionContext, CLOSE_GOING_AWAY, CLOSE_SLOW};
 use crate::auth::{now_s, AuthError, Principal};
 use crate::event::{Event, Operation};
 use crate::filter::Filter;
@@ -92,6 +92,7 @@ struct Socket<'a> {
     streams: StreamMap<String, ReceiverStream<Arc<Event>>>,
     overflow: CancellationToken,
     next_binding: u64,
+    delivery: Delivery,
 }
 
 /// Runs a Realtime session until it closes.
@@ -110,6 +111,7 @@ pub async fn run_realtime(
         streams: StreamMap::new(),
         overflow: CancellationToken::new(),
         next_binding: 1,
+        delivery: Delivery::new(),
     };
     let close = socket.serve().await;
     for (_, channel) in socket.channels.drain() {
@@ -420,7 +422,7 @@ impl Socket<'_> {
         }
         let frame = phoenix::change_frame(event, self.vsn, topic, &channel.join_ref, &ids);
         send(self.ws, WsMessage::Text(frame)).await?;
-        super::record_delivery(std::slice::from_ref(event));
+        self.delivery.record(std::slice::from_ref(event));
         Ok(())
     }
 }
