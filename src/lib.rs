@@ -22,4 +22,4 @@ pub mod replication;
 pub mod router;
 pub mod session;
 
-pub use relay::{start, Relay, RelayError};
+pub use relay::{shutdown_signal, start, Relay, RelayError};

@@ -110,7 +110,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
             };
             let stop = relay.shutdown_token();
             tokio::spawn(async move {
-                wait_for_signal().await;
+                engagement_relay::shutdown_signal().await;
                 stop.cancel();
             });
             match relay.wait().await {
@@ -126,7 +126,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {
-                wait_for_signal().await;
+                engagement_relay::shutdown_signal().await;
                 stop.cancel();
             });
             let data_dir = match data_dir {
@@ -209,22 +209,6 @@ fn init_logging(config: &Config) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-}
-
-/// SIGINT (Ctrl-C) or SIGTERM.
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {

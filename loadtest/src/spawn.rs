@@ -133,12 +133,7 @@ pub async fn serve_relay() -> anyhow::Result<()> {
     let relay = engagement_relay::start(config).await?;
     let stop = relay.shutdown_token();
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
+        engagement_relay::shutdown_signal().await;
         stop.cancel();
     });
     relay.wait().await?;
