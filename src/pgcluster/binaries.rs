@@ -130,6 +130,12 @@ pub(super) fn postgres_can(flag: &str, path: &Path) -> bool {
     )
 }
 
+/// True when this process runs as root, so server binaries run as the `postgres` OS user
+/// (initdb and pg_ctl refuse root).
+pub fn running_as_root() -> bool {
+    euid() == Some(0)
+}
+
 /// Effective uid: the 2nd number on `/proc/self/status`'s `Uid:` line, else `id -u`.
 pub(super) fn euid() -> Option<u32> {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -33,7 +33,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub use binaries::find_bin_dir;
+pub use binaries::{find_bin_dir, running_as_root};
 pub use datadir::dev_data_dir;
 
 use binaries::{euid, quiet_ok};

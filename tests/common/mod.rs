@@ -12,7 +12,7 @@ use std::time::Duration;
 use engagement_relay::auth::{mint, Role};
 use engagement_relay::config::{Config, Secret};
 use engagement_relay::db;
-use engagement_relay::pgcluster::{Cluster, ClusterOptions};
+use engagement_relay::pgcluster::{running_as_root, Cluster, ClusterOptions};
 use engagement_relay::Relay;
 use tokio::sync::OnceCell;
 use tokio_postgres::Client;
@@ -59,7 +59,7 @@ pub async fn cluster() -> &'static Cluster {
 fn stop_with_this_process(cluster: &Cluster) {
     let pg_ctl = cluster.bin_dir().join("pg_ctl");
     let data = cluster.data_dir().display().to_string();
-    let as_postgres = if is_root() {
+    let as_postgres = if running_as_root() {
         "runuser -u postgres -- "
     } else {
         ""
@@ -81,17 +81,6 @@ fn stop_with_this_process(cluster: &Cluster) {
         .expect("spawn cluster watchdog");
     #[allow(clippy::zombie_processes)]
     std::mem::forget(_watchdog);
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// Connects as the superuser.
