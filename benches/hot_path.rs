@@ -12,8 +12,9 @@
 //!   all receivers. The input record is cloned and the event dropped outside the timed section.
 //! * `router_fanout/{1,10,1000}` — [`Router::dispatch`] of one `Arc<Event>` to 1, 10 and 1,000
 //!   sessions subscribed for the event's owner: the owner lookup, one `try_send` per session
-//!   into its bounded queue (capacity 1,024, the `limits.session_queue` default) and the
-//!   latest-cursor update. Throughput is reported in sessions (deliveries) per second. Only the
+//!   into its bounded queue (capacity 1,024, the `limits.session_queue` default), the
+//!   latest-cursor update, and the replay-window upkeep (append to the window and the owner's
+//!   deque; the event's commit timestamp is old, so each dispatch also evicts one). Throughput is reported in sessions (deliveries) per second. Only the
 //!   dispatch calls are timed: after every [`DRAIN_EVERY`] dispatches the clock is stopped and
 //!   each subscription's `rx` is drained with `try_recv`, so the queues never fill and the
 //!   receivers' work (dequeue, dropping their `Arc`) is excluded. No receiving task is parked on
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use engagement_relay::auth::{Principal, Role};
+use engagement_relay::config::ReplayConfig;
 use engagement_relay::event::{Cursor, Event, Operation};
 use engagement_relay::replication::pgoutput::{Change, Decoder, Record, Relation};
 use engagement_relay::replication::pgoutput_writer;
@@ -109,6 +111,7 @@ fn cursor() -> Cursor {
     Cursor {
         lsn: 0x16B3_7A28,
         index: 0,
+        history: 1,
     }
 }
 
@@ -163,9 +166,9 @@ fn router_fanout(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("router_fanout");
     for sessions in [1_usize, 10, 1000] {
-        let router = Router::new(QUEUE_CAPACITY);
+        let router = Router::new(QUEUE_CAPACITY, &ReplayConfig::default());
         let mut subs: Vec<Subscription> = (0..sessions)
-            .map(|_| router.subscribe(&principal, None, Default::default()))
+            .map(|_| router.subscribe(&principal, None, Default::default(), None))
             .collect();
         assert_eq!(router.dispatch(Arc::clone(&event)), sessions, "all queued");
         drain(&mut subs);

@@ -69,6 +69,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[limits]`: per-session bounds.
     pub limits: LimitsConfig,
+    /// `[replay]`: the replay window that lets clients resume without gaps.
+    pub replay: ReplayConfig,
     /// `[shutdown]`: graceful shutdown.
     pub shutdown: ShutdownConfig,
     /// `[log]`: logging.
@@ -195,6 +197,36 @@ impl Default for LimitsConfig {
             max_client_frame_bytes: 64 * 1024,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[replay]` section: how much recent history the relay keeps in memory (and in the slot) so
+/// that a client reconnecting with `since=<cursor>` gets exactly what it missed.
+///
+/// The slot is confirmed only up to what is older than `window`, so PostgreSQL retains that
+/// much WAL (of the whole cluster, not only the streamed table) and a restarted relay rebuilds
+/// the window from its own slot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplayConfig {
+    /// Events younger than this (by commit timestamp) stay replayable (default `5m`; `0s`
+    /// disables resume: every `since` is then answered `complete:false`, except at the head).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Most events kept, whatever their age (default 1,000,000).
+    pub max_events: usize,
+    /// Most bytes kept, estimated per event as its encoded frame plus its decoded row
+    /// (default 268435456, 256 MiB).
+    pub max_bytes: usize,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig {
+            window: Duration::from_secs(300),
+            max_events: 1_000_000,
+            max_bytes: 256 << 20,
         }
     }
 }
@@ -342,6 +374,7 @@ impl Config {
             ("database.reconnect_max", self.database.reconnect_max),
             ("shutdown.grace", self.shutdown.grace),
             ("auth.leeway", self.auth.leeway),
+            ("replay.window", self.replay.window),
         ] {
             if value > MAX_DURATION {
                 return fail(key, "must be at most 1 day");

@@ -91,6 +91,11 @@ async fn serve(
         .collect();
 
     let relay = crate::start(config.clone()).await?;
+    // Sessions are refused until the replay window is rebuilt: show the URL once it works.
+    tokio::select! {
+        _ = relay.ready() => {}
+        _ = shutdown.cancelled() => {}
+    }
     print_banner(config, &relay, &users, &url)?;
 
     let demo = (opts.demo_rate > 0.0 && !users.is_empty()).then(|| {

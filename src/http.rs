@@ -4,7 +4,8 @@
 //! A refused upgrade is answered before the handshake with a JSON body
 //! `{"error":"<code>","message":"<text>"}`: 401 for a missing, malformed, wrongly signed or
 //! expired token, 403 for a valid token whose role may not subscribe, 503 when the relay is at
-//! `server.max_sessions`, 426 for a plain GET without an upgrade.
+//! `server.max_sessions` or still rebuilding its replay window after start (`not_ready`, with
+//! `Retry-After`), 426 for a plain GET without an upgrade.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,11 +26,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Principal, Verifier};
 use crate::config::LimitsConfig;
+use crate::event::Cursor;
 use crate::metrics as m;
 use crate::replication::StreamStatus;
 use crate::router::Router;
 use crate::session::phoenix::Vsn;
 use crate::session::{self, SessionContext};
+
+/// Why the relay is not ready right after start.
+const REBUILDING: &str = "rebuilding the replay window from the replication slot";
 
 /// Read buffer per session, bytes.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
@@ -88,13 +93,17 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.status.is_connected() {
+    if state.status.is_ready() {
         return Json(json!({"status": "ready"})).into_response();
     }
-    let reason = state
-        .status
-        .last_error()
-        .unwrap_or_else(|| "replication stream not connected yet".into());
+    let reason = if !state.status.is_connected() {
+        state
+            .status
+            .last_error()
+            .unwrap_or_else(|| "replication stream not connected yet".into())
+    } else {
+        REBUILDING.to_string()
+    };
     (
         StatusCode::SERVICE_UNAVAILABLE,
         Json(json!({"status": "unavailable", "reason": reason})),
@@ -180,8 +189,11 @@ async fn native_upgrade(
         Err(e) => return refuse(&e),
     };
     let types = event_types(&query);
+    // A malformed cursor is answered on the socket (an `error` frame, then 1008), where a
+    // client library reports it, rather than as a failed handshake it would retry.
+    let since = query.get("since").map(|c| c.parse::<Cursor>());
     start_session(&state, upgrade, move |ws, ctx| {
-        session::run_native(ws, ctx, principal, types)
+        session::run_native(ws, ctx, principal, types, since)
     })
 }
 
@@ -232,6 +244,14 @@ where
             )
         }
     };
+    if !state.status.is_rebuilt() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(json!({"error": "not_ready", "message": REBUILDING})),
+        )
+            .into_response();
+    }
     let Some(slot) = reserve(state) else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod metrics;
 pub mod pgcluster;
 mod relay;
+pub mod replay;
 pub mod replication;
 pub mod router;
 pub mod session;

@@ -38,6 +38,20 @@ pub const REPLICATION_LAG_BYTES: &str = "relay_replication_lag_bytes";
 pub const REPLICATION_RECONNECTS: &str = "relay_replication_reconnects_total";
 /// Gauge: the LSN (as a number) last reported to PostgreSQL as flushed.
 pub const CONFIRMED_FLUSH_LSN: &str = "relay_replication_confirmed_flush_lsn";
+/// Gauge: events in the replay window.
+pub const REPLAY_WINDOW_EVENTS: &str = "relay_replay_window_events";
+/// Gauge, bytes: estimated memory of the replay window (`replay.max_bytes` caps it).
+pub const REPLAY_WINDOW_BYTES: &str = "relay_replay_window_bytes";
+/// Gauge, seconds: age (by commit timestamp) of the oldest event in the replay window.
+pub const REPLAY_OLDEST_AGE: &str = "relay_replay_oldest_age_seconds";
+/// Counter by `complete` (`true`, `false`): sessions that resumed with `since`.
+pub const RESUMES: &str = "relay_resumes_total";
+/// Gauge, bytes: WAL the slot keeps on the server (current WAL LSN minus the slot's
+/// `restart_lsn`, from `pg_replication_slots`).
+pub const SLOT_RETAINED_WAL_BYTES: &str = "relay_slot_retained_wal_bytes";
+/// Gauge, bytes: WAL that can still be written before the slot is invalidated by
+/// `max_slot_wal_keep_size` (`safe_wal_size`; absent when the setting is unlimited).
+pub const SLOT_SAFE_WAL_SIZE_BYTES: &str = "relay_slot_safe_wal_size_bytes";
 
 /// The SLO target in seconds (PRD §8: "Realtime latency < 500 ms from insert to dashboard").
 pub const SLO_TARGET_SECONDS: f64 = 0.5;
@@ -115,6 +129,28 @@ fn describe() {
     describe_gauge!(
         CONFIRMED_FLUSH_LSN,
         "LSN last confirmed to PostgreSQL as flushed."
+    );
+    describe_gauge!(REPLAY_WINDOW_EVENTS, "Events in the replay window.");
+    describe_gauge!(
+        REPLAY_WINDOW_BYTES,
+        Unit::Bytes,
+        "Estimated memory of the replay window."
+    );
+    describe_gauge!(
+        REPLAY_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest event in the replay window."
+    );
+    describe_counter!(RESUMES, "Sessions resumed with a cursor, by completeness.");
+    describe_gauge!(
+        SLOT_RETAINED_WAL_BYTES,
+        Unit::Bytes,
+        "WAL retained by the slot (current LSN minus restart_lsn)."
+    );
+    describe_gauge!(
+        SLOT_SAFE_WAL_SIZE_BYTES,
+        Unit::Bytes,
+        "WAL that may still be written before max_slot_wal_keep_size invalidates the slot."
     );
     metrics::gauge!(SLO_TARGET).set(SLO_TARGET_SECONDS);
     metrics::gauge!(REPLICATION_CONNECTED).set(0.0);

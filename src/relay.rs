@@ -19,6 +19,9 @@ use crate::http::{self, AppState};
 use crate::replication::{self, ReplicationContext, ReplicationError, StreamStatus};
 use crate::router::Router;
 
+/// How often the slot's retained WAL is read from `pg_replication_slots`.
+const SLOT_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why the relay could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -61,7 +64,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     config.require_jwt_secret()?;
     let handle = crate::metrics::install();
     match replication::preflight(&config.database).await {
-        Ok(()) => {}
+        Ok(_) => {}
         Err(ReplicationError::Definite(why)) => return Err(RelayError::Replication(why)),
         Err(ReplicationError::Transient(why)) => {
             warn!("database not reachable yet ({why}); the relay will keep retrying")
@@ -82,7 +85,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     let shutdown = CancellationToken::new();
     let stream_stop = CancellationToken::new();
     let sessions_stop = CancellationToken::new();
-    let router = Arc::new(Router::new(config.limits.session_queue));
+    let router = Arc::new(Router::new(config.limits.session_queue, &config.replay));
     let status = Arc::new(StreamStatus::default());
     let sessions = TaskTracker::new();
     let state = AppState {
@@ -97,10 +100,16 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     };
     let replication = tokio::spawn(replication::run(ReplicationContext {
         config: config.database.clone(),
+        replay_window: config.replay.window,
         router: router.clone(),
         status: status.clone(),
         shutdown: stream_stop.clone(),
     }));
+    tokio::spawn(replication::slot::watch(
+        config.database.clone(),
+        SLOT_WATCH_INTERVAL,
+        stream_stop.clone(),
+    ));
     let stop = sessions_stop.clone();
     let server_task = tokio::spawn(
         axum::serve(
@@ -187,6 +196,19 @@ impl Relay {
     /// True while the replication stream is connected.
     pub fn is_streaming(&self) -> bool {
         self.status.is_connected()
+    }
+
+    /// True while the stream is connected and the replay window has been rebuilt after start
+    /// (what `/readyz` reports; WebSocket upgrades are refused with 503 before).
+    pub fn is_ready(&self) -> bool {
+        self.status.is_ready()
+    }
+
+    /// Resolves once the relay is ready ([`Relay::is_ready`]); polls every 20 ms.
+    pub async fn ready(&self) {
+        while !self.is_ready() && !self.task.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// The router (session counts, latest cursor).

@@ -1,22 +1,36 @@
-//! Routing: `user_id → sessions` plus the service-role sessions.
+//! Routing: `user_id → sessions` plus the service-role sessions, and the replay window.
 //!
 //! Delivery never waits: each event is offered to each receiving session's bounded queue with
 //! `try_send`. A full queue marks that session a slow consumer (its `overflow` token is
 //! cancelled, the session closes with 4008) and removes it from the table, so the stream and
 //! the other sessions never slow down. Routing a user's event is one map lookup.
+//!
+//! Resume (ARCHITECTURE.md, "Cursor and replay window"): every event is also kept in the replay
+//! window, and in a per-user deque beside that user's sessions. A subscription with a `since`
+//! cursor is registered and handed the events after its cursor under the same lock that
+//! dispatch takes to append and offer, so each event is either in the replay or queued live:
+//! no gap and no duplicate at the seam.
+//!
+//! Locks: a user's map entry (DashMap shard), then `global` (the window and the service-role
+//! sessions), then `positions`; dispatch takes them one after another, never nested the other
+//! way round, and eviction holds `global` while it trims user deques.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
 use metrics::{counter, gauge, Counter};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 use uuid::Uuid;
 
 use crate::auth::{Principal, Role};
-use crate::event::{Cursor, Event};
+use crate::config::ReplayConfig;
+use crate::event::{now_unix_us, Cursor, Event};
 use crate::metrics as m;
+use crate::replay::{self, Window};
 
 /// The router's side of a session.
 #[derive(Debug)]
@@ -25,6 +39,42 @@ struct SessionHandle {
     tx: mpsc::Sender<Arc<Event>>,
     event_types: Option<Arc<[Box<str>]>>,
     overflow: CancellationToken,
+}
+
+impl SessionHandle {
+    fn wants(&self, event: &Event) -> bool {
+        match &self.event_types {
+            None => true,
+            Some(types) => event
+                .event_type
+                .as_deref()
+                .is_some_and(|t| types.iter().any(|w| &**w == t)),
+        }
+    }
+}
+
+/// One user's sessions and recent events.
+#[derive(Debug, Default)]
+struct UserEntry {
+    sessions: Vec<SessionHandle>,
+    /// The user's events still in the replay window, oldest first.
+    recent: VecDeque<Arc<Event>>,
+}
+
+/// The window of every event and the service-role sessions (which receive every event).
+#[derive(Debug)]
+struct Global {
+    window: Window,
+    service: Vec<SessionHandle>,
+}
+
+/// Where the stream stands, for cursors handed to sessions.
+#[derive(Debug, Default, Clone, Copy)]
+struct Positions {
+    /// Newest event whose dispatch has finished (or the floor before any).
+    latest: Cursor,
+    /// Every event after this one is in the window.
+    floor: Cursor,
 }
 
 /// Identifies a registration; hand it back to [`Router::unsubscribe`] exactly once.
@@ -38,6 +88,16 @@ pub struct Ticket {
     pub role: Role,
 }
 
+/// The events a resuming subscription missed.
+#[derive(Debug)]
+pub struct Replay {
+    /// The window reached back to the cursor: `events` is everything missed. When false the
+    /// client must reload its history (and `events` is empty).
+    pub complete: bool,
+    /// The missed events of this subscription, oldest first.
+    pub events: Vec<Arc<Event>>,
+}
+
 /// The subscriber's side: its ticket and its queue.
 #[derive(Debug)]
 pub struct Subscription {
@@ -45,44 +105,75 @@ pub struct Subscription {
     pub ticket: Ticket,
     /// Events routed to this subscription, in commit order.
     pub rx: mpsc::Receiver<Arc<Event>>,
+    /// Every event of this subscription up to this cursor was before it (or is in `replay`);
+    /// every later one arrives on `rx`.
+    pub position: Cursor,
+    /// With a `since` cursor: what was missed.
+    pub replay: Option<Replay>,
 }
 
-/// Routes events to sessions. Shared (`Arc`) by the replication task and every session.
+/// Routes events to sessions and keeps the replay window. Shared (`Arc`) by the replication
+/// task and every session.
 #[derive(Debug)]
 pub struct Router {
-    users: DashMap<Uuid, Vec<SessionHandle>>,
-    /// Service-role sessions: read-locked per event, write-locked only to add or remove one.
-    service: RwLock<Vec<SessionHandle>>,
+    users: DashMap<Uuid, UserEntry>,
+    global: Mutex<Global>,
+    positions: Mutex<Positions>,
     next_id: AtomicU64,
-    latest: Mutex<Cursor>,
     queue_capacity: usize,
     dropped_slow: Counter,
     dropped_closed: Counter,
 }
 
 impl Router {
-    /// A router whose sessions queue at most `queue_capacity` events (`limits.session_queue`).
-    pub fn new(queue_capacity: usize) -> Router {
+    /// A router whose sessions queue at most `queue_capacity` events (`limits.session_queue`)
+    /// and whose replay window has `replay`'s bounds.
+    pub fn new(queue_capacity: usize, replay: &ReplayConfig) -> Router {
         Router {
             users: DashMap::new(),
-            service: RwLock::new(Vec::new()),
+            global: Mutex::new(Global {
+                window: Window::new(replay),
+                service: Vec::new(),
+            }),
+            positions: Mutex::new(Positions::default()),
             next_id: AtomicU64::new(1),
-            latest: Mutex::new(Cursor::default()),
             queue_capacity: queue_capacity.max(1),
             dropped_slow: counter!(m::EVENTS_DROPPED, "reason" => "slow_consumer"),
             dropped_closed: counter!(m::EVENTS_DROPPED, "reason" => "session_closed"),
         }
     }
 
+    /// Starts the window over: the stream begins at `lsn` of WAL history `history`, so every
+    /// event after `Cursor::before(lsn)` will be in the window. Called when the stream first
+    /// connects and when the history changed (the database was restored): the old window, if
+    /// any, is dropped.
+    pub fn begin(&self, history: u32, lsn: u64) {
+        let mut global = lock(&self.global);
+        let floor = Cursor::before(lsn, history);
+        if !global.window.is_empty() {
+            warn!("the WAL history changed (restore or failover): the replay window is dropped");
+        }
+        global.window.clear();
+        for mut entry in self.users.iter_mut() {
+            entry.recent.clear();
+        }
+        *lock(&self.positions) = Positions {
+            latest: floor,
+            floor,
+        };
+    }
+
     /// Registers a subscription for `principal`: a user's receives the events whose owner is
     /// its `sub`, a service-role one every event. `event_types` narrows to those types.
     /// `overflow` is cancelled if its queue fills (the session must then close, 4008); several
-    /// subscriptions of one socket may share it.
+    /// subscriptions of one socket may share it. With `since`, the subscription also gets the
+    /// events after that cursor that the window still holds ([`Subscription::replay`]).
     pub fn subscribe(
         &self,
         principal: &Principal,
         event_types: Option<Vec<String>>,
         overflow: CancellationToken,
+        since: Option<Cursor>,
     ) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.queue_capacity);
@@ -96,10 +187,21 @@ impl Router {
             Role::Authenticated => principal.user_id,
             Role::ServiceRole => None,
         };
-        match user_id {
-            Some(user) => self.users.entry(user).or_default().push(handle),
-            None => write(&self.service).push(handle),
-        }
+        let (position, replay) = match user_id {
+            Some(user) => {
+                let mut entry = self.users.entry(user).or_default();
+                let replay = since.map(|c| Self::replay(&handle, replay::after(&entry.recent, c)));
+                let newest = entry.recent.back().map(|e| e.cursor);
+                entry.sessions.push(handle);
+                self.settle(since, replay, newest)
+            }
+            None => {
+                let mut global = lock(&self.global);
+                let replay = since.map(|c| Self::replay(&handle, global.window.after(c)));
+                global.service.push(handle);
+                self.settle(since, replay, None)
+            }
+        };
         gauge!(m::SESSIONS, "role" => principal.role.as_str()).increment(1.0);
         Subscription {
             ticket: Ticket {
@@ -108,7 +210,38 @@ impl Router {
                 role: principal.role,
             },
             rx,
+            position,
+            replay,
         }
+    }
+
+    fn replay<'a>(
+        handle: &SessionHandle,
+        events: impl Iterator<Item = &'a Arc<Event>>,
+    ) -> Vec<Arc<Event>> {
+        events.filter(|e| handle.wants(e)).cloned().collect()
+    }
+
+    /// Decides completeness and the subscription's position, still under the lock that
+    /// registered it. `newest` is the newest event already in the subscriber's deque.
+    fn settle(
+        &self,
+        since: Option<Cursor>,
+        events: Option<Vec<Arc<Event>>>,
+        newest: Option<Cursor>,
+    ) -> (Cursor, Option<Replay>) {
+        let positions = *lock(&self.positions);
+        let position = newest.map_or(positions.latest, |n| n.max(positions.latest));
+        let replay = since.zip(events).map(|(since, events)| {
+            let complete = since.history == positions.floor.history && since >= positions.floor;
+            counter!(m::RESUMES, "complete" => if complete { "true" } else { "false" })
+                .increment(1);
+            Replay {
+                complete,
+                events: if complete { events } else { Vec::new() },
+            }
+        });
+        (position, replay)
     }
 
     /// Removes a subscription; it consumes the ticket, so it happens once (the router may
@@ -116,55 +249,95 @@ impl Router {
     pub fn unsubscribe(&self, subscription: Ticket) {
         match subscription.user_id {
             Some(user) => {
-                if let Some(mut list) = self.users.get_mut(&user) {
-                    list.retain(|h| h.id != subscription.id);
+                if let Some(mut entry) = self.users.get_mut(&user) {
+                    entry.sessions.retain(|h| h.id != subscription.id);
                 }
-                self.users.remove_if(&user, |_, list| list.is_empty());
+                self.users
+                    .remove_if(&user, |_, e| e.sessions.is_empty() && e.recent.is_empty());
             }
-            None => write(&self.service).retain(|h| h.id != subscription.id),
+            None => lock(&self.global)
+                .service
+                .retain(|h| h.id != subscription.id),
         }
         gauge!(m::SESSIONS, "role" => subscription.role.as_str()).decrement(1.0);
     }
 
-    /// Offers `event` to every session that may receive it; returns how many queued it.
-    /// Never blocks.
+    /// Keeps `event` in the window and offers it to every session that may receive it;
+    /// returns how many queued it. Never blocks on a session.
     pub fn dispatch(&self, event: Arc<Event>) -> usize {
         let mut queued = 0;
         if let Some(owner) = event.owner {
-            let mut emptied = false;
-            if let Some(mut list) = self.users.get_mut(&owner) {
-                list.retain(|h| self.offer(h, &event, &mut queued));
-                emptied = list.is_empty();
-            }
-            if emptied {
-                self.users.remove_if(&owner, |_, list| list.is_empty());
-            }
+            let mut entry = self.users.entry(owner).or_default();
+            entry.recent.push_back(Arc::clone(&event));
+            entry
+                .sessions
+                .retain(|h| self.offer(h, &event, &mut queued));
         }
+        let mut global = lock(&self.global);
+        global.window.push(Arc::clone(&event));
         let mut gone = Vec::new();
-        for handle in read(&self.service).iter() {
+        for handle in &global.service {
             if !self.offer(handle, &event, &mut queued) {
                 gone.push(handle.id);
             }
         }
         if !gone.is_empty() {
-            write(&self.service).retain(|h| !gone.contains(&h.id));
+            global.service.retain(|h| !gone.contains(&h.id));
         }
-        if let Ok(mut latest) = self.latest.lock() {
-            *latest = (*latest).max(event.cursor);
+        {
+            let mut positions = lock(&self.positions);
+            positions.latest = positions.latest.max(event.cursor);
         }
+        self.evict(&mut global, now_unix_us());
         queued
+    }
+
+    /// Evicts what is out of the window's bounds at `now_us` and updates the window gauges.
+    /// The replication task calls it periodically so that age applies while the stream is idle.
+    pub fn maintain(&self, now_us: i64) {
+        let mut global = lock(&self.global);
+        self.evict(&mut global, now_us);
+        let window = &global.window;
+        gauge!(m::REPLAY_WINDOW_EVENTS).set(window.len() as f64);
+        gauge!(m::REPLAY_WINDOW_BYTES).set(window.bytes() as f64);
+        let age_us = window
+            .oldest()
+            .map_or(0, |e| now_us.saturating_sub(e.commit_time_us).max(0));
+        gauge!(m::REPLAY_OLDEST_AGE).set(age_us as f64 / 1e6);
+    }
+
+    /// Moves the floor past each evicted event, then drops it from its owner's deque.
+    fn evict(&self, global: &mut Global, now_us: i64) {
+        global.window.evict(now_us, |event| {
+            {
+                let mut positions = lock(&self.positions);
+                positions.floor = positions.floor.max(event.cursor);
+            }
+            let Some(owner) = event.owner else { return };
+            if let Some(mut entry) = self.users.get_mut(&owner) {
+                while entry
+                    .recent
+                    .front()
+                    .is_some_and(|e| e.cursor <= event.cursor)
+                {
+                    entry.recent.pop_front();
+                }
+            }
+            self.users
+                .remove_if(&owner, |_, e| e.sessions.is_empty() && e.recent.is_empty());
+        });
+    }
+
+    /// The commit LSN of the oldest event in the window: the replication task confirms
+    /// nothing at or past it, so a restarted relay reads it again.
+    pub fn oldest_lsn(&self) -> Option<u64> {
+        lock(&self.global).window.oldest().map(|e| e.cursor.lsn)
     }
 
     /// Offers one event to one session; false when the session must leave the table.
     fn offer(&self, handle: &SessionHandle, event: &Arc<Event>, queued: &mut usize) -> bool {
-        if let Some(types) = &handle.event_types {
-            let wanted = event
-                .event_type
-                .as_deref()
-                .is_some_and(|t| types.iter().any(|w| &**w == t));
-            if !wanted {
-                return true;
-            }
+        if !handle.wants(event) {
+            return true;
         }
         match handle.tx.try_send(Arc::clone(event)) {
             Ok(()) => {
@@ -183,34 +356,32 @@ impl Router {
         }
     }
 
-    /// The cursor of the newest event dispatched (zero before the first).
+    /// The cursor of the newest event dispatched (the window's start before the first).
     pub fn latest_cursor(&self) -> Cursor {
-        self.latest.lock().map(|c| *c).unwrap_or_default()
+        lock(&self.positions).latest
     }
 
     /// Sessions registered: (user sessions, service-role sessions).
     pub fn session_counts(&self) -> (usize, usize) {
-        let users = self.users.iter().map(|e| e.value().len()).sum();
-        (users, read(&self.service).len())
+        let users = self.users.iter().map(|e| e.value().sessions.len()).sum();
+        (users, lock(&self.global).service.len())
     }
 }
 
-/// Read lock that survives poisoning (a panicked holder cannot leave the list inconsistent:
-/// every critical section is a single push, retain or iteration).
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|e| e.into_inner())
+/// A lock that survives poisoning (a panicked holder cannot leave the state inconsistent:
+/// every critical section is a push, a retain, a pop or a read).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Cursor, Operation};
+    use crate::event::Operation;
     use crate::replication::pgoutput::Relation;
     use serde_json::json;
+
+    const HISTORY: u32 = 7;
 
     fn principal(user: Option<Uuid>) -> Principal {
         Principal {
@@ -224,11 +395,27 @@ mod tests {
         }
     }
 
-    fn token() -> CancellationToken {
-        CancellationToken::new()
+    fn router(queue: usize, max_events: usize) -> Router {
+        let router = Router::new(
+            queue,
+            &ReplayConfig {
+                max_events,
+                ..ReplayConfig::default()
+            },
+        );
+        router.begin(HISTORY, 1);
+        router
     }
 
-    fn event(owner: Uuid, event_type: &str, index: u32) -> Arc<Event> {
+    fn at(lsn: u64, index: u32) -> Cursor {
+        Cursor {
+            lsn,
+            index,
+            history: HISTORY,
+        }
+    }
+
+    fn event(owner: Uuid, event_type: &str, lsn: u64) -> Arc<Event> {
         let relation = Arc::new(Relation {
             oid: 1,
             schema: "public".into(),
@@ -238,45 +425,106 @@ mod tests {
         });
         let record = json!({"user_id": owner, "event_type": event_type});
         let record = record.as_object().cloned().unwrap_or_default();
-        let cursor = Cursor { lsn: 1, index };
-        Arc::new(Event::new(cursor, 0, Operation::Insert, relation, record))
+        let (cursor, now) = (at(lsn, 0), now_unix_us());
+        Arc::new(Event::new(cursor, now, Operation::Insert, relation, record))
+    }
+
+    fn subscribe(router: &Router, user: Option<Uuid>, since: Option<Cursor>) -> Subscription {
+        router.subscribe(&principal(user), None, CancellationToken::new(), since)
+    }
+
+    fn lsns(events: &[Arc<Event>]) -> Vec<u64> {
+        events.iter().map(|e| e.cursor.lsn).collect()
     }
 
     #[test]
     fn events_reach_their_owner_and_the_service_role_only() {
-        let router = Router::new(8);
+        let router = router(8, 100);
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let mut sa = router.subscribe(&principal(Some(a)), None, token());
-        let mut sb = router.subscribe(&principal(Some(b)), None, token());
-        let mut all = router.subscribe(&principal(None), None, token());
-        assert_eq!(router.dispatch(event(a, "app_open", 0)), 2);
+        let mut sa = subscribe(&router, Some(a), None);
+        let mut sb = subscribe(&router, Some(b), None);
+        let mut all = subscribe(&router, None, None);
+        assert_eq!(router.dispatch(event(a, "app_open", 2)), 2);
         assert_eq!(sa.rx.try_recv().unwrap().owner, Some(a));
         assert!(sb.rx.try_recv().is_err());
         assert_eq!(all.rx.try_recv().unwrap().owner, Some(a));
-        assert_eq!(router.latest_cursor(), Cursor { lsn: 1, index: 0 });
+        assert_eq!(router.latest_cursor(), at(2, 0));
     }
 
     #[test]
-    fn a_type_filter_narrows() {
-        let router = Router::new(8);
+    fn a_type_filter_narrows_live_and_replayed_events() {
+        let router = router(8, 100);
         let a = Uuid::new_v4();
         let types = Some(vec!["goal_complete".into()]);
-        let mut goals = router.subscribe(&principal(Some(a)), types, token());
-        router.dispatch(event(a, "app_open", 0));
-        router.dispatch(event(a, "goal_complete", 1));
-        assert_eq!(goals.rx.try_recv().unwrap().cursor.index, 1);
+        let mut goals =
+            router.subscribe(&principal(Some(a)), types.clone(), Default::default(), None);
+        router.dispatch(event(a, "app_open", 2));
+        router.dispatch(event(a, "goal_complete", 3));
+        assert_eq!(goals.rx.try_recv().unwrap().cursor.lsn, 3);
         assert!(goals.rx.try_recv().is_err());
+        let since = Some(Cursor::before(1, HISTORY));
+        let resumed = router.subscribe(&principal(Some(a)), types, Default::default(), since);
+        assert_eq!(lsns(&resumed.replay.unwrap().events), [3]);
+    }
+
+    #[test]
+    fn a_resume_gets_its_own_missed_events_then_live_ones() {
+        let router = router(8, 100);
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        for (owner, lsn) in [(a, 2), (b, 3), (a, 4), (a, 5)] {
+            router.dispatch(event(owner, "app_open", lsn));
+        }
+        let mut sub = subscribe(&router, Some(a), Some(at(2, 0)));
+        let replay = sub.replay.take().unwrap();
+        assert!(replay.complete);
+        assert_eq!(lsns(&replay.events), [4, 5], "after the cursor, only a's");
+        assert_eq!(sub.position, at(5, 0));
+        router.dispatch(event(a, "app_open", 6));
+        assert_eq!(sub.rx.try_recv().unwrap().cursor.lsn, 6);
+
+        let all = subscribe(&router, None, Some(at(3, 0))).replay.unwrap();
+        assert_eq!(
+            lsns(&all.events),
+            [4, 5, 6],
+            "the service role resumes from every event"
+        );
+        let ahead = subscribe(&router, Some(a), Some(at(9, 0))).replay.unwrap();
+        assert!(ahead.complete && ahead.events.is_empty());
+    }
+
+    #[test]
+    fn a_cursor_older_than_the_window_or_of_another_history_is_incomplete() {
+        let router = router(8, 2);
+        let a = Uuid::new_v4();
+        for lsn in 2..=5 {
+            router.dispatch(event(a, "app_open", lsn));
+        }
+        let old = subscribe(&router, Some(a), Some(at(2, 0))).replay.unwrap();
+        assert!(!old.complete && old.events.is_empty(), "3 was evicted");
+        let edge = subscribe(&router, Some(a), Some(at(3, 0))).replay.unwrap();
+        assert!(edge.complete);
+        assert_eq!(lsns(&edge.events), [4, 5]);
+        let foreign = Cursor {
+            history: HISTORY + 1,
+            ..at(4, 0)
+        };
+        assert!(
+            !subscribe(&router, Some(a), Some(foreign))
+                .replay
+                .unwrap()
+                .complete
+        );
     }
 
     #[test]
     fn an_overflow_cancels_and_removes_only_that_session() {
-        let router = Router::new(2);
+        let router = router(2, 100);
         let a = Uuid::new_v4();
-        let (slow_overflow, fast_overflow) = (token(), token());
-        let slow = router.subscribe(&principal(Some(a)), None, slow_overflow.clone());
-        let mut fast = router.subscribe(&principal(Some(a)), None, fast_overflow.clone());
-        for i in 0..3 {
-            router.dispatch(event(a, "app_open", i));
+        let (slow_overflow, fast_overflow) = (CancellationToken::new(), CancellationToken::new());
+        let slow = router.subscribe(&principal(Some(a)), None, slow_overflow.clone(), None);
+        let mut fast = router.subscribe(&principal(Some(a)), None, fast_overflow.clone(), None);
+        for lsn in 2..5 {
+            router.dispatch(event(a, "app_open", lsn));
             while fast.rx.try_recv().is_ok() {}
         }
         assert!(slow_overflow.is_cancelled());

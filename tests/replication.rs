@@ -48,9 +48,9 @@ fn commit_lsn(event: &serde_json::Value) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_confirmed_flush_lsn_advances_past_delivered_events() {
+async fn without_a_replay_window_the_confirmed_flush_lsn_advances_past_delivered_events() {
     let db = TestDb::new().await;
-    let relay = db.relay().await;
+    let relay = db.relay_with(|c| c.replay.window = Duration::ZERO).await;
     let pg = db.client().await;
     let user = create_user(&pg).await;
     let (mut client, _) = connect(&relay, &user_token(user, HOUR), "").await;
@@ -111,6 +111,7 @@ async fn shutdown_closes_sessions_with_1001_and_acknowledges_the_final_lsn() {
         .relay_with(|c| {
             c.database.status_interval = Duration::from_secs(3);
             c.shutdown.grace = Duration::from_secs(10);
+            c.replay.window = Duration::ZERO;
         })
         .await;
     let pg = db.client().await;

@@ -5,13 +5,14 @@
 //! definite (stop with a clear message: `wal_level` is not `logical`, the publication is
 //! missing, authentication failed).
 
+pub mod ack;
 pub mod pgoutput;
 pub mod pgoutput_writer;
 pub mod slot;
 pub mod stream;
 pub mod values;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,10 +37,13 @@ pub enum ReplicationError {
     Definite(String),
 }
 
-/// Whether the stream is connected, for `/readyz` and the `relay_replication_connected` gauge.
+/// Whether the stream is connected and the replay window rebuilt, for `/readyz`, the upgrade
+/// routes and the `relay_replication_connected` gauge.
 #[derive(Debug, Default)]
 pub struct StreamStatus {
     connected: AtomicBool,
+    rebuilt: AtomicBool,
+    rebuild_target: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -47,6 +51,30 @@ impl StreamStatus {
     /// True while the replication stream is connected and streaming.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    /// True once the replay window holds everything since the slot's position at start (it
+    /// stays true across reconnects: the window lives in memory).
+    pub fn is_rebuilt(&self) -> bool {
+        self.rebuilt.load(Ordering::Acquire)
+    }
+
+    /// Connected and rebuilt: what `/readyz` reports as ready.
+    pub fn is_ready(&self) -> bool {
+        self.is_connected() && self.is_rebuilt()
+    }
+
+    /// The WAL position (as a number) the stream must reach before the window is rebuilt.
+    pub fn rebuild_target(&self) -> u64 {
+        self.rebuild_target.load(Ordering::Acquire)
+    }
+
+    fn set_rebuild_target(&self, lsn: u64) {
+        self.rebuild_target.store(lsn, Ordering::Release);
+    }
+
+    fn set_rebuilt(&self) {
+        self.rebuilt.store(true, Ordering::Release);
     }
 
     /// Why the stream is not connected (the last error), if known.
@@ -73,6 +101,8 @@ impl StreamStatus {
 pub struct ReplicationContext {
     /// `[database]` settings.
     pub config: DatabaseConfig,
+    /// `replay.window`: LSNs are confirmed to PostgreSQL only once this old.
+    pub replay_window: Duration,
     /// Where decoded rows go.
     pub router: Arc<Router>,
     /// Shared with `/readyz`.
@@ -85,7 +115,8 @@ pub struct ReplicationContext {
 /// database stops the relay with a clear message before it listens.
 ///
 /// Errors: [`ReplicationError::Definite`] on misconfiguration; transient when unreachable.
-pub async fn preflight(config: &DatabaseConfig) -> Result<(), ReplicationError> {
+/// Returns the slot's `confirmed_flush_lsn`.
+pub async fn preflight(config: &DatabaseConfig) -> Result<u64, ReplicationError> {
     let client = slot::connect(config.url.expose()).await?;
     slot::prepare(&client, config).await
 }
@@ -93,11 +124,11 @@ pub async fn preflight(config: &DatabaseConfig) -> Result<(), ReplicationError> 
 /// Runs until shutdown (`Ok`) or a definite error.
 pub async fn run(ctx: ReplicationContext) -> Result<(), ReplicationError> {
     let mut delay = ctx.config.reconnect_min;
-    let mut resume = stream::Resume::default();
+    let mut progress = stream::Progress::new();
     loop {
         let started = Instant::now();
         let result = match preflight(&ctx.config).await {
-            Ok(()) => stream::stream(&ctx, &mut resume).await,
+            Ok(slot_lsn) => stream::stream(&ctx, &mut progress, slot_lsn).await,
             Err(e) => Err(e),
         };
         let e = match result {

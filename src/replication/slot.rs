@@ -1,9 +1,16 @@
 //! Slot lifecycle over an ordinary SQL connection: checks that logical decoding can work
-//! (`wal_level`, the publication) and creates the permanent pgoutput slot when it is missing.
+//! (`wal_level`, the publication), creates the permanent pgoutput slot when it is missing, and
+//! watches how much WAL the slot retains.
 
+use std::time::Duration;
+
+use metrics::gauge;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
-use tracing::info;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::metrics as m;
 
 use crate::db::describe;
 
@@ -29,10 +36,11 @@ pub async fn connect(url: &str) -> Result<Client, ReplicationError> {
 }
 
 /// Checks `wal_level = logical` and the publication, then creates the slot if missing.
+/// Returns the slot's `confirmed_flush_lsn`: where a new stream on it starts.
 ///
 /// Errors: definite when the server is misconfigured (with what to change), transient when the
 /// connection fails mid-way.
-pub async fn prepare(client: &Client, db: &DatabaseConfig) -> Result<(), ReplicationError> {
+pub async fn prepare(client: &Client, db: &DatabaseConfig) -> Result<u64, ReplicationError> {
     let wal_level: String = client
         .query_one("SHOW wal_level", &[])
         .await
@@ -67,7 +75,15 @@ pub async fn prepare(client: &Client, db: &DatabaseConfig) -> Result<(), Replica
         }
         Some(_) => {}
     }
-    ensure_slot(client, &db.slot).await
+    ensure_slot(client, &db.slot).await?;
+    let row = client
+        .query_one(
+            "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.slot],
+        )
+        .await
+        .map_err(transient)?;
+    Ok(row.get::<_, Option<i64>>(0).unwrap_or(0) as u64)
 }
 
 async fn ensure_slot(client: &Client, slot: &str) -> Result<(), ReplicationError> {
@@ -122,6 +138,43 @@ async fn ensure_slot(client: &Client, slot: &str) -> Result<(), ReplicationError
             )))
         }
         Err(e) => Err(transient(e)),
+    }
+}
+
+/// Every `every`, until `stop`: reads the slot's retained WAL and `safe_wal_size` from
+/// `pg_replication_slots` into [`m::SLOT_RETAINED_WAL_BYTES`] and
+/// [`m::SLOT_SAFE_WAL_SIZE_BYTES`]. Connection failures are retried on the next tick.
+pub async fn watch(db: DatabaseConfig, every: Duration, stop: CancellationToken) {
+    let mut client: Option<Client> = None;
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = connect(db.url.expose()).await.ok();
+        }
+        let Some(c) = &client else { continue };
+        let row = c
+            .query_opt(
+                "SELECT (pg_current_wal_lsn() - restart_lsn)::float8, safe_wal_size::float8 \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&db.slot],
+            )
+            .await;
+        match row {
+            Ok(Some(row)) => {
+                if let Some(retained) = row.get::<_, Option<f64>>(0) {
+                    gauge!(m::SLOT_RETAINED_WAL_BYTES).set(retained);
+                }
+                if let Some(safe) = row.get::<_, Option<f64>>(1) {
+                    gauge!(m::SLOT_SAFE_WAL_SIZE_BYTES).set(safe);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => debug!("slot watch: {}", describe(&e)),
+        }
     }
 }
 

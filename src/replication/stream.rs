@@ -1,8 +1,9 @@
 //! One replication connection: START_REPLICATION on the slot, decode, route, acknowledge.
 //!
-//! Acknowledgement: after a transaction's rows are dispatched, its end LSN is reported as
-//! applied; while idle, the keepalive's WAL end is (the walsender has decoded everything before
-//! it, and nothing was for us). The crate sends the report within `database.status_interval`.
+//! Acknowledgement ([`super::ack`]): the end LSN of each dispatched transaction, and while
+//! idle the keepalive's WAL end (the walsender has decoded everything before it, and nothing
+//! was for us), become confirmable once they are older than the replay window. The crate sends
+//! the report within `database.status_interval`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +15,12 @@ use pgwire_replication::{
 use tokio_postgres::config::Host;
 use tracing::{info, warn};
 
+use tokio::time::{sleep_until, Instant};
+
+use super::ack::AckPolicy;
 use super::pgoutput::{pg_epoch_to_unix_us, Change, Decoder};
 use super::{ReplicationContext, ReplicationError};
-use crate::event::{now_unix_us, Cursor, Event, Operation};
+use crate::event::{history_id, now_unix_us, Cursor, Event, Operation};
 use crate::metrics as m;
 
 /// Session settings pinned on the walsender so text values decode the same everywhere.
@@ -71,40 +75,102 @@ pub fn replication_config(ctx: &ReplicationContext) -> Result<ReplicationConfig,
 
 /// How far the relay got, kept by the reconnect loop across connections so that a new
 /// connection (which the server starts at the slot's last *persisted* confirmed position)
-/// sends nothing to clients twice.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Resume {
+/// sends nothing to clients twice, and so that confirmations respect the replay window.
+#[derive(Debug, Clone)]
+pub struct Progress {
     /// End LSN of the last transaction fully dispatched, or the keepalive WAL end reached
-    /// while idle: the position reported to PostgreSQL and requested on reconnect.
-    pub acked: u64,
+    /// while idle: where a reconnect resumes reading.
+    pub dispatched: u64,
     /// A transaction interrupted by a lost connection: (its commit LSN, rows dispatched).
     pub open: Option<(u64, u32)>,
+    /// The LSN confirmed to PostgreSQL: older than the replay window.
+    pub confirmed: u64,
+    /// The WAL history streamed ([`history_id`]); `None` before the first connection.
+    pub history: Option<u32>,
+    ack: AckPolicy,
 }
 
-/// Streams until shutdown (`Ok`) or until the connection fails (`Err`), advancing `resume`.
-pub async fn stream(ctx: &ReplicationContext, resume: &mut Resume) -> Result<(), ReplicationError> {
-    let mut config = replication_config(ctx)?;
-    if resume.acked > 0 {
-        config = config.with_start_lsn(Lsn::from_u64(resume.acked));
+impl Progress {
+    /// Nothing streamed yet: the next connection starts at the slot's position.
+    pub fn new() -> Progress {
+        Progress {
+            dispatched: 0,
+            open: None,
+            confirmed: 0,
+            history: None,
+            ack: AckPolicy::new(Duration::ZERO, 0),
+        }
     }
-    let mut client = ReplicationClient::connect(config).await.map_err(classify)?;
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress::new()
+    }
+}
+
+/// How long shutdown waits for the rest of a transaction whose rows are being dispatched.
+const FINISH_OPEN_TX: Duration = Duration::from_secs(1);
+
+/// Streams until shutdown (`Ok`) or until the connection fails (`Err`), advancing `progress`.
+/// `slot_lsn` is the slot's `confirmed_flush_lsn`, read just before.
+pub async fn stream(
+    ctx: &ReplicationContext,
+    progress: &mut Progress,
+    slot_lsn: u64,
+) -> Result<(), ReplicationError> {
+    let mut config = replication_config(ctx)?;
+    config = match progress.history {
+        None => config.with_ack_lsn(Lsn::from_u64(slot_lsn)),
+        Some(_) => config
+            .with_start_lsn(Lsn::from_u64(progress.dispatched))
+            .with_ack_lsn(Lsn::from_u64(progress.confirmed)),
+    };
+    let mut client = ReplicationClient::connect_gated(config)
+        .await
+        .map_err(classify)?;
+    let system = client.identify_system().await.map_err(classify)?;
+    let history = history_id(&system.system_id, system.timeline);
+    match progress.history {
+        None => begin(ctx, progress, history, slot_lsn, system.xlogpos.as_u64()),
+        Some(known) if known != history => {
+            *progress = Progress::new();
+            return Err(ReplicationError::Transient(format!(
+                "the WAL history changed (system {} timeline {}): restarting from the slot",
+                system.system_id, system.timeline
+            )));
+        }
+        Some(_) => {}
+    }
+    client.start().await.map_err(classify)?;
     client.wait_started().await.map_err(classify)?;
     ctx.status.set_connected();
     info!(slot = ctx.config.slot, "replication stream started");
 
     let mut decoder = Decoder::new();
     let mut tx: Option<Transaction> = None;
-    let mut wal_end = resume.acked;
+    let mut wal_end = progress.dispatched;
     let received = counter!(m::EVENTS_RECEIVED);
     let replication_latency = histogram!(m::REPLICATION_LATENCY);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut closing: Option<Instant> = None;
     loop {
         let event = tokio::select! {
             biased;
-            _ = ctx.shutdown.cancelled() => {
-                // The crate rate-limits reports to one per status interval.
-                let wait = ctx.config.status_interval + Duration::from_secs(1);
-                final_ack(&mut client, resume.acked, wait).await;
-                return Ok(());
+            _ = ctx.shutdown.cancelled(), if closing.is_none() => {
+                if tx.is_none() {
+                    break;
+                }
+                // Rows of this transaction are out: wait briefly for its commit, so that
+                // what clients hold is also what the relay accounts for.
+                closing = Some(Instant::now() + FINISH_OPEN_TX);
+                continue;
+            }
+            _ = sleep_until(closing.unwrap_or_else(Instant::now)), if closing.is_some() => break,
+            _ = tick.tick() => {
+                ctx.router.maintain(now_unix_us());
+                advance(&client, ctx, progress);
+                continue;
             }
             event = client.recv() => event,
         };
@@ -126,13 +192,14 @@ pub async fn stream(ctx: &ReplicationContext, resume: &mut Resume) -> Result<(),
                 let lsn = final_lsn.as_u64();
                 // Rows the relay dispatched before a reconnect are skipped: the server
                 // rewinds to its last persisted confirmed position.
-                let skip_below = match resume.open {
-                    _ if lsn < resume.acked => u32::MAX,
+                let skip_below = match progress.open {
+                    _ if lsn < progress.dispatched => u32::MAX,
                     Some((open, dispatched)) if open == lsn => dispatched,
                     _ => 0,
                 };
                 tx = Some(Transaction {
                     lsn,
+                    history,
                     commit_time_us: pg_epoch_to_unix_us(commit_time_micros),
                     next_index: 0,
                     skip_below,
@@ -142,61 +209,144 @@ pub async fn stream(ctx: &ReplicationContext, resume: &mut Resume) -> Result<(),
                 let Some(event) = decode(&mut decoder, tx.as_mut(), &data)? else {
                     continue;
                 };
-                resume.open = Some((event.cursor.lsn, event.cursor.index + 1));
+                progress.open = Some((event.cursor.lsn, event.cursor.index + 1));
                 received.increment(1);
-                replication_latency
-                    .record((now_unix_us() - event.commit_time_us).max(0) as f64 / 1e6);
+                if ctx.status.is_rebuilt() {
+                    replication_latency
+                        .record((now_unix_us() - event.commit_time_us).max(0) as f64 / 1e6);
+                }
                 ctx.router.dispatch(Arc::new(event));
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
-                tx = None;
-                resume.open = None;
-                resume.acked = resume.acked.max(end_lsn.as_u64());
-                wal_end = wal_end.max(resume.acked);
-                client.update_applied_lsn(Lsn::from_u64(resume.acked));
-                report(&client, wal_end, resume.acked);
-            }
-            ReplicationEvent::KeepAlive { wal_end: end, .. } => {
-                wal_end = wal_end.max(end.as_u64());
-                if tx.is_none() && end.as_u64() > resume.acked {
-                    resume.acked = end.as_u64();
-                    client.update_applied_lsn(end);
+                let commit_time_us = tx.take().map_or_else(now_unix_us, |t| t.commit_time_us);
+                progress.open = None;
+                progress.dispatched = progress.dispatched.max(end_lsn.as_u64());
+                progress.ack.record(commit_time_us, progress.dispatched);
+                wal_end = wal_end.max(progress.dispatched);
+                advance(&client, ctx, progress);
+                report(wal_end, progress);
+                if closing.is_some() {
+                    break;
                 }
-                report(&client, wal_end, resume.acked);
+            }
+            ReplicationEvent::KeepAlive {
+                wal_end: end,
+                reply_requested,
+                ..
+            } => {
+                wal_end = wal_end.max(end.as_u64());
+                if tx.is_none() && end.as_u64() > progress.dispatched {
+                    progress.dispatched = end.as_u64();
+                    progress.ack.record(now_unix_us(), progress.dispatched);
+                    advance(&client, ctx, progress);
+                }
+                if reply_requested && tx.is_none() {
+                    server_stopping(&client, progress);
+                }
+                report(wal_end, progress);
             }
             ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
         }
     }
+    advance(&client, ctx, progress);
+    // The crate rate-limits reports to one per status interval.
+    let wait = ctx.config.status_interval + Duration::from_secs(1);
+    final_ack(&mut client, progress.confirmed, wait).await;
+    Ok(())
+}
+
+/// The first connection (or the first of a new WAL history): the window starts at the slot's
+/// position, and the relay is not ready until it has read up to the server's current WAL
+/// position again (`target`), which rebuilds the window a previous run had.
+fn begin(
+    ctx: &ReplicationContext,
+    progress: &mut Progress,
+    history: u32,
+    slot_lsn: u64,
+    target: u64,
+) {
+    ctx.router.begin(history, slot_lsn);
+    *progress = Progress {
+        dispatched: slot_lsn,
+        open: None,
+        confirmed: slot_lsn,
+        history: Some(history),
+        ack: AckPolicy::new(ctx.replay_window, slot_lsn),
+    };
+    ctx.status.set_rebuild_target(target);
+    if target <= slot_lsn {
+        ctx.status.set_rebuilt();
+    } else {
+        info!(from = %Lsn::from_u64(slot_lsn), to = %Lsn::from_u64(target), "rebuilding the replay window from the slot");
+    }
+}
+
+/// Confirms what has aged out of the replay window (never beyond what was dispatched), and
+/// marks the window rebuilt once the stream has caught up with where it stood at start.
+fn advance(client: &ReplicationClient, ctx: &ReplicationContext, progress: &mut Progress) {
+    let confirmable = progress
+        .ack
+        .confirmable(now_unix_us(), ctx.router.oldest_lsn())
+        .min(progress.dispatched);
+    if confirmable > progress.confirmed {
+        progress.confirmed = confirmable;
+        client.update_applied_lsn(Lsn::from_u64(confirmable));
+    }
+    if !ctx.status.is_rebuilt() && progress.dispatched >= ctx.status.rebuild_target() {
+        ctx.status.set_rebuilt();
+        info!(
+            lsn = %Lsn::from_u64(progress.dispatched),
+            "replay window rebuilt; ready"
+        );
+    }
+}
+
+/// The walsender asks for a reply when it has heard nothing for half of `wal_sender_timeout`,
+/// and while the server shuts down: a fast shutdown waits until the client has confirmed
+/// everything sent (PostgreSQL `WalSndDone`), which a window held back would never do. So the
+/// relay then confirms everything dispatched. Its in-memory window is unaffected, so clients
+/// still resume; only a relay restarted before the window ages could answer `complete:false`
+/// to a cursor the old window held.
+fn server_stopping(client: &ReplicationClient, progress: &mut Progress) {
+    if progress.dispatched > progress.confirmed {
+        progress.confirmed = progress.dispatched;
+        client.update_applied_lsn(Lsn::from_u64(progress.confirmed));
+        info!(
+            lsn = %Lsn::from_u64(progress.confirmed),
+            "the server asked for a reply (shutting down?): confirmed everything dispatched"
+        );
+    }
 }
 
 /// Updates the lag and confirmed-LSN gauges (on commits and keepalives, not per row).
-fn report(client: &ReplicationClient, wal_end: u64, processed: u64) {
-    gauge!(m::REPLICATION_LAG_BYTES).set(wal_end.saturating_sub(processed) as f64);
-    gauge!(m::CONFIRMED_FLUSH_LSN).set(client.metrics().last_applied_lsn().as_u64() as f64);
+fn report(wal_end: u64, progress: &Progress) {
+    gauge!(m::REPLICATION_LAG_BYTES).set(wal_end.saturating_sub(progress.dispatched) as f64);
+    gauge!(m::CONFIRMED_FLUSH_LSN).set(progress.confirmed as f64);
 }
 
-/// Waits (at most `wait`) until the crate has reported `acked` to the server, then stops
+/// Waits (at most `wait`) until the crate has reported `confirmed` to the server, then stops
 /// cleanly. Without the wait the crate drops the last acknowledgement.
-async fn final_ack(client: &mut ReplicationClient, acked: u64, wait: Duration) {
-    if acked > 0 {
-        client.update_applied_lsn(Lsn::from_u64(acked));
-        let deadline = tokio::time::Instant::now() + wait;
-        while client.metrics().last_applied_lsn().as_u64() < acked {
-            if tokio::time::Instant::now() > deadline {
-                warn!(lsn = %Lsn::from_u64(acked), "final acknowledgement not confirmed before shutdown");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+async fn final_ack(client: &mut ReplicationClient, confirmed: u64, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    while client.metrics().last_applied_lsn().as_u64() < confirmed {
+        if Instant::now() > deadline {
+            warn!(lsn = %Lsn::from_u64(confirmed), "final acknowledgement not sent before shutdown");
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     if let Err(e) = client.shutdown().await {
         warn!("replication shutdown: {e}");
     }
-    info!(lsn = %Lsn::from_u64(acked), "replication stopped; final LSN acknowledged");
+    info!(
+        "replication stopped; confirmed LSN {} to PostgreSQL",
+        Lsn::from_u64(confirmed)
+    );
 }
 
 struct Transaction {
     lsn: u64,
+    history: u32,
     commit_time_us: i64,
     next_index: u32,
     /// Rows with a lower index were dispatched before a reconnect.
@@ -225,6 +375,7 @@ fn decode(
     let cursor = Cursor {
         lsn: tx.lsn,
         index: tx.next_index,
+        history: tx.history,
     };
     tx.next_index += 1;
     if cursor.index < tx.skip_below {

@@ -21,7 +21,7 @@ use tracing::{debug, info};
 
 use crate::auth::{now_s, AuthError, Principal, Verifier};
 use crate::config::LimitsConfig;
-use crate::event::{now_unix_us, Event};
+use crate::event::{now_unix_us, Cursor, Event, InvalidCursor};
 use crate::metrics as m;
 use crate::router::{Router, Subscription};
 
@@ -73,30 +73,94 @@ impl Close {
     }
 }
 
-/// Runs a native-protocol session until it closes. `event_types` narrows the events.
+/// Runs a native-protocol session until it closes. `event_types` narrows the events; `since`
+/// (the `since` query parameter, parsed) resumes after that cursor: the missed events, then a
+/// `recovered` frame, then live events. A malformed cursor gets an `error` frame and 1008.
 pub async fn run_native(
     mut ws: WebSocket,
     ctx: SessionContext,
     mut principal: Principal,
     event_types: Option<Vec<String>>,
+    since: Option<Result<Cursor, InvalidCursor>>,
 ) {
-    // Read the cursor before subscribing: an event dispatched in between is then newer than
-    // `ready.cursor`, never older and missing.
-    let cursor = ctx.router.latest_cursor();
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let since = match since.transpose() {
+        Ok(since) => since,
+        Err(e) => {
+            let text = native::error("invalid_cursor", &format!("since: {e}"));
+            let _ = send(&mut ws, Message::Text(text)).await;
+            let close = Close::new(CLOSE_POLICY, "invalid cursor");
+            return finish(&mut ws, Some(close), &session_id).await;
+        }
+    };
     let overflow = CancellationToken::new();
     let mut sub = ctx
         .router
-        .subscribe(&principal, event_types, overflow.clone());
-    let session_id = uuid::Uuid::new_v4().to_string();
-    let ready = native::ready(&session_id, &principal, cursor);
+        .subscribe(&principal, event_types, overflow.clone(), since);
+    // With `since`, the client holds everything up to its cursor; otherwise the stream starts
+    // after the subscription's position.
+    let ready = native::ready(&session_id, &principal, since.unwrap_or(sub.position));
     debug!(session_id, user_id = ?principal.user_id, role = principal.role.as_str(), "session opened");
 
+    let delivery = Delivery::new();
     let close = match send(&mut ws, Message::Text(ready)).await {
-        Ok(()) => serve(&mut ws, &ctx, &mut sub, &overflow, &mut principal).await,
+        Ok(()) => match replay(&mut ws, &ctx, &mut sub, since, &delivery).await {
+            Ok(skip) => {
+                serve(
+                    &mut ws,
+                    &ctx,
+                    &mut sub,
+                    &overflow,
+                    &mut principal,
+                    skip,
+                    &delivery,
+                )
+                .await
+            }
+            Err(close) => close,
+        },
         Err(()) => None,
     };
     ctx.router.unsubscribe(sub.ticket);
     finish(&mut ws, close, &session_id).await;
+}
+
+/// Writes the missed events and the `recovered` frame of a resuming session. Returns the cursor
+/// live events must be newer than (a `since` ahead of this relay's position), or the close.
+async fn replay(
+    ws: &mut WebSocket,
+    ctx: &SessionContext,
+    sub: &mut Subscription,
+    since: Option<Cursor>,
+    delivery: &Delivery,
+) -> Result<Option<Cursor>, Option<Close>> {
+    let (Some(since), Some(replay)) = (since, sub.replay.take()) else {
+        return Ok(None);
+    };
+    for chunk in replay.events.chunks(BATCH) {
+        if ctx.shutdown.is_cancelled() {
+            return Err(Some(Close::new(CLOSE_GOING_AWAY, "server shutting down")));
+        }
+        let write = async {
+            for event in chunk {
+                ws.feed(Message::Text(event.native_frame())).await?;
+            }
+            ws.flush().await
+        };
+        match tokio::time::timeout(CLOSE_TIMEOUT, write).await {
+            Ok(Ok(())) => delivery.record_replayed(chunk.len()),
+            _ => return Err(None),
+        }
+    }
+    let (cursor, skip) = match replay.complete && since > sub.position {
+        true => (since, Some(since)),
+        false => (sub.position, None),
+    };
+    let recovered = native::recovered(replay.complete, replay.events.len(), cursor);
+    send(ws, Message::Text(recovered))
+        .await
+        .map_err(|()| None)?;
+    Ok(skip)
 }
 
 /// Counts the close and sends its frame (bounded), unless the peer is already gone.
@@ -125,12 +189,13 @@ async fn serve(
     sub: &mut Subscription,
     overflow: &CancellationToken,
     principal: &mut Principal,
+    skip: Option<Cursor>,
+    delivery: &Delivery,
 ) -> Option<Close> {
     let mut batch: Vec<Arc<Event>> = Vec::with_capacity(BATCH);
     let mut ping = tokio::time::interval(ctx.limits.ping_interval);
     ping.reset();
     let mut last_seen = Instant::now();
-    let delivery = Delivery::new();
     let expiry = sleep_until(expiry_instant(
         principal.expires_at,
         ctx.verifier.leeway_s(),
@@ -144,7 +209,8 @@ async fn serve(
                 while let Ok(event) = sub.rx.try_recv() {
                     batch.push(event);
                 }
-                if tokio::time::timeout(DRAIN_TIMEOUT, write_batch(ws, &mut batch, &delivery)).await.is_err() {
+                drop_seen(&mut batch, skip);
+                if tokio::time::timeout(DRAIN_TIMEOUT, write_batch(ws, &mut batch, delivery)).await.is_err() {
                     return None;
                 }
                 return Some(Close::new(CLOSE_GOING_AWAY, "server shutting down"));
@@ -188,18 +254,26 @@ async fn serve(
                     // The router dropped the queue: it overflowed.
                     return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full"));
                 }
+                drop_seen(&mut batch, skip);
                 // A shutdown lets the batch finish (it is delivered, then 1001); an overflow
                 // does not wait for a peer that stopped reading.
                 let written = tokio::select! {
                     biased;
                     _ = overflow.cancelled() => return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full")),
-                    r = write_batch(ws, &mut batch, &delivery) => r,
+                    r = write_batch(ws, &mut batch, delivery) => r,
                 };
                 if written.is_err() {
                     return None;
                 }
             }
         }
+    }
+}
+
+/// Drops the events a client resuming from a cursor ahead of this relay already has.
+fn drop_seen(batch: &mut Vec<Arc<Event>>, skip: Option<Cursor>) {
+    if let Some(skip) = skip {
+        batch.retain(|e| e.cursor > skip);
     }
 }
 
@@ -243,6 +317,12 @@ impl Delivery {
                 .record((now - event.commit_time_us).max(0) as f64 / 1e6);
         }
         self.delivered.increment(events.len() as u64);
+    }
+
+    /// Records `n` replayed frames just written: delivered, but no latency sample (they were
+    /// held back for a reconnecting client, not late).
+    pub(crate) fn record_replayed(&self, n: usize) {
+        self.delivered.increment(n as u64);
     }
 }
 

@@ -1,6 +1,6 @@
 //! Native protocol frames (`/v1/events`, PROTOCOL.md "Native protocol").
 //!
-//! Server → client control frames (`ready`, `error`) are built here; event frames are encoded
+//! Server → client control frames (`ready`, `recovered`, `error`) are built here; event frames are encoded
 //! once per event in [`crate::event`]. Client → server: only `access_token`.
 
 use axum::extract::ws::Utf8Bytes;
@@ -30,6 +30,26 @@ pub fn ready(session_id: &str, principal: &Principal, cursor: Cursor) -> Utf8Byt
         session_id,
         user_id,
         role: principal.role.as_str(),
+        cursor: cursor.to_string(),
+    })
+}
+
+/// `{"type":"recovered","complete","replayed","cursor"}`: ends the replay of a session opened
+/// with `since`. `complete: false` means the window did not reach back to the cursor and the
+/// client must reload its history; `cursor` is where the live events that follow begin.
+pub fn recovered(complete: bool, replayed: usize, cursor: Cursor) -> Utf8Bytes {
+    #[derive(Serialize)]
+    struct Recovered {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        complete: bool,
+        replayed: usize,
+        cursor: String,
+    }
+    to_frame(&Recovered {
+        kind: "recovered",
+        complete,
+        replayed,
         cursor: cursor.to_string(),
     })
 }

@@ -255,7 +255,7 @@ impl Socket<'_> {
             let sub = self
                 .ctx
                 .router
-                .subscribe(&principal, None, self.overflow.clone());
+                .subscribe(&principal, None, self.overflow.clone(), None);
             self.streams
                 .insert(msg.topic.clone(), ReceiverStream::new(sub.rx));
             sub.ticket

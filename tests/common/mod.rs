@@ -143,15 +143,15 @@ impl TestDb {
         self.relay_with(|_| {}).await
     }
 
-    /// Starts a relay with an adjusted configuration and waits until it streams.
+    /// Starts a relay with an adjusted configuration and waits until it is ready.
     pub async fn relay_with(&self, adjust: impl FnOnce(&mut Config)) -> Relay {
         let mut config = self.config();
         adjust(&mut config);
         let relay = engagement_relay::start(config).await.expect("relay starts");
         wait_until(
-            "the replication stream connects",
+            "the relay is ready (stream connected, replay window rebuilt)",
             Duration::from_secs(20),
-            || relay.is_streaming(),
+            || relay.is_ready(),
         )
         .await;
         relay
