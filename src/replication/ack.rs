@@ -1,9 +1,9 @@
 //! Which LSN to confirm to PostgreSQL: only what is older than the replay window, never beyond
 //! what was dispatched (ARCHITECTURE.md, "Cursor and replay window").
 //!
-//! The relay notes checkpoints (time, LSN dispatched up to) as it goes: the end LSN of each
-//! transaction it dispatched, at its commit timestamp, and the WAL end of idle keepalives, at
-//! the relay's clock. A checkpoint `replay.window` old is safe to confirm: everything before it
+//! The relay notes checkpoints (time, LSN) as it goes: the commit LSN of each transaction it
+//! dispatched, at its commit timestamp (confirming it makes a restarted relay read that last
+//! transaction again), and the WAL end of idle keepalives, at the relay's clock. A checkpoint `replay.window` old is safe to confirm: everything before it
 //! has left the window. Confirming it lets PostgreSQL recycle that WAL, while a restarted relay
 //! still reads the whole window again from its slot.
 

@@ -218,10 +218,14 @@ pub async fn stream(
                 ctx.router.dispatch(Arc::new(event));
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
-                let commit_time_us = tx.take().map_or_else(now_unix_us, |t| t.commit_time_us);
                 progress.open = None;
                 progress.dispatched = progress.dispatched.max(end_lsn.as_u64());
-                progress.ack.record(commit_time_us, progress.dispatched);
+                // The checkpoint is the commit's start, not its end: a relay restarted later
+                // reads this transaction again, so a client whose cursor is its last row
+                // still resumes complete.
+                if let Some(t) = tx.take() {
+                    progress.ack.record(t.commit_time_us, t.lsn);
+                }
                 wal_end = wal_end.max(progress.dispatched);
                 advance(&client, ctx, progress);
                 report(wal_end, progress);

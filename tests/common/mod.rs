@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod node;
+pub mod process;
+pub mod workload;
 pub mod ws;
 
 use std::sync::atomic::{AtomicU32, Ordering};
