@@ -1,16 +1,20 @@
 //! PostgreSQL restarted (fast, then immediate stop) under a steady insert load: the relay
 //! reconnects by itself, `/readyz` follows the stream, and clients that stay connected receive
-//! every committed row exactly once, in commit order, without reconnecting. (Own test binary:
-//! it restarts this binary's cluster.)
+//! every committed row exactly once, in commit order, without reconnecting: native sessions and
+//! a Supabase Realtime channel alike. (Own test binary: it restarts this binary's cluster.)
 
 mod common;
 
 use std::time::Duration;
 
-use common::workload::{settle, Load, Recorder};
-use common::{cluster, create_user, wait_until, TestDb};
+use common::workload::{assert_exact, committed, settle, Load, Record, Recorder};
+use common::{cluster, create_user, user_token, wait_until, TestDb};
 use engagement_relay::pgcluster::StopMode;
-use tokio::sync::watch;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::{oneshot, watch};
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -31,6 +35,7 @@ async fn live_clients_see_every_event_across_postgresql_restarts() {
         .iter()
         .map(|u| Recorder::start(rx.clone(), *u, true))
         .collect();
+    let (stop_channel, channel) = realtime_channel(&relay, users[0]).await;
     let load = Load::start(&db.url, users.clone(), 50, 0);
 
     for (round, mode) in [StopMode::Fast, StopMode::Immediate]
@@ -60,10 +65,63 @@ async fn live_clients_see_every_event_across_postgresql_restarts() {
     }
     let pg = db.client().await;
     let records = settle(&pg, load, recorders, T).await;
+    let _ = stop_channel.send(());
+    let expected = committed(&pg).await.remove(&users[0]).unwrap();
+    assert_exact(users[0], &channel.await.unwrap(), &expected);
     for record in &records {
         assert_eq!(record.connects, 1, "never reconnected");
     }
     let metrics = common::scrape(&relay).await;
     assert!(metrics.contains("relay_replication_reconnects_total"));
     relay.shutdown().await.unwrap();
+}
+
+/// Joins a Supabase Realtime channel (vsn 2.0.0) on `postgres_changes` INSERT for `user`, and
+/// collects the `seq` of every row it receives until told to stop. Panics if the socket closes.
+async fn realtime_channel(
+    relay: &engagement_relay::Relay,
+    user: Uuid,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<Record>) {
+    let token = user_token(user, Duration::from_secs(3600));
+    let url = format!(
+        "ws://{}/realtime/v1/websocket?apikey={token}&vsn=2.0.0",
+        relay.server_addr()
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let binding = json!({"event": "INSERT", "schema": "public", "table": "engagement_events",
+                         "filter": format!("user_id=eq.{user}")});
+    let join = json!(["1", "1", "realtime:faults", "phx_join",
+        {"config": {"postgres_changes": [binding]}, "access_token": token}]);
+    ws.send(Message::text(join.to_string())).await.unwrap();
+    // The join reply and the system message come first.
+    let mut joined = 0;
+    while joined < 2 {
+        if let Some(Ok(Message::Text(_))) = ws.next().await {
+            joined += 1;
+        }
+    }
+    let (stop, mut stopped) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut record = Record::default();
+        loop {
+            let msg = tokio::select! {
+                _ = &mut stopped => return record,
+                msg = ws.next() => msg,
+            };
+            let Some(Ok(Message::Text(text))) = msg else {
+                assert!(
+                    matches!(msg, Some(Ok(_))),
+                    "the channel's socket ended: {msg:?}"
+                );
+                continue;
+            };
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            if frame[3] == "postgres_changes" {
+                let row = &frame[4]["data"]["record"];
+                record.leaks += usize::from(row["user_id"] != json!(user.to_string()));
+                record.seqs.push(row["value"]["seq"].as_i64().unwrap());
+            }
+        }
+    });
+    (stop, task)
 }
