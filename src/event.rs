@@ -285,13 +285,7 @@ mod tests {
 
     #[test]
     fn an_encoding_is_built_once_and_may_nest() {
-        let relation = Arc::new(Relation {
-            oid: 1,
-            schema: "public".into(),
-            name: "t".into(),
-            replica_identity: b'd',
-            columns: Vec::new(),
-        });
+        let relation = Relation::fixture();
         let event = Event::new(
             Cursor::default(),
             0,

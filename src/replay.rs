@@ -116,13 +116,7 @@ mod tests {
     use std::time::Duration;
 
     fn event(lsn: u64, commit_time_us: i64) -> Arc<Event> {
-        let relation = Arc::new(Relation {
-            oid: 1,
-            schema: "public".into(),
-            name: "engagement_events".into(),
-            replica_identity: b'd',
-            columns: Vec::new(),
-        });
+        let relation = Relation::fixture();
         let cursor = Cursor {
             lsn,
             index: 0,

@@ -416,13 +416,7 @@ mod tests {
     }
 
     fn event(owner: Uuid, event_type: &str, lsn: u64) -> Arc<Event> {
-        let relation = Arc::new(Relation {
-            oid: 1,
-            schema: "public".into(),
-            name: "engagement_events".into(),
-            replica_identity: b'd',
-            columns: Vec::new(),
-        });
+        let relation = Relation::fixture();
         let record = json!({"user_id": owner, "event_type": event_type});
         let record = record.as_object().cloned().unwrap_or_default();
         let (cursor, now) = (at(lsn, 0), now_unix_us());

@@ -5,10 +5,11 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::process::RelayProcess;
-use common::workload::{settle, Load, Recorder};
+use common::workload::{settle, Load, Record, Recorder};
 use common::ws::{connect, Next};
 use common::{create_user, user_token, TestDb};
 use tokio::sync::watch;
@@ -35,25 +36,64 @@ async fn wait_events(recorders: &[Recorder], n: usize) {
     }
 }
 
+/// A test database, the relay binary on it, three users each with a recording client that
+/// resumes with `since`, and a load of 50 statements per second over them.
+struct Scenario {
+    db: TestDb,
+    pg: tokio_postgres::Client,
+    relay: Option<RelayProcess>,
+    addr: watch::Sender<SocketAddr>,
+    recorders: Vec<Recorder>,
+    load: Load,
+}
+
+impl Scenario {
+    async fn start(env: &[(&str, &str)]) -> Scenario {
+        let db = TestDb::new().await;
+        let pg = db.client().await;
+        let relay = RelayProcess::start(&db, env).await;
+        relay.wait_ready().await;
+        let users = users(&pg, 3).await;
+        let (addr, rx) = watch::channel(relay.addr);
+        let recorders = users
+            .iter()
+            .map(|u| Recorder::start(rx.clone(), *u, true))
+            .collect();
+        let load = Load::start(&db.url, users, 50, 0);
+        Scenario {
+            db,
+            pg,
+            relay: Some(relay),
+            addr,
+            recorders,
+            load,
+        }
+    }
+
+    /// Starts another relay on the same slot; clients move to it once it is ready.
+    async fn restart(&mut self, env: &[(&str, &str)]) {
+        let relay = RelayProcess::start(&self.db, env).await;
+        self.addr.send(relay.addr).unwrap();
+        relay.wait_ready().await;
+        self.relay = Some(relay);
+    }
+
+    /// Stops the load and checks every client's sequence exactly.
+    async fn settle(self) -> (Vec<Record>, Option<RelayProcess>) {
+        let records = settle(&self.pg, self.load, self.recorders, T).await;
+        (records, self.relay)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cut_mid_stream_resumes_with_its_cursor_and_misses_nothing() {
-    let db = TestDb::new().await;
-    let pg = db.client().await;
-    let relay = RelayProcess::start(&db, &[]).await;
-    relay.wait_ready().await;
-    let users = users(&pg, 3).await;
-    let (_addr, rx) = watch::channel(relay.addr);
-    let recorders: Vec<_> = users
-        .iter()
-        .map(|u| Recorder::start(rx.clone(), *u, true))
-        .collect();
-    let load = Load::start(&db.url, users.clone(), 50, 0);
-    wait_events(&recorders, 5).await;
-    recorders[0].cut();
+    let s = Scenario::start(&[]).await;
+    wait_events(&s.recorders, 5).await;
+    s.recorders[0].cut();
     // Reconnected 2 s later with `since`, while the load kept going.
-    assert!(recorders[0].wait(T, |r| r.connects >= 2).await);
-    wait_events(&recorders, 40).await;
-    let records = settle(&pg, load, recorders, T).await;
+    assert!(s.recorders[0].wait(T, |r| r.connects >= 2).await);
+    wait_events(&s.recorders, 40).await;
+    let (records, _) = s.settle().await;
     let (complete, replayed) = records[0].recovered[0];
     assert!(
         complete && replayed > 0,
@@ -67,33 +107,20 @@ async fn a_client_cut_mid_stream_resumes_with_its_cursor_and_misses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_relay_sigkill_a_restarted_relay_rebuilds_the_window_from_its_slot() {
-    let db = TestDb::new().await;
-    let pg = db.client().await;
-    let first = RelayProcess::start(&db, &[]).await;
-    first.wait_ready().await;
-    let users = users(&pg, 3).await;
-    let (addr, rx) = watch::channel(first.addr);
-    let recorders: Vec<_> = users
-        .iter()
-        .map(|u| Recorder::start(rx.clone(), *u, true))
-        .collect();
-    let load = Load::start(&db.url, users.clone(), 50, 0);
-    wait_events(&recorders, 10).await;
-    first.kill();
+    let mut s = Scenario::start(&[]).await;
+    wait_events(&s.recorders, 10).await;
+    s.relay.take().unwrap().kill();
     // Rows keep committing while no relay runs.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let second = RelayProcess::start(&db, &[]).await;
-    addr.send(second.addr).unwrap();
-    second.wait_ready().await;
+    s.restart(&[]).await;
+    let second = s.relay.as_ref().unwrap();
     assert!(second.message("replay window rebuilt").is_some());
-    for r in &recorders {
-        assert!(
-            r.wait(T, |rec| rec.connects >= 2).await,
-            "resumed on the new relay"
-        );
+    for r in &s.recorders {
+        let resumed = r.wait(T, |rec| rec.connects >= 2).await;
+        assert!(resumed, "resumed on the new relay");
     }
-    wait_events(&recorders, 40).await;
-    let records = settle(&pg, load, recorders, T).await;
+    wait_events(&s.recorders, 40).await;
+    let (records, _) = s.settle().await;
     for record in &records {
         assert!(record.recovered.iter().any(|(complete, _)| *complete));
     }
@@ -200,41 +227,27 @@ async fn connect_raw(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_sessions_with_1001_and_the_slot_holds_what_was_confirmed() {
-    let db = TestDb::new().await;
-    let pg = db.client().await;
     let window = [("RELAY_REPLAY__WINDOW", "1s")];
-    let first = RelayProcess::start(&db, &window).await;
-    first.wait_ready().await;
-    let initial = slot_lsn(&pg, &db.name).await;
-    let users = users(&pg, 3).await;
-    let (addr, rx) = watch::channel(first.addr);
-    let recorders: Vec<_> = users
-        .iter()
-        .map(|u| Recorder::start(rx.clone(), *u, true))
-        .collect();
-    let load = Load::start(&db.url, users.clone(), 50, 0);
-    wait_events(&recorders, 40).await;
+    let mut s = Scenario::start(&window).await;
+    let (pg, slot) = (&s.pg, s.db.name.clone());
+    let initial = slot_lsn(pg, &slot).await;
+    wait_events(&s.recorders, 40).await;
 
     // Mid-stream: every session gets 1001 after what was dispatched to it.
-    let (status, log) = first.terminate().await;
+    let (status, log) = s.relay.take().unwrap().terminate().await;
     assert!(status.success(), "exit status {status}");
-    for r in &recorders {
-        assert!(
-            r.wait(T, |rec| rec.closes.first() == Some(&1001)).await,
-            "1001"
-        );
+    for r in &s.recorders {
+        let closed = r.wait(T, |rec| rec.closes.first() == Some(&1001)).await;
+        assert!(closed, "1001");
     }
     let message = log
         .message("replication stopped; confirmed LSN")
         .expect("the final confirmation is logged");
     let confirmed = message.split_whitespace().nth(4).unwrap().to_string();
-    assert_eq!(
-        slot_lsn(&pg, &db.name).await,
-        confirmed,
-        "the slot holds what was confirmed"
-    );
-    let advanced: bool = pg
-        .query_one(
+    let held = slot_lsn(&s.pg, &slot).await;
+    assert_eq!(held, confirmed, "the slot holds what was confirmed");
+    let advanced: bool =
+        s.pg.query_one(
             "SELECT $1::text::pg_lsn > $2::text::pg_lsn",
             &[&confirmed, &initial],
         )
@@ -247,10 +260,8 @@ async fn sigterm_closes_sessions_with_1001_and_the_slot_holds_what_was_confirmed
     );
 
     // The last second was not confirmed: a new relay rebuilds it and the clients resume.
-    let second = RelayProcess::start(&db, &window).await;
-    addr.send(second.addr).unwrap();
-    second.wait_ready().await;
-    let records = settle(&pg, load, recorders, T).await;
+    s.restart(&window).await;
+    let (records, _) = s.settle().await;
     for record in &records {
         assert_eq!(record.closes[0], 1001);
         assert!(!record.recovered.is_empty(), "resumed after the restart");

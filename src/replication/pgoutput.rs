@@ -56,6 +56,20 @@ pub struct Relation {
     pub columns: Vec<Column>,
 }
 
+impl Relation {
+    /// `public.engagement_events` without columns: a fixture for unit tests.
+    #[cfg(test)]
+    pub(crate) fn fixture() -> Arc<Relation> {
+        Arc::new(Relation {
+            oid: 1,
+            schema: "public".into(),
+            name: "engagement_events".into(),
+            replica_identity: b'd',
+            columns: Vec::new(),
+        })
+    }
+}
+
 /// A decoded row: column name → JSON value (from [`text_to_json`]), in the
 /// relation's column order. Unchanged TOASTed columns (`'u'`, value not sent)
 /// are absent; SQL `NULL` is `Value::Null`.
