@@ -216,8 +216,9 @@ pub struct ReplayConfig {
     pub window: Duration,
     /// Most events kept, whatever their age (default 1,000,000).
     pub max_events: usize,
-    /// Most bytes kept, estimated per event as its encoded frame plus its decoded row
-    /// (default 268435456, 256 MiB).
+    /// Most bytes kept, estimated per event from its frame size ([`crate::event::Event::approx_bytes`],
+    /// calibrated against RSS); default 536870912 (512 MiB: a 5-minute window up to ~500
+    /// events/s of ~500-byte rows).
     pub max_bytes: usize,
 }
 
@@ -226,7 +227,7 @@ impl Default for ReplayConfig {
         ReplayConfig {
             window: Duration::from_secs(300),
             max_events: 1_000_000,
-            max_bytes: 256 << 20,
+            max_bytes: 512 << 20,
         }
     }
 }

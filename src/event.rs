@@ -229,10 +229,12 @@ impl Event {
         self.native.len()
     }
 
-    /// Memory the event holds, estimated in bytes: the struct, its native frame, and its
-    /// decoded row (counted as large as the frame). What `replay.max_bytes` caps.
+    /// Memory the event costs in the replay window, estimated in bytes as the struct plus 7 ×
+    /// its native frame: the frame, the decoded row, the window's slots and allocator overhead.
+    /// Calibrated against the relay's RSS growth per event at the soak harness's default rows
+    /// (≈ 480-byte frames, ≈ 3.5 KB per event; BENCHMARKS.md §5). What `replay.max_bytes` caps.
     pub fn approx_bytes(&self) -> usize {
-        std::mem::size_of::<Event>() + 2 * self.native.len()
+        std::mem::size_of::<Event>() + 7 * self.native.len()
     }
 
     /// Drops the cached Supabase encodings: once every session has written the event they are

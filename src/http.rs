@@ -265,6 +265,7 @@ where
         verifier: state.verifier.clone(),
         limits: state.limits.clone(),
         shutdown: state.shutdown.clone(),
+        restart: state.router.restart_signal(),
     };
     let tracker = state.sessions.clone();
     upgrade

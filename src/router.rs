@@ -11,9 +11,10 @@
 //! dispatch takes to append and offer, so each event is either in the replay or queued live:
 //! no gap and no duplicate at the seam.
 //!
-//! Locks: a user's map entry (DashMap shard), then `global` (the window and the service-role
-//! sessions), then `positions`; dispatch takes them one after another, never nested the other
-//! way round, and eviction holds `global` while it trims user deques.
+//! Locks: `global` (the window and the service-role sessions) may be held while taking a user's
+//! map entry (DashMap shard) — eviction trims user deques that way — so never take `global`
+//! while holding an entry (dispatch releases the entry first). `positions` and `restart` are
+//! leaves: nothing else is taken while holding them.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,6 +76,8 @@ struct Positions {
     latest: Cursor,
     /// Every event after this one is in the window.
     floor: Cursor,
+    /// The newest WAL position the server reported: a cursor past it was not issued by it.
+    wal_end: u64,
 }
 
 /// Identifies a registration; hand it back to [`Router::unsubscribe`] exactly once.
@@ -119,6 +122,8 @@ pub struct Router {
     users: DashMap<Uuid, UserEntry>,
     global: Mutex<Global>,
     positions: Mutex<Positions>,
+    /// Cancelled when the window starts over while sessions run ([`Router::begin`]).
+    restart: Mutex<CancellationToken>,
     next_id: AtomicU64,
     queue_capacity: usize,
     dropped_slow: Counter,
@@ -136,6 +141,7 @@ impl Router {
                 service: Vec::new(),
             }),
             positions: Mutex::new(Positions::default()),
+            restart: Mutex::new(CancellationToken::new()),
             next_id: AtomicU64::new(1),
             queue_capacity: queue_capacity.max(1),
             dropped_slow: counter!(m::EVENTS_DROPPED, "reason" => "slow_consumer"),
@@ -149,18 +155,35 @@ impl Router {
     /// any, is dropped.
     pub fn begin(&self, history: u32, lsn: u64) {
         let mut global = lock(&self.global);
-        let floor = Cursor::before(lsn, history);
         if !global.window.is_empty() {
-            warn!("the WAL history changed (restore or failover): the replay window is dropped");
+            warn!("the replay window starts over: sessions are closed so that clients resume");
         }
+        let floor = Cursor::before(lsn, history);
+        // The floor moves first: a resume that reads an emptied deque sees it.
+        *lock(&self.positions) = Positions {
+            latest: floor,
+            floor,
+            wal_end: lsn,
+        };
         global.window.clear();
         for mut entry in self.users.iter_mut() {
             entry.recent.clear();
         }
-        *lock(&self.positions) = Positions {
-            latest: floor,
-            floor,
-        };
+        let mut restart = lock(&self.restart);
+        restart.cancel();
+        *restart = CancellationToken::new();
+    }
+
+    /// Cancelled when the window starts over (a new WAL history, or the slot moved on without
+    /// this relay): a session holding it must close (1012) so its client resumes.
+    pub fn restart_signal(&self) -> CancellationToken {
+        lock(&self.restart).clone()
+    }
+
+    /// Notes the server's WAL end (keepalives): cursors up to it are plausible.
+    pub fn note_wal_end(&self, lsn: u64) {
+        let mut positions = lock(&self.positions);
+        positions.wal_end = positions.wal_end.max(lsn);
     }
 
     /// Registers a subscription for `principal`: a user's receives the events whose owner is
@@ -233,7 +256,10 @@ impl Router {
         let positions = *lock(&self.positions);
         let position = newest.map_or(positions.latest, |n| n.max(positions.latest));
         let replay = since.zip(events).map(|(since, events)| {
-            let complete = since.history == positions.floor.history && since >= positions.floor;
+            // A cursor ahead of everything the server reported was not issued on this WAL.
+            let issued = since.lsn <= positions.wal_end.max(positions.latest.lsn);
+            let complete =
+                since.history == positions.floor.history && since >= positions.floor && issued;
             counter!(m::RESUMES, "complete" => if complete { "true" } else { "false" })
                 .increment(1);
             Replay {
@@ -287,6 +313,7 @@ impl Router {
         {
             let mut positions = lock(&self.positions);
             positions.latest = positions.latest.max(event.cursor);
+            positions.wal_end = positions.wal_end.max(event.cursor.lsn);
         }
         self.evict(&mut global, now_unix_us());
         queued
@@ -332,6 +359,18 @@ impl Router {
     /// nothing at or past it, so a restarted relay reads it again.
     pub fn oldest_lsn(&self) -> Option<u64> {
         lock(&self.global).window.oldest().map(|e| e.cursor.lsn)
+    }
+
+    /// The commit LSN of the newest event evicted from the window (0 before any): nothing
+    /// before it can be replayed any more.
+    pub fn evicted_lsn(&self) -> u64 {
+        let floor = lock(&self.positions).floor;
+        if floor.index == u32::MAX {
+            // `Cursor::before(lsn)`: the window's start, not an evicted event.
+            0
+        } else {
+            floor.lsn
+        }
     }
 
     /// Offers one event to one session; false when the session must leave the table.
@@ -482,8 +521,14 @@ mod tests {
             [4, 5, 6],
             "the service role resumes from every event"
         );
+        router.note_wal_end(10);
         let ahead = subscribe(&router, Some(a), Some(at(9, 0))).replay.unwrap();
-        assert!(ahead.complete && ahead.events.is_empty());
+        assert!(
+            ahead.complete && ahead.events.is_empty(),
+            "another relay was ahead"
+        );
+        let forged = subscribe(&router, Some(a), Some(at(99, 0))).replay.unwrap();
+        assert!(!forged.complete, "past anything the server reported");
     }
 
     #[test]

@@ -28,6 +28,7 @@ async fn dev_shows_live_events_and_ctrl_c_stops_everything() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _stop_on_failure = StopOnPanic(child.id());
     let stdout = child.stdout.take().unwrap();
     let url = tokio::task::spawn_blocking(move || {
         BufReader::new(stdout)
@@ -75,4 +76,18 @@ async fn dev_shows_live_events_and_ctrl_c_stops_everything() {
         "the private PostgreSQL was stopped"
     );
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// Sends SIGINT to the dev process if the test fails, so that it stops its private PostgreSQL
+/// instead of outliving the test.
+struct StopOnPanic(u32);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.0.to_string()])
+                .status();
+        }
+    }
 }

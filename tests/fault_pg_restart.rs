@@ -35,6 +35,9 @@ async fn live_clients_see_every_event_across_postgresql_restarts() {
         .iter()
         .map(|u| Recorder::start(rx.clone(), *u, true))
         .collect();
+    for r in &recorders {
+        r.subscribed().await;
+    }
     let (stop_channel, channel) = realtime_channel(&relay, users[0]).await;
     let load = Load::start(&db.url, users.clone(), 50, 0);
 

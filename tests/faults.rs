@@ -55,10 +55,13 @@ impl Scenario {
         relay.wait_ready().await;
         let users = users(&pg, 3).await;
         let (addr, rx) = watch::channel(relay.addr);
-        let recorders = users
+        let recorders: Vec<Recorder> = users
             .iter()
             .map(|u| Recorder::start(rx.clone(), *u, true))
             .collect();
+        for r in &recorders {
+            r.subscribed().await;
+        }
         let load = Load::start(&db.url, users, 50, 0);
         Scenario {
             db,
@@ -114,7 +117,9 @@ async fn after_a_relay_sigkill_a_restarted_relay_rebuilds_the_window_from_its_sl
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.restart(&[]).await;
     let second = s.relay.as_ref().unwrap();
-    assert!(second.message("replay window rebuilt").is_some());
+    // The log line is written just before readiness, by another thread.
+    let logged = |p: &RelayProcess| p.message("replay window rebuilt").is_some();
+    common::wait_until("the rebuild is logged", T, || logged(second)).await;
     for r in &s.recorders {
         let resumed = r.wait(T, |rec| rec.connects >= 2).await;
         assert!(resumed, "resumed on the new relay");
@@ -136,7 +141,14 @@ async fn a_slow_consumer_closed_with_4008_resumes_and_catches_up_while_a_fast_on
     let (_addr, rx) = watch::channel(relay.addr);
     let fast = Recorder::start(rx.clone(), user, true);
     let slow = Recorder::start_paused(rx.clone(), user);
-    assert!(slow.wait(T, |r| r.connects == 1).await);
+    fast.subscribed().await;
+    // The paused one reads nothing, not even `ready`: wait for the relay to count it.
+    let sessions = "relay_sessions{role=\"authenticated\"}";
+    let deadline = tokio::time::Instant::now() + T;
+    while metric(&relay.scrape().await, sessions) < 2.0 {
+        assert!(tokio::time::Instant::now() < deadline, "both sessions open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // ~20 KB rows: the slow socket's buffers and its 64-event queue fill within a few MB.
     let load = Load::start(&db.url, vec![user], 50, 20_000);
     // Until the relay drops the slow one (its socket buffers and queue full), it reads nothing
@@ -174,6 +186,7 @@ async fn an_old_cursor_is_incomplete_and_a_garbage_one_is_refused_alone() {
     let user = create_user(&pg).await;
     let (_addr, rx) = watch::channel(relay.server_addr());
     let bystander = Recorder::start(rx, user, true);
+    bystander.subscribed().await;
     let load = Load::start(&db.url, vec![user], 100, 0);
     wait_events(std::slice::from_ref(&bystander), 2).await;
     let old = bystander.record().cursor.unwrap();
@@ -259,8 +272,9 @@ async fn sigterm_closes_sessions_with_1001_and_the_slot_holds_what_was_confirmed
         "a 1 s window lets the confirmation advance: {initial} → {confirmed}"
     );
 
-    // The last second was not confirmed: a new relay rebuilds it and the clients resume.
-    s.restart(&window).await;
+    // The last second was not confirmed: a new relay (with a longer window, so that resuming
+    // clients need not race the clock) rebuilds it and the clients resume.
+    s.restart(&[]).await;
     let (records, _) = s.settle().await;
     for record in &records {
         assert_eq!(record.closes[0], 1001);

@@ -44,8 +44,10 @@ impl AckPolicy {
 
     /// The LSN that may be confirmed at `now_us`: the newest checkpoint at least one window
     /// old, but not past `oldest_kept` (the commit LSN of the oldest event still in the window,
-    /// which a restarted relay must read again).
-    pub fn confirmable(&mut self, now_us: i64, oldest_kept: Option<u64>) -> u64 {
+    /// which a restarted relay must read again); and at least `evicted` (the commit LSN of the
+    /// newest event the window's count or byte cap already dropped: memory no longer has what
+    /// is before it, so the slot need not keep it either).
+    pub fn confirmable(&mut self, now_us: i64, oldest_kept: Option<u64>, evicted: u64) -> u64 {
         let horizon = now_us.saturating_sub(self.window_us);
         while let Some(&(time, lsn)) = self.checkpoints.front() {
             if time > horizon {
@@ -54,7 +56,9 @@ impl AckPolicy {
             self.aged = self.aged.max(lsn);
             self.checkpoints.pop_front();
         }
-        oldest_kept.map_or(self.aged, |kept| self.aged.min(kept))
+        oldest_kept
+            .map_or(self.aged, |kept| self.aged.min(kept))
+            .max(evicted)
     }
 }
 
@@ -69,14 +73,13 @@ mod tests {
         let mut policy = AckPolicy::new(Duration::from_secs(60), 100);
         policy.record(10 * S, 200);
         policy.record(50 * S, 300);
-        assert_eq!(policy.confirmable(60 * S, None), 100, "nothing aged yet");
-        assert_eq!(policy.confirmable(70 * S, None), 200);
-        assert_eq!(policy.confirmable(200 * S, None), 300);
-        assert_eq!(
-            policy.confirmable(200 * S, Some(250)),
-            250,
-            "an older event is kept"
-        );
+        assert_eq!(policy.confirmable(60 * S, None, 0), 100, "nothing aged yet");
+        assert_eq!(policy.confirmable(70 * S, None, 0), 200);
+        assert_eq!(policy.confirmable(200 * S, None, 0), 300);
+        let kept = policy.confirmable(200 * S, Some(250), 0);
+        assert_eq!(kept, 250, "an older event is kept");
+        let capped = policy.confirmable(200 * S, Some(450), 400);
+        assert_eq!(capped, 400, "a cap dropped the event at 400 already");
     }
 
     #[test]
@@ -86,6 +89,6 @@ mod tests {
             policy.record(S + i as i64, lsn);
         }
         assert_eq!(policy.checkpoints.len(), 1);
-        assert_eq!(policy.confirmable(S + 5, None), 30);
+        assert_eq!(policy.confirmable(S + 5, None, 0), 30);
     }
 }

@@ -115,8 +115,7 @@ pub struct ReplicationContext {
 /// database stops the relay with a clear message before it listens.
 ///
 /// Errors: [`ReplicationError::Definite`] on misconfiguration; transient when unreachable.
-/// Returns the slot's `confirmed_flush_lsn`.
-pub async fn preflight(config: &DatabaseConfig) -> Result<u64, ReplicationError> {
+pub async fn preflight(config: &DatabaseConfig) -> Result<(), ReplicationError> {
     let client = slot::connect(config.url.expose()).await?;
     slot::prepare(&client, config).await
 }
@@ -128,7 +127,7 @@ pub async fn run(ctx: ReplicationContext) -> Result<(), ReplicationError> {
     loop {
         let started = Instant::now();
         let result = match preflight(&ctx.config).await {
-            Ok(slot_lsn) => stream::stream(&ctx, &mut progress, slot_lsn).await,
+            Ok(()) => stream::stream(&ctx, &mut progress).await,
             Err(e) => Err(e),
         };
         let e = match result {

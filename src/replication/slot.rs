@@ -36,11 +36,10 @@ pub async fn connect(url: &str) -> Result<Client, ReplicationError> {
 }
 
 /// Checks `wal_level = logical` and the publication, then creates the slot if missing.
-/// Returns the slot's `confirmed_flush_lsn`: where a new stream on it starts.
 ///
 /// Errors: definite when the server is misconfigured (with what to change), transient when the
 /// connection fails mid-way.
-pub async fn prepare(client: &Client, db: &DatabaseConfig) -> Result<u64, ReplicationError> {
+pub async fn prepare(client: &Client, db: &DatabaseConfig) -> Result<(), ReplicationError> {
     let wal_level: String = client
         .query_one("SHOW wal_level", &[])
         .await
@@ -75,15 +74,38 @@ pub async fn prepare(client: &Client, db: &DatabaseConfig) -> Result<u64, Replic
         }
         Some(_) => {}
     }
-    ensure_slot(client, &db.slot).await?;
+    ensure_slot(client, &db.slot).await
+}
+
+/// The slot's `confirmed_flush_lsn`, read over a new SQL connection. Read once the stream has
+/// started (the slot is then this relay's and only its reports move the position), it is where
+/// PostgreSQL started decoding: every transaction committing at or after it is streamed.
+///
+/// Errors: transient when unreachable; definite when the slot is gone or has no position.
+pub async fn confirmed_lsn(db: &DatabaseConfig) -> Result<u64, ReplicationError> {
+    let client = connect(db.url.expose()).await?;
     let row = client
-        .query_one(
+        .query_opt(
             "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = $1",
             &[&db.slot],
         )
         .await
         .map_err(transient)?;
-    Ok(row.get::<_, Option<i64>>(0).unwrap_or(0) as u64)
+    match row.and_then(|r| r.get::<_, Option<i64>>(0)) {
+        Some(lsn) if lsn > 0 => Ok(lsn as u64),
+        _ => Err(ReplicationError::Transient(format!(
+            "replication slot `{}` has no confirmed position (dropped meanwhile?)",
+            db.slot
+        ))),
+    }
+}
+
+/// True when PostgreSQL refuses new connections because it is shutting down (SQLSTATE 57P03):
+/// how the relay tells a shutdown's request for a reply from a routine one.
+pub async fn server_is_stopping(db: &DatabaseConfig) -> bool {
+    let attempt =
+        tokio::time::timeout(Duration::from_secs(2), crate::db::connect(db.url.expose())).await;
+    matches!(attempt, Ok(Err(e)) if e.code() == Some(&SqlState::CANNOT_CONNECT_NOW))
 }
 
 async fn ensure_slot(client: &Client, slot: &str) -> Result<(), ReplicationError> {

@@ -113,37 +113,53 @@ impl Default for Progress {
 const FINISH_OPEN_TX: Duration = Duration::from_secs(1);
 
 /// Streams until shutdown (`Ok`) or until the connection fails (`Err`), advancing `progress`.
-/// `slot_lsn` is the slot's `confirmed_flush_lsn`, read just before.
 pub async fn stream(
     ctx: &ReplicationContext,
     progress: &mut Progress,
-    slot_lsn: u64,
 ) -> Result<(), ReplicationError> {
-    let mut config = replication_config(ctx)?;
-    config = match progress.history {
-        None => config.with_ack_lsn(Lsn::from_u64(slot_lsn)),
-        Some(_) => config
-            .with_start_lsn(Lsn::from_u64(progress.dispatched))
-            .with_ack_lsn(Lsn::from_u64(progress.confirmed)),
-    };
+    // A reconnect resumes after what was dispatched. The first report is 0, which PostgreSQL
+    // ignores: the slot's position stays as it is until the relay has read it (below) and
+    // decides what to confirm.
+    let start = progress.history.map_or(0, |_| progress.dispatched);
+    let config = replication_config(ctx)?
+        .with_start_lsn(Lsn::from_u64(start))
+        .with_ack_lsn(Lsn::from_u64(0));
     let mut client = ReplicationClient::connect_gated(config)
         .await
         .map_err(classify)?;
     let system = client.identify_system().await.map_err(classify)?;
     let history = history_id(&system.system_id, system.timeline);
-    match progress.history {
-        None => begin(ctx, progress, history, slot_lsn, system.xlogpos.as_u64()),
-        Some(known) if known != history => {
-            *progress = Progress::new();
-            return Err(ReplicationError::Transient(format!(
-                "the WAL history changed (system {} timeline {}): restarting from the slot",
-                system.system_id, system.timeline
-            )));
-        }
-        Some(_) => {}
-    }
+    let xlogpos = system.xlogpos.as_u64();
     client.start().await.map_err(classify)?;
     client.wait_started().await.map_err(classify)?;
+    // Decoding started at the larger of `start` and the slot's position.
+    let slot_lsn = super::slot::confirmed_lsn(&ctx.config).await?;
+    match progress.history {
+        None => begin(ctx, progress, history, slot_lsn, xlogpos),
+        Some(known) => {
+            let lost = if known != history {
+                Some("the WAL history changed (a restore or a failover)")
+            } else if xlogpos < progress.dispatched {
+                Some("the server's WAL is behind what was streamed (a restore)")
+            } else if slot_lsn > progress.dispatched {
+                Some("the slot was confirmed past what this relay read (another relay used it, or it was recreated)")
+            } else {
+                None
+            };
+            if let Some(why) = lost {
+                // What was streamed no longer lines up with the slot: start over from the
+                // slot, and close the sessions so clients resume (and learn what is missing).
+                *progress = Progress::new();
+                return Err(ReplicationError::Transient(format!(
+                    "{why}: restarting the stream and the replay window from the slot"
+                )));
+            }
+            // Report again what this relay confirmed (never less than the slot holds: a lower
+            // report would move the slot back).
+            progress.confirmed = progress.confirmed.max(slot_lsn);
+            client.update_applied_lsn(Lsn::from_u64(progress.confirmed));
+        }
+    }
     ctx.status.set_connected();
     info!(slot = ctx.config.slot, "replication stream started");
 
@@ -239,12 +255,16 @@ pub async fn stream(
                 ..
             } => {
                 wal_end = wal_end.max(end.as_u64());
+                ctx.router.note_wal_end(wal_end);
                 if tx.is_none() && end.as_u64() > progress.dispatched {
                     progress.dispatched = end.as_u64();
                     progress.ack.record(now_unix_us(), progress.dispatched);
                     advance(&client, ctx, progress);
                 }
-                if reply_requested && tx.is_none() {
+                if reply_requested
+                    && tx.is_none()
+                    && super::slot::server_is_stopping(&ctx.config).await
+                {
                     server_stopping(&client, progress);
                 }
                 report(wal_end, progress);
@@ -290,36 +310,39 @@ fn begin(
 fn advance(client: &ReplicationClient, ctx: &ReplicationContext, progress: &mut Progress) {
     let confirmable = progress
         .ack
-        .confirmable(now_unix_us(), ctx.router.oldest_lsn())
+        .confirmable(
+            now_unix_us(),
+            ctx.router.oldest_lsn(),
+            ctx.router.evicted_lsn(),
+        )
         .min(progress.dispatched);
     if confirmable > progress.confirmed {
         progress.confirmed = confirmable;
         client.update_applied_lsn(Lsn::from_u64(confirmable));
     }
     if !ctx.status.is_rebuilt() && progress.dispatched >= ctx.status.rebuild_target() {
-        ctx.status.set_rebuilt();
         info!(
             lsn = %Lsn::from_u64(progress.dispatched),
             "replay window rebuilt; ready"
         );
+        ctx.status.set_rebuilt();
     }
 }
 
 /// The walsender asks for a reply when it has heard nothing for half of `wal_sender_timeout`,
 /// and while the server shuts down: a fast shutdown waits until the client has confirmed
-/// everything sent (PostgreSQL `WalSndDone`), which a window held back would never do. So the
-/// relay then confirms everything dispatched. Its in-memory window is unaffected, so clients
+/// everything sent (PostgreSQL `WalSndDone`), which a window held back would never do. So when
+/// new connections are refused as shutting down (57P03), the relay confirms everything
+/// dispatched. Its in-memory window is unaffected, so clients
 /// still resume; only a relay restarted before the window ages could answer `complete:false`
 /// to a cursor the old window held.
 fn server_stopping(client: &ReplicationClient, progress: &mut Progress) {
-    if progress.dispatched > progress.confirmed {
-        progress.confirmed = progress.dispatched;
-        client.update_applied_lsn(Lsn::from_u64(progress.confirmed));
-        info!(
-            lsn = %Lsn::from_u64(progress.confirmed),
-            "the server asked for a reply (shutting down?): confirmed everything dispatched"
-        );
-    }
+    progress.confirmed = progress.confirmed.max(progress.dispatched);
+    client.update_applied_lsn(Lsn::from_u64(progress.confirmed));
+    info!(
+        lsn = %Lsn::from_u64(progress.confirmed),
+        "PostgreSQL is shutting down: confirmed everything dispatched"
+    );
 }
 
 /// Updates the lag and confirmed-LSN gauges (on commits and keepalives, not per row).
@@ -331,6 +354,7 @@ fn report(wal_end: u64, progress: &Progress) {
 /// Waits (at most `wait`) until the crate has reported `confirmed` to the server, then stops
 /// cleanly. Without the wait the crate drops the last acknowledgement.
 async fn final_ack(client: &mut ReplicationClient, confirmed: u64, wait: Duration) {
+    client.update_applied_lsn(Lsn::from_u64(confirmed));
     let deadline = Instant::now() + wait;
     while client.metrics().last_applied_lsn().as_u64() < confirmed {
         if Instant::now() > deadline {

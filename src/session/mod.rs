@@ -37,6 +37,9 @@ pub const CLOSE_TOKEN: u16 = 4001;
 pub const CLOSE_IDENTITY: u16 = 4003;
 /// Close code: the session's queue filled up.
 pub const CLOSE_SLOW: u16 = 4008;
+/// Close code (RFC 6455 registry: Service Restart): the replay window started over (the
+/// database was restored, or the slot moved on without this relay); reconnect with `since`.
+pub const CLOSE_RESTART: u16 = 1012;
 
 /// Most events written per flush.
 const BATCH: usize = 256;
@@ -56,6 +59,8 @@ pub struct SessionContext {
     pub limits: LimitsConfig,
     /// Cancelled when the relay shuts down.
     pub shutdown: CancellationToken,
+    /// Cancelled when the replay window starts over ([`Router::restart_signal`]).
+    pub restart: CancellationToken,
 }
 
 /// Why a session ended, as the close frame sent.
@@ -163,6 +168,11 @@ async fn replay(
     Ok(skip)
 }
 
+/// The close for a session whose stream started over: its client must resume with `since`.
+pub(crate) fn restarted() -> Close {
+    Close::new(CLOSE_RESTART, "the stream restarted; reconnect with since")
+}
+
 /// Counts the close and sends its frame (bounded), unless the peer is already gone.
 pub(crate) async fn finish(ws: &mut WebSocket, close: Option<Close>, session: &str) {
     if let Some(close) = close {
@@ -216,6 +226,7 @@ async fn serve(
                 return Some(Close::new(CLOSE_GOING_AWAY, "server shutting down"));
             }
             _ = overflow.cancelled() => return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full")),
+            _ = ctx.restart.cancelled() => return Some(restarted()),
             _ = &mut expiry => {
                 let text = native::error("token_expired", "the access token expired; reconnect with a fresh token");
                 let _ = send(ws, Message::Text(text)).await;

@@ -133,6 +133,7 @@ impl Socket<'_> {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => return Some(Close::new(CLOSE_GOING_AWAY, "server shutting down")),
                 _ = self.overflow.cancelled() => return Some(Close::new(CLOSE_SLOW, "slow consumer: queue full")),
+                _ = self.ctx.restart.cancelled() => return Some(super::restarted()),
                 _ = sleep_until(expiry) => self.expire_channels().await.ok()?,
                 msg = self.ws.next() => {
                     last_seen = Instant::now();

@@ -115,6 +115,8 @@ pub struct Record {
     pub cursor: Option<String>,
     /// Successful upgrades.
     pub connects: usize,
+    /// `ready` frames: the subscription exists once one arrived.
+    pub readies: usize,
     /// `(complete, replayed)` of every `recovered` frame.
     pub recovered: Vec<(bool, u64)>,
     /// Close codes received.
@@ -199,6 +201,12 @@ impl Recorder {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         true
+    }
+
+    /// Waits until its first subscription exists (the `ready` frame arrived).
+    pub async fn subscribed(&self) {
+        let ready = self.wait(Duration::from_secs(30), |r| r.readies > 0).await;
+        assert!(ready, "{} got no ready frame", self.user);
     }
 
     /// Stops and returns what it saw.
@@ -299,6 +307,7 @@ fn on_frame(state: &Mutex<Record>, user: Uuid, text: &str) {
             state.seqs.push(seq);
             state.cursor = frame["cursor"].as_str().map(String::from);
         }
+        Some("ready") => state.readies += 1,
         Some("recovered") => {
             let complete = frame["complete"].as_bool().expect("complete");
             let replayed = frame["replayed"].as_u64().expect("replayed");
