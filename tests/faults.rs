@@ -96,7 +96,7 @@ async fn a_client_cut_mid_stream_resumes_with_its_cursor_and_misses_nothing() {
     // Reconnected 2 s later with `since`, while the load kept going.
     assert!(s.recorders[0].wait(T, |r| r.connects >= 2).await);
     wait_events(&s.recorders, 40).await;
-    let (records, _) = s.settle().await;
+    let (records, relay) = s.settle().await;
     let (complete, replayed) = records[0].recovered[0];
     assert!(
         complete && replayed > 0,
@@ -106,6 +106,22 @@ async fn a_client_cut_mid_stream_resumes_with_its_cursor_and_misses_nothing() {
         records[1..].iter().all(|r| r.connects == 1),
         "the others never dropped"
     );
+    let exposition = relay.unwrap().scrape().await;
+    assert_eq!(
+        metric(&exposition, "relay_resumes_total{complete=\"true\"}"),
+        1.0
+    );
+    assert!(
+        metric(&exposition, "relay_replay_window_events") > 0.0,
+        "{exposition}"
+    );
+    for name in [
+        "relay_replay_window_bytes",
+        "relay_replay_oldest_age_seconds",
+        "relay_slot_retained_wal_bytes",
+    ] {
+        assert!(exposition.contains(name), "{name} in:\n{exposition}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

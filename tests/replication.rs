@@ -278,3 +278,38 @@ async fn a_slot_moved_on_without_the_relay_starts_the_window_over_and_closes_wit
     assert_eq!(frame["complete"], false, "row 2 never reached this relay");
     relay.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_reading_the_same_wal_issue_the_same_cursors() {
+    let db = TestDb::new().await;
+    let first = db.relay().await;
+    let second = db
+        .relay_with(|c| c.database.slot = format!("{}_b", db.name))
+        .await;
+    let pg = db.client().await;
+    let user = create_user(&pg).await;
+    let token = user_token(user, HOUR);
+    let (mut a, _) = connect(&first, &token, "").await;
+    let (mut b, _) = connect(&second, &token, "").await;
+    pg.batch_execute(&format!(
+        "INSERT INTO public.engagement_events (user_id, event_type) \
+         SELECT '{user}', 'app_open' FROM generate_series(1, 3)"
+    ))
+    .await
+    .unwrap();
+    let cursors = |events: Vec<serde_json::Value>| -> Vec<String> {
+        events.iter().map(|e| e["cursor"].to_string()).collect()
+    };
+    let (from_a, from_b) = (cursors(a.events(3, T).await), cursors(b.events(3, T).await));
+    assert_eq!(from_a, from_b);
+    // So a client may resume on the other relay.
+    let last = from_a[2].trim_matches('"').to_string();
+    let (mut resumed, _) = connect(&second, &token, &format!("&since={last}")).await;
+    let frame = resumed.next_json(T).await.unwrap();
+    assert_eq!(
+        (frame["type"].as_str(), frame["complete"].as_bool()),
+        (Some("recovered"), Some(true))
+    );
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+}
