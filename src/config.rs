@@ -71,6 +71,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[replay]`: the replay window that lets clients resume without gaps.
     pub replay: ReplayConfig,
+    /// `[ingest]`: the HTTP ingest and history API.
+    pub ingest: IngestConfig,
     /// `[shutdown]`: graceful shutdown.
     pub shutdown: ShutdownConfig,
     /// `[log]`: logging.
@@ -228,6 +230,36 @@ impl Default for ReplayConfig {
             window: Duration::from_secs(300),
             max_events: 1_000_000,
             max_bytes: 512 << 20,
+        }
+    }
+}
+
+/// `[ingest]` section: `POST /v1/events/batch`, `POST /v1/events`, `GET /v1/events`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Most events in one request (default 5,000); more is a 413.
+    pub max_batch: usize,
+    /// Largest request body in bytes (default 8388608, 8 MiB); more is a 413.
+    pub max_body_bytes: usize,
+    /// Events older than this are refused (RFC 3339, default `2020-01-01T00:00:00Z`).
+    pub oldest_timestamp: chrono::DateTime<chrono::Utc>,
+    /// SQL connections of the API's pool (default 8); the replication stream has its own.
+    pub pool_size: usize,
+    /// How long a request waits for a pooled connection before a 503 (default `5s`).
+    #[serde(with = "humantime_serde")]
+    pub pool_timeout: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_batch: 5_000,
+            max_body_bytes: 8 << 20,
+            oldest_timestamp: chrono::DateTime::from_timestamp(1_577_836_800, 0)
+                .unwrap_or_default(),
+            pool_size: 8,
+            pool_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -409,6 +441,15 @@ impl Config {
         }
         if self.database.status_interval.is_zero() {
             return fail("database.status_interval", "must be above 0");
+        }
+        if self.ingest.max_batch == 0 || self.ingest.max_batch > 100_000 {
+            return fail("ingest.max_batch", "must be between 1 and 100000");
+        }
+        if self.ingest.pool_size == 0 {
+            return fail("ingest.pool_size", "must be at least 1");
+        }
+        if self.ingest.max_body_bytes < 1024 {
+            return fail("ingest.max_body_bytes", "must be at least 1024");
         }
         if self.server.max_sessions == 0 {
             return fail("server.max_sessions", "must be at least 1");

@@ -13,10 +13,11 @@ use std::sync::Arc;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocket;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router as HttpRouter};
 use metrics::counter;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -25,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Principal, Verifier};
-use crate::config::LimitsConfig;
+use crate::config::{IngestConfig, LimitsConfig};
 use crate::event::Cursor;
 use crate::metrics as m;
 use crate::replication::StreamStatus;
@@ -60,15 +61,25 @@ pub struct AppState {
     pub sessions: TaskTracker,
     /// Open sessions.
     pub open: Arc<AtomicUsize>,
+    /// The API's SQL connection pool.
+    pub pool: deadpool_postgres::Pool,
+    /// `[ingest]` settings.
+    pub ingest: IngestConfig,
 }
 
 /// The server port's routes.
 pub fn server_routes(state: AppState) -> HttpRouter {
+    let body_limit = DefaultBodyLimit::max(state.ingest.max_body_bytes);
     HttpRouter::new()
-        .route("/v1/events", get(native_upgrade))
+        .route(
+            "/v1/events",
+            get(native_upgrade).post(crate::api::post_events),
+        )
+        .route("/v1/events/batch", post(crate::api::post_batch))
         .route("/realtime/v1/websocket", get(realtime_upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .layer(body_limit)
         .with_state(state)
 }
 

@@ -97,6 +97,8 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         shutdown: sessions_stop.clone(),
         sessions: sessions.clone(),
         open: Arc::new(AtomicUsize::new(0)),
+        pool: crate::api::pool(&config)?,
+        ingest: config.ingest.clone(),
     };
     let replication = tokio::spawn(replication::run(ReplicationContext {
         config: config.database.clone(),

@@ -1,0 +1,111 @@
+//! Inserting validated events: one transaction, one statement (`INSERT … SELECT FROM unnest`
+//! of column arrays), ids generated here so that they come back in input order.
+//!
+//! Executed as PostgREST does (its "Authorization" page): `SET LOCAL ROLE service_role` for a
+//! service-role token; `SET LOCAL ROLE authenticated` plus `request.jwt.claims` for a user's
+//! token, so the table's RLS policies are the authority on what a user may insert.
+
+use deadpool_postgres::Pool;
+use serde_json::json;
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use super::validate::{FieldError, NewEvent};
+use super::ApiError;
+use crate::auth::{Principal, Role};
+
+/// Inserts `events` in one transaction as `principal`; returns their ids in input order.
+///
+/// Errors: 503 when no connection is available; 403 when RLS refuses a row (a user inserting
+/// for someone else); 422 naming the first event of an unknown user (foreign key); 422 for
+/// anything else the table refuses.
+pub async fn insert(
+    pool: &Pool,
+    principal: &Principal,
+    events: &[NewEvent],
+) -> Result<Vec<Uuid>, ApiError> {
+    let mut client = pool.get().await.map_err(ApiError::unavailable)?;
+    let tx = client.transaction().await.map_err(ApiError::database)?;
+    act_as(&tx, principal).await?;
+    let ids: Vec<Uuid> = events.iter().map(|_| Uuid::new_v4()).collect();
+    let users: Vec<Uuid> = events.iter().map(|e| e.user_id).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let times: Vec<Option<chrono::DateTime<chrono::Utc>>> =
+        events.iter().map(|e| e.timestamp).collect();
+    let values: Vec<&serde_json::Value> = events.iter().map(|e| &e.value).collect();
+    let inserted = tx
+        .execute(
+            "INSERT INTO public.engagement_events (id, user_id, event_type, \"timestamp\", value) \
+             SELECT id, user_id, event_type, coalesce(ts, now()), value \
+             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::jsonb[]) \
+               AS t(id, user_id, event_type, ts, value)",
+            &[&ids, &users, &types, &times, &values],
+        )
+        .await;
+    if let Err(e) = inserted {
+        return Err(refused(e, events));
+    }
+    tx.commit().await.map_err(ApiError::database)?;
+    Ok(ids)
+}
+
+/// `SET LOCAL ROLE` and, for a user, the JWT claims RLS reads through `auth.uid()`.
+async fn act_as(
+    tx: &tokio_postgres::Transaction<'_>,
+    principal: &Principal,
+) -> Result<(), ApiError> {
+    match principal.role {
+        Role::ServiceRole => tx
+            .batch_execute("SET LOCAL ROLE service_role")
+            .await
+            .map_err(ApiError::database),
+        Role::Authenticated => {
+            let claims = json!({
+                "sub": principal.user_id,
+                "role": "authenticated",
+                "exp": principal.expires_at,
+            })
+            .to_string();
+            tx.batch_execute("SET LOCAL ROLE authenticated")
+                .await
+                .map_err(ApiError::database)?;
+            tx.execute(
+                "SELECT set_config('request.jwt.claims', $1, true)",
+                &[&claims],
+            )
+            .await
+            .map(|_| ())
+            .map_err(ApiError::database)
+        }
+    }
+}
+
+/// Maps what the database refused to the client's error.
+fn refused(e: tokio_postgres::Error, events: &[NewEvent]) -> ApiError {
+    let Some(db) = e.as_db_error() else {
+        return ApiError::database(e);
+    };
+    match db.code() {
+        c if *c == SqlState::FOREIGN_KEY_VIOLATION => {
+            // DETAIL: Key (user_id)=(<uuid>) is not present in table "users".
+            let user = db
+                .detail()
+                .and_then(|d| d.split(")=(").nth(1))
+                .and_then(|rest| rest.split(')').next())
+                .and_then(|u| Uuid::parse_str(u).ok());
+            let index = user
+                .and_then(|u| events.iter().position(|e| e.user_id == u))
+                .unwrap_or(0);
+            ApiError::validation(vec![FieldError {
+                index,
+                field: "user_id".into(),
+                error: "unknown user (no such id in auth.users)".into(),
+            }])
+        }
+        c if *c == SqlState::INSUFFICIENT_PRIVILEGE => ApiError::forbidden(
+            "row-level security refused the insert: a user may only insert events with their own user_id",
+        ),
+        c if c.code().starts_with("23") => ApiError::unprocessable(db.message()),
+        _ => ApiError::database(e),
+    }
+}
