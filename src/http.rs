@@ -199,6 +199,16 @@ async fn native_upgrade(
         Ok(p) => p,
         Err(e) => return refuse(&e),
     };
+    // A plain GET (no upgrade) is the history API.
+    let upgrade = match upgrade {
+        Ok(upgrade) => Ok(upgrade),
+        Err(_) if !headers.contains_key(header::UPGRADE) => {
+            return crate::api::history::page(&state, &principal, &query)
+                .await
+                .unwrap_or_else(IntoResponse::into_response);
+        }
+        Err(rejection) => Err(rejection),
+    };
     let types = event_types(&query);
     // A malformed cursor is answered on the socket (an `error` frame, then 1008), where a
     // client library reports it, rather than as a failed handshake it would retry.

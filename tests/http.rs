@@ -1,4 +1,5 @@
-//! HTTP surface: `/healthz`, a plain GET on the stream is 426, the relay refuses sessions past
+//! HTTP surface: `/healthz`, a plain GET on the Realtime socket is 426 (on `/v1/events` it is
+//! the history API), the relay refuses sessions past
 //! `server.max_sessions` with 503, and a peer that stops answering pings is dropped.
 
 mod common;
@@ -12,14 +13,14 @@ use uuid::Uuid;
 const MINUTE: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn healthz_is_ok_and_a_plain_get_is_426_with_a_reason() {
+async fn healthz_is_ok_and_a_plain_get_on_the_realtime_socket_is_426() {
     let db = TestDb::new().await;
     let relay = db.relay().await;
     let base = format!("http://{}", relay.server_addr());
     let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
     let token = user_token(Uuid::new_v4(), MINUTE);
-    let plain = reqwest::get(format!("{base}/v1/events?access_token={token}"))
+    let plain = reqwest::get(format!("{base}/realtime/v1/websocket?apikey={token}"))
         .await
         .unwrap();
     assert_eq!(plain.status().as_u16(), 426);

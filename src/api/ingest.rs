@@ -50,7 +50,7 @@ pub async fn insert(
 }
 
 /// `SET LOCAL ROLE` and, for a user, the JWT claims RLS reads through `auth.uid()`.
-async fn act_as(
+pub(crate) async fn act_as(
     tx: &tokio_postgres::Transaction<'_>,
     principal: &Principal,
 ) -> Result<(), ApiError> {

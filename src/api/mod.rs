@@ -1,12 +1,13 @@
 //! The HTTP ingest and history API on the server port (PROTOCOL.md "Ports and paths"):
 //! `POST /v1/events/batch` (service role: bulk import), `POST /v1/events` (a user's own events,
-//! under RLS).
+//! under RLS), and `GET /v1/events` without a WebSocket upgrade (history, [`history`]).
 //!
 //! Every error is JSON `{"error": code, "message": text}` with its status: 400 malformed JSON,
 //! 401 token, 403 role or RLS, 413 body or batch too large, 422 validation (with `errors`:
 //! `[{index, field, error}]`), 503 database unavailable. Nothing is written unless every event
 //! is valid and the whole transaction commits.
 
+pub mod history;
 pub mod ingest;
 pub mod validate;
 
@@ -56,6 +57,11 @@ impl ApiError {
                 format!("{n} problem(s) found; nothing was written"),
             )
         }
+    }
+
+    /// 400 with `code`.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     /// 422 for a row the table refused.
