@@ -249,6 +249,14 @@ pub struct IngestConfig {
     /// How long a request waits for a pooled connection before a 503 (default `5s`).
     #[serde(with = "humantime_serde")]
     pub pool_timeout: Duration,
+    /// API requests per second per user (`sub`), sustained (default 10)...
+    pub user_rate: u32,
+    /// ...with bursts of this many (default 20); beyond, HTTP 429 with `Retry-After`.
+    pub user_burst: u32,
+    /// API requests per second per service-role token (default 50)...
+    pub key_rate: u32,
+    /// ...with bursts of this many (default 100).
+    pub key_burst: u32,
 }
 
 impl Default for IngestConfig {
@@ -260,6 +268,10 @@ impl Default for IngestConfig {
                 .unwrap_or_default(),
             pool_size: 8,
             pool_timeout: Duration::from_secs(5),
+            user_rate: 10,
+            user_burst: 20,
+            key_rate: 50,
+            key_burst: 100,
         }
     }
 }
@@ -444,6 +456,16 @@ impl Config {
         }
         if self.ingest.max_batch == 0 || self.ingest.max_batch > 100_000 {
             return fail("ingest.max_batch", "must be between 1 and 100000");
+        }
+        for (key, value) in [
+            ("ingest.user_rate", self.ingest.user_rate),
+            ("ingest.user_burst", self.ingest.user_burst),
+            ("ingest.key_rate", self.ingest.key_rate),
+            ("ingest.key_burst", self.ingest.key_burst),
+        ] {
+            if value == 0 {
+                return fail(key, "must be at least 1");
+            }
         }
         if self.ingest.pool_size == 0 {
             return fail("ingest.pool_size", "must be at least 1");

@@ -65,6 +65,8 @@ pub struct AppState {
     pub pool: deadpool_postgres::Pool,
     /// `[ingest]` settings.
     pub ingest: IngestConfig,
+    /// The API's rate limits.
+    pub rate_limits: Arc<crate::api::limit::Limits>,
 }
 
 /// The server port's routes.
@@ -203,9 +205,14 @@ async fn native_upgrade(
     let upgrade = match upgrade {
         Ok(upgrade) => Ok(upgrade),
         Err(_) if !headers.contains_key(header::UPGRADE) => {
-            return crate::api::history::page(&state, &principal, &query)
-                .await
-                .unwrap_or_else(IntoResponse::into_response);
+            let limited = token(&headers, &query)
+                .map(|t| state.rate_limits.check(&principal, t))
+                .unwrap_or(Ok(()));
+            let page = match limited {
+                Ok(()) => crate::api::history::page(&state, &principal, &query).await,
+                Err(e) => Err(e),
+            };
+            return page.unwrap_or_else(IntoResponse::into_response);
         }
         Err(rejection) => Err(rejection),
     };

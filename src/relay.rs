@@ -99,6 +99,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         open: Arc::new(AtomicUsize::new(0)),
         pool: crate::api::pool(&config)?,
         ingest: config.ingest.clone(),
+        rate_limits: Arc::new(crate::api::limit::Limits::new(&config.ingest)),
     };
     let replication = tokio::spawn(replication::run(ReplicationContext {
         config: config.database.clone(),

@@ -223,3 +223,49 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
     }
     relay.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_rate_limit_requests_get_429_with_retry_after() {
+    let db = TestDb::new().await;
+    let relay = db
+        .relay_with(|c| {
+            c.ingest.user_rate = 1;
+            c.ingest.user_burst = 2;
+        })
+        .await;
+    let pg = db.client().await;
+    let user = create_user(&pg).await;
+    let token = user_token(user, HOUR);
+    let event = json!({"user_id": user, "event_type": "app_open"}).to_string();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(
+            post(&relay, "/v1/events", Some(&token), event.clone())
+                .await
+                .0,
+        );
+    }
+    assert_eq!(statuses, [201, 201, 429]);
+    let url = format!("http://{}/v1/events", relay.server_addr());
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        429,
+        "history shares the user's bucket"
+    );
+    let retry: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    let other = user_token(create_user(&pg).await, HOUR);
+    let (status, _) = post(&relay, "/v1/events", Some(&other), "{}".into()).await;
+    assert_eq!(status, 422, "another user has a bucket of their own");
+    relay.shutdown().await.unwrap();
+}

@@ -9,6 +9,7 @@
 
 pub mod history;
 pub mod ingest;
+pub mod limit;
 pub mod validate;
 
 use axum::body::Bytes;
@@ -34,6 +35,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     errors: Vec<FieldError>,
+    retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -43,6 +45,20 @@ impl ApiError {
             code,
             message: message.into(),
             errors: Vec::new(),
+            retry_after_s: None,
+        }
+    }
+
+    /// 429 `rate_limited`, retry after `seconds` (at least 1).
+    pub fn rate_limited(seconds: u64) -> ApiError {
+        let seconds = seconds.max(1);
+        ApiError {
+            retry_after_s: Some(seconds),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many requests; retry in {seconds} s"),
+            )
         }
     }
 
@@ -107,7 +123,13 @@ impl IntoResponse for ApiError {
         if !self.errors.is_empty() {
             body["errors"] = json!(self.errors);
         }
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -142,7 +164,7 @@ pub fn pool(config: &Config) -> Result<Pool, ConfigError> {
         .map_err(|e| ConfigError(format!("ingest.pool_size: {e}")))
 }
 
-/// The caller, from `Authorization: Bearer <jwt>`.
+/// The caller, from `Authorization: Bearer <jwt>`, within its rate limit.
 fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -154,7 +176,9 @@ fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> 
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or(AuthError::Missing)?;
-    Ok(state.verifier.verify(token)?)
+    let principal = state.verifier.verify(token)?;
+    state.rate_limits.check(&principal, token)?;
+    Ok(principal)
 }
 
 /// The request's JSON body (400 malformed, 413 too large).
