@@ -269,3 +269,42 @@ async fn past_the_rate_limit_requests_get_429_with_retry_after() {
     assert_eq!(status, 422, "another user has a bucket of their own");
     relay.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_idempotency_key_returns_the_first_result_and_inserts_nothing() {
+    let db = TestDb::new().await;
+    let relay = db.relay().await;
+    let pg = db.client().await;
+    let user = create_user(&pg).await;
+    let send = |body: String, key: &'static str| {
+        let url = format!("http://{}/v1/events/batch", relay.server_addr());
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(service_token())
+                .header("idempotency-key", key)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let body = json!({ "events": batch(&[user], 3) }).to_string();
+    let (status, first) = send(body.clone(), "import-2026-11-20").await;
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = send(body.clone(), "import-2026-11-20").await;
+    assert_eq!((status, &again), (201, &first), "the first result");
+    assert_eq!(count(&pg).await, 3, "nothing inserted twice");
+    // A refused request leaves its key unused: the corrected retry goes through.
+    let mut bad = batch(&[user], 2);
+    bad[1]["value"] = json!("not an object");
+    let bad = json!({ "events": bad }).to_string();
+    assert_eq!(send(bad, "import-2026-11-21").await.0, 422);
+    let (status, fixed) = send(body, "import-2026-11-21").await;
+    assert_eq!(status, 201);
+    assert_ne!(fixed, first);
+    assert_eq!(count(&pg).await, 6);
+    relay.shutdown().await.unwrap();
+}

@@ -6,26 +6,36 @@
 //! token, so the table's RLS policies are the authority on what a user may insert.
 
 use deadpool_postgres::Pool;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
+use super::idempotency;
 use super::validate::{FieldError, NewEvent};
 use super::ApiError;
 use crate::auth::{Principal, Role};
 
-/// Inserts `events` in one transaction as `principal`; returns their ids in input order.
+/// Inserts `events` in one transaction as `principal`; returns 201 and `{"ids": […]}` in
+/// input order. With an `Idempotency-Key` already used by this caller within 24 hours, returns
+/// the first result instead and inserts nothing.
 ///
 /// Errors: 503 when no connection is available; 403 when RLS refuses a row (a user inserting
 /// for someone else); 422 naming the first event of an unknown user (foreign key); 422 for
-/// anything else the table refuses.
+/// anything else the table refuses; 409 when a request with the same key is in flight.
 pub async fn insert(
     pool: &Pool,
     principal: &Principal,
     events: &[NewEvent],
-) -> Result<Vec<Uuid>, ApiError> {
+    idempotency_key: Option<&str>,
+) -> Result<(u16, Value), ApiError> {
     let mut client = pool.get().await.map_err(ApiError::unavailable)?;
     let tx = client.transaction().await.map_err(ApiError::database)?;
+    let caller = idempotency::caller(principal);
+    if let Some(key) = idempotency_key {
+        if let Some(first) = idempotency::claim(&tx, &caller, key).await? {
+            return Ok(first);
+        }
+    }
     act_as(&tx, principal).await?;
     let ids: Vec<Uuid> = events.iter().map(|_| Uuid::new_v4()).collect();
     let users: Vec<Uuid> = events.iter().map(|e| e.user_id).collect();
@@ -45,8 +55,15 @@ pub async fn insert(
     if let Err(e) = inserted {
         return Err(refused(e, events));
     }
+    let body = json!({ "ids": ids });
+    if let Some(key) = idempotency_key {
+        tx.batch_execute("RESET ROLE")
+            .await
+            .map_err(ApiError::database)?;
+        idempotency::store(&tx, &caller, key, 201, &body).await?;
+    }
     tx.commit().await.map_err(ApiError::database)?;
-    Ok(ids)
+    Ok((201, body))
 }
 
 /// `SET LOCAL ROLE` and, for a user, the JWT claims RLS reads through `auth.uid()`.

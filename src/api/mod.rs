@@ -8,6 +8,7 @@
 //! is valid and the whole transaction commits.
 
 pub mod history;
+pub mod idempotency;
 pub mod ingest;
 pub mod limit;
 pub mod validate;
@@ -87,6 +88,11 @@ impl ApiError {
             "rejected_by_database",
             message,
         )
+    }
+
+    /// 409 `conflict`.
+    pub fn conflict(message: &str) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
     }
 
     /// 403 `forbidden`.
@@ -227,17 +233,30 @@ fn events_of(body: Value, single: bool, max: usize) -> Result<Vec<Value>, ApiErr
     Ok(events)
 }
 
-/// Validates and inserts; 201 `{"ids": […]}` in input order.
+/// Validates and inserts; 201 `{"ids": […]}` in input order (or, for a repeated
+/// `Idempotency-Key`, the first result).
 async fn ingest(
     state: &AppState,
+    headers: &HeaderMap,
     principal: &Principal,
     events: Vec<Value>,
 ) -> Result<Response, ApiError> {
     let config = &state.ingest;
     let valid = validate::validate(&events, chrono::Utc::now(), config.oldest_timestamp)
         .map_err(ApiError::validation)?;
-    let ids = ingest::insert(&state.pool, principal, &valid).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "ids": ids }))).into_response())
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(key)) => Some(key),
+        Some(Err(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be visible ASCII",
+            ))
+        }
+    };
+    let (status, body) = ingest::insert(&state.pool, principal, &valid, key).await?;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
+    Ok((status, Json(body)).into_response())
 }
 
 /// `POST /v1/events/batch`: service role only; `{"events": […]}`.
@@ -253,7 +272,7 @@ pub async fn post_batch(
         ));
     }
     let events = events_of(json_body(body)?, false, state.ingest.max_batch)?;
-    ingest(&state, &principal, events).await
+    ingest(&state, &headers, &principal, events).await
 }
 
 /// `POST /v1/events`: a user's own events (one object, or `{"events": […]}`), under RLS.
@@ -264,5 +283,5 @@ pub async fn post_events(
 ) -> Result<Response, ApiError> {
     let principal = caller(&state, &headers)?;
     let events = events_of(json_body(body)?, true, state.ingest.max_batch)?;
-    ingest(&state, &principal, events).await
+    ingest(&state, &headers, &principal, events).await
 }
