@@ -78,6 +78,7 @@ pub fn server_routes(state: AppState) -> HttpRouter {
             get(native_upgrade).post(crate::api::post_events),
         )
         .route("/v1/events/batch", post(crate::api::post_batch))
+        .route("/openapi.json", get(crate::api::openapi::document))
         .route("/realtime/v1/websocket", get(realtime_upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

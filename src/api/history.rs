@@ -54,6 +54,10 @@ pub async fn page(
     query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let bad = |m: String| ApiError::bad_request("invalid_query", m);
+    // PostgreSQL text cannot hold NUL.
+    if let Some(key) = query.iter().find(|(_, v)| v.contains('\0')).map(|(k, _)| k) {
+        return Err(bad(format!("{key}: contains a NUL character")));
+    }
     let time = |key: &str| -> Result<Option<DateTime<Utc>>, ApiError> {
         query
             .get(key)
@@ -116,7 +120,11 @@ pub async fn page(
             ],
         )
         .await
-        .map_err(ApiError::database)?;
+        .map_err(|e| match e.code() {
+            // Class 22: a value PostgreSQL cannot take (e.g. invalid encoding).
+            Some(c) if c.code().starts_with("22") => bad(super::describe(&e)),
+            _ => ApiError::database(e),
+        })?;
     tx.commit().await.map_err(ApiError::database)?;
 
     let more = rows.len() as i64 > limit;

@@ -122,7 +122,10 @@ fn refused(e: tokio_postgres::Error, events: &[NewEvent]) -> ApiError {
         c if *c == SqlState::INSUFFICIENT_PRIVILEGE => ApiError::forbidden(
             "row-level security refused the insert: a user may only insert events with their own user_id",
         ),
-        c if c.code().starts_with("23") => ApiError::unprocessable(db.message()),
+        // Class 23 (integrity) and 22 (data: e.g. a NUL character jsonb refuses).
+        c if c.code().starts_with("23") || c.code().starts_with("22") => {
+            ApiError::unprocessable(db.message())
+        }
         _ => ApiError::database(e),
     }
 }

@@ -11,6 +11,7 @@ pub mod history;
 pub mod idempotency;
 pub mod ingest;
 pub mod limit;
+pub mod openapi;
 pub mod validate;
 
 use axum::body::Bytes;
@@ -260,6 +261,24 @@ async fn ingest(
 }
 
 /// `POST /v1/events/batch`: service role only; `{"events": […]}`.
+#[utoipa::path(
+    post,
+    path = "/v1/events/batch",
+    request_body = openapi::EventsIn,
+    responses(
+        (status = 201, description = "inserted, or the first result of a repeated Idempotency-Key", body = openapi::Ids),
+        (status = 400, description = "malformed JSON or body", body = openapi::ErrorBody),
+        (status = 401, description = "missing or invalid token", body = openapi::ErrorBody),
+        (status = 403, description = "not a service-role token", body = openapi::ErrorBody),
+        (status = 409, description = "the same Idempotency-Key is in flight", body = openapi::ErrorBody),
+        (status = 413, description = "body or batch too large", body = openapi::ErrorBody),
+        (status = 422, description = "validation failed; nothing written", body = openapi::ErrorBody),
+        (status = 429, description = "rate limited", body = openapi::ErrorBody),
+        (status = 503, description = "database unavailable", body = openapi::ErrorBody),
+    ),
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeat within 24 h returns the first result")),
+    security(("bearer" = []))
+)]
 pub async fn post_batch(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -276,6 +295,24 @@ pub async fn post_batch(
 }
 
 /// `POST /v1/events`: a user's own events (one object, or `{"events": […]}`), under RLS.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    request_body = openapi::EventsIn,
+    responses(
+        (status = 201, description = "inserted, or the first result of a repeated Idempotency-Key", body = openapi::Ids),
+        (status = 400, description = "malformed JSON or body", body = openapi::ErrorBody),
+        (status = 401, description = "missing or invalid token", body = openapi::ErrorBody),
+        (status = 403, description = "row-level security: not your user_id", body = openapi::ErrorBody),
+        (status = 409, description = "the same Idempotency-Key is in flight", body = openapi::ErrorBody),
+        (status = 413, description = "body or batch too large", body = openapi::ErrorBody),
+        (status = 422, description = "validation failed; nothing written", body = openapi::ErrorBody),
+        (status = 429, description = "rate limited", body = openapi::ErrorBody),
+        (status = 503, description = "database unavailable", body = openapi::ErrorBody),
+    ),
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeat within 24 h returns the first result")),
+    security(("bearer" = []))
+)]
 pub async fn post_events(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -1,0 +1,147 @@
+//! The OpenAPI 3.1 document of the HTTP API, generated from the handlers' annotations
+//! (`utoipa`) and served at `GET /openapi.json`.
+
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Serialize;
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// An event to insert (the table's columns; `id` is generated).
+#[derive(Serialize, ToSchema)]
+pub struct EventIn {
+    /// Owner; must exist in `auth.users`. A user token may only send its own `sub`.
+    pub user_id: uuid::Uuid,
+    /// Lower snake case, `^[a-z][a-z0-9]*(_[a-z0-9]+)*$`, at most 64 characters.
+    #[schema(pattern = "^[a-z][a-z0-9]*(_[a-z0-9]+)*$", max_length = 64)]
+    pub event_type: String,
+    /// RFC 3339 with an explicit offset; stored in UTC. Default: the server's `now()`. Not more
+    /// than 60 s in the future, not before `ingest.oldest_timestamp`.
+    #[schema(format = DateTime)]
+    pub timestamp: Option<String>,
+    /// Any JSON object (default `{}`).
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<serde_json::Value>,
+}
+
+/// `{"events": […]}`: at most `ingest.max_batch` (5,000) events.
+#[derive(Serialize, ToSchema)]
+pub struct EventsIn {
+    /// The events, inserted all or nothing.
+    pub events: Vec<EventIn>,
+}
+
+/// 201: the new rows' ids, in input order.
+#[derive(Serialize, ToSchema)]
+pub struct Ids {
+    /// One per event, in input order.
+    pub ids: Vec<uuid::Uuid>,
+}
+
+/// One validation problem.
+#[derive(Serialize, ToSchema)]
+pub struct FieldProblem {
+    /// Position of the event in the request, from 0.
+    pub index: usize,
+    /// The field, or `""` for the event itself.
+    pub field: String,
+    /// What is wrong.
+    pub error: String,
+}
+
+/// Every error: `{"error": code, "message": text}` (plus `errors` on a 422).
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable code, e.g. `validation_failed`, `rate_limited`, `forbidden`.
+    pub error: String,
+    /// For humans.
+    pub message: String,
+    /// On `validation_failed`: every problem.
+    pub errors: Option<Vec<FieldProblem>>,
+}
+
+/// A row as the stream sends it.
+#[derive(Serialize, ToSchema)]
+pub struct Record {
+    /// Row id.
+    pub id: uuid::Uuid,
+    /// Owner.
+    pub user_id: uuid::Uuid,
+    /// UTC with microseconds and `Z`.
+    #[schema(format = DateTime)]
+    pub timestamp: String,
+    /// Lower snake case type.
+    pub event_type: String,
+    /// The JSONB payload.
+    #[schema(value_type = Object)]
+    pub value: serde_json::Value,
+    /// Soft-deleted.
+    pub is_deleted: bool,
+}
+
+/// One history page, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct Page {
+    /// The rows.
+    pub events: Vec<Record>,
+    /// Pass as `cursor=` for the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /v1/events` without a WebSocket upgrade (the same path with an upgrade is the stream).
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    params(
+        ("since" = Option<String>, Query, description = "RFC 3339; rows at or after"),
+        ("until" = Option<String>, Query, description = "RFC 3339; rows before"),
+        ("event_type" = Option<String>, Query, description = "comma-separated types"),
+        ("limit" = Option<i64>, Query, description = "1 to 1000, default 100"),
+        ("cursor" = Option<String>, Query, description = "a previous page's next_cursor"),
+        ("user_id" = Option<uuid::Uuid>, Query, description = "service role only"),
+    ),
+    responses(
+        (status = 200, description = "a page", body = Page),
+        (status = 400, description = "invalid query", body = ErrorBody),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 429, description = "rate limited", body = ErrorBody),
+        (status = 503, description = "database unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[allow(dead_code)]
+fn history() {}
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "engagement-relay HTTP API",
+        description = "Ingest and history of public.engagement_events, next to the WebSocket stream."
+    ),
+    paths(history, super::post_batch, super::post_events),
+    components(schemas(EventIn, EventsIn, Ids, FieldProblem, ErrorBody, Record, Page)),
+    modifiers(&Bearer)
+)]
+pub struct ApiDoc;
+
+/// Declares the `bearer` (JWT) security scheme.
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("JWT")
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// `GET /openapi.json`.
+pub async fn document() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
