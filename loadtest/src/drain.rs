@@ -117,6 +117,7 @@ async fn time_relay(url: &str, slot: &str, events: u64) -> anyhow::Result<f64> {
     let relay = spawn::spawn_relay(spawn::RelayEnv {
         database_url: url,
         slot,
+        extra: &[],
     })
     .await?;
     let metrics = format!("http://{}/metrics", relay.metrics);

@@ -4,6 +4,7 @@
 //! p99 above `--slo-ms`.
 
 mod drain;
+mod ingest;
 mod load;
 mod plot;
 mod procstat;
@@ -40,6 +41,9 @@ struct Cli {
 enum Command {
     /// Slot drain throughput: the relay vs pg_recvlogical on the same backlog.
     Drain(drain::DrainArgs),
+    /// Batch ingest throughput through the API, commit → delivery latency, and unnest
+    /// INSERT vs COPY BINARY.
+    Ingest(ingest::IngestArgs),
     /// (internal) run the relay from RELAY_* variables; used by --spawn-dev.
     #[command(name = "__relay", hide = true)]
     Relay,
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
         match cli.command {
             Some(Command::Relay) => spawn::serve_relay().await.map(|()| true),
             Some(Command::Drain(args)) => drain::run(args).await.map(|()| true),
+            Some(Command::Ingest(args)) => ingest::run(args).await.map(|()| true),
             None => soak(cli.soak).await,
         }
     });
@@ -158,6 +163,7 @@ async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
         let relay = spawn::spawn_relay(spawn::RelayEnv {
             database_url: &url,
             slot: "relay_soak",
+            extra: &[],
         })
         .await?;
         args.url = format!("ws://{}", relay.addr);

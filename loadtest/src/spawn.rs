@@ -47,6 +47,8 @@ pub struct RelayEnv<'a> {
     pub database_url: &'a str,
     /// Replication slot name.
     pub slot: &'a str,
+    /// Further `RELAY_*` variables.
+    pub extra: &'a [(&'a str, &'a str)],
 }
 
 /// Starts `relay-soak __relay` with the given database, on free loopback ports, and waits (at
@@ -62,6 +64,7 @@ pub async fn spawn_relay(env: RelayEnv<'_>) -> anyhow::Result<RelayProcess> {
         .env("RELAY_LISTEN", addr.to_string())
         .env("RELAY_METRICS_LISTEN", metrics.to_string())
         .env("RELAY_LOG__LEVEL", "warn")
+        .envs(env.extra.iter().copied())
         .stdin(Stdio::null())
         .spawn()
         .context("starting the relay child process")?;
