@@ -48,9 +48,12 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let relay = spawn::spawn_relay(spawn::RelayEnv {
         database_url: &url,
         slot: "relay_ingest",
+        // A 5,000-row transaction reaches the firehose at once: a queue of the default 1,024
+        // would close it as a slow consumer (4008) before it could read.
         extra: &[
             ("RELAY_INGEST__KEY_RATE", "1000000"),
             ("RELAY_INGEST__KEY_BURST", "1000000"),
+            ("RELAY_LIMITS__SESSION_QUEUE", "16384"),
         ],
     })
     .await?;
