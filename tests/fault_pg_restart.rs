@@ -56,6 +56,13 @@ async fn live_clients_see_every_event_across_postgresql_restarts() {
             .unwrap();
         wait_until("the relay notices the outage", T, || !relay.is_streaming()).await;
         assert_eq!(readyz(&relay).await, 503);
+        // The HTTP API answers with a JSON 503 while the database is down, not a hang or a 500.
+        let (status, body) = post_event(&relay, users[0]).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (503, Some("database_unavailable")),
+            "{body}"
+        );
         tokio::task::spawn_blocking(move || c.restart_server())
             .await
             .unwrap()
@@ -127,4 +134,20 @@ async fn realtime_channel(
         }
     });
     (stop, task)
+}
+
+/// `POST /v1/events` of one event for `user`; the status and the JSON body.
+async fn post_event(relay: &engagement_relay::Relay, user: Uuid) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/events", relay.server_addr()))
+        .bearer_auth(user_token(user, Duration::from_secs(3600)))
+        .body(json!({"user_id": user, "event_type": "app_open"}).to_string())
+        .send()
+        .await
+        .expect("POST");
+    let status = response.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null),
+    )
 }
