@@ -136,17 +136,21 @@ fn refuse(e: &AuthError) -> Response {
     error_response(status, e.code(), &e.to_string())
 }
 
-/// The token from `Authorization: Bearer …`, else the `access_token` query parameter.
-fn token<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> Option<&'a str> {
-    let bearer = headers
+/// The token of an `Authorization: Bearer …` header, if any.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim);
-    bearer
+        .map(str::trim)
+}
+
+/// The token from `Authorization: Bearer …`, else the `access_token` query parameter.
+fn token<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> Option<&'a str> {
+    bearer(headers)
         .or_else(|| query.get("access_token").map(String::as_str))
         .filter(|t| !t.is_empty())
 }

@@ -173,14 +173,7 @@ pub fn pool(config: &Config) -> Result<Pool, ConfigError> {
 
 /// The caller, from `Authorization: Bearer <jwt>`, within its rate limit.
 fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+    let token = crate::http::bearer(headers)
         .filter(|t| !t.is_empty())
         .ok_or(AuthError::Missing)?;
     let principal = state.verifier.verify(token)?;
@@ -265,17 +258,7 @@ async fn ingest(
     post,
     path = "/v1/events/batch",
     request_body = openapi::EventsIn,
-    responses(
-        (status = 201, description = "inserted, or the first result of a repeated Idempotency-Key", body = openapi::Ids),
-        (status = 400, description = "malformed JSON or body", body = openapi::ErrorBody),
-        (status = 401, description = "missing or invalid token", body = openapi::ErrorBody),
-        (status = 403, description = "not a service-role token", body = openapi::ErrorBody),
-        (status = 409, description = "the same Idempotency-Key is in flight", body = openapi::ErrorBody),
-        (status = 413, description = "body or batch too large", body = openapi::ErrorBody),
-        (status = 422, description = "validation failed; nothing written", body = openapi::ErrorBody),
-        (status = 429, description = "rate limited", body = openapi::ErrorBody),
-        (status = 503, description = "database unavailable", body = openapi::ErrorBody),
-    ),
+    responses(openapi::IngestResponses),
     params(("Idempotency-Key" = Option<String>, Header, description = "repeat within 24 h returns the first result")),
     security(("bearer" = []))
 )]
@@ -299,17 +282,7 @@ pub async fn post_batch(
     post,
     path = "/v1/events",
     request_body = openapi::EventsIn,
-    responses(
-        (status = 201, description = "inserted, or the first result of a repeated Idempotency-Key", body = openapi::Ids),
-        (status = 400, description = "malformed JSON or body", body = openapi::ErrorBody),
-        (status = 401, description = "missing or invalid token", body = openapi::ErrorBody),
-        (status = 403, description = "row-level security: not your user_id", body = openapi::ErrorBody),
-        (status = 409, description = "the same Idempotency-Key is in flight", body = openapi::ErrorBody),
-        (status = 413, description = "body or batch too large", body = openapi::ErrorBody),
-        (status = 422, description = "validation failed; nothing written", body = openapi::ErrorBody),
-        (status = 429, description = "rate limited", body = openapi::ErrorBody),
-        (status = 503, description = "database unavailable", body = openapi::ErrorBody),
-    ),
+    responses(openapi::IngestResponses),
     params(("Idempotency-Key" = Option<String>, Header, description = "repeat within 24 h returns the first result")),
     security(("bearer" = []))
 )]

@@ -87,6 +87,42 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
+/// The responses of both POST endpoints.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum IngestResponses {
+    /// Inserted (or the first result of a repeated `Idempotency-Key`).
+    #[response(
+        status = 201,
+        description = "inserted, or the first result of a repeated Idempotency-Key"
+    )]
+    Created(Ids),
+    /// Malformed JSON or body.
+    #[response(status = 400, description = "malformed JSON or body")]
+    BadRequest(ErrorBody),
+    /// Missing or invalid token.
+    #[response(status = 401, description = "missing or invalid token")]
+    Unauthorized(ErrorBody),
+    /// Not a service-role token (batch), or RLS refused another user's `user_id`.
+    #[response(status = 403, description = "role or row-level security refused")]
+    Forbidden(ErrorBody),
+    /// The same `Idempotency-Key` is in flight.
+    #[response(status = 409, description = "the same Idempotency-Key is in flight")]
+    Conflict(ErrorBody),
+    /// Body or batch too large.
+    #[response(status = 413, description = "body or batch too large")]
+    TooLarge(ErrorBody),
+    /// Validation failed; nothing written.
+    #[response(status = 422, description = "validation failed; nothing written")]
+    Invalid(ErrorBody),
+    /// Rate limited (`Retry-After`).
+    #[response(status = 429, description = "rate limited")]
+    RateLimited(ErrorBody),
+    /// Database unavailable.
+    #[response(status = 503, description = "database unavailable")]
+    Unavailable(ErrorBody),
+}
+
 /// `GET /v1/events` without a WebSocket upgrade (the same path with an upgrade is the stream).
 #[utoipa::path(
     get,
