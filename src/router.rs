@@ -78,6 +78,8 @@ struct Positions {
     floor: Cursor,
     /// The newest WAL position the server reported: a cursor past it was not issued by it.
     wal_end: u64,
+    /// Commit LSN of the newest event evicted (0 before any).
+    evicted: u64,
 }
 
 /// Identifies a registration; hand it back to [`Router::unsubscribe`] exactly once.
@@ -164,6 +166,7 @@ impl Router {
             latest: floor,
             floor,
             wal_end: lsn,
+            evicted: 0,
         };
         global.window.clear();
         for mut entry in self.users.iter_mut() {
@@ -339,6 +342,7 @@ impl Router {
             {
                 let mut positions = lock(&self.positions);
                 positions.floor = positions.floor.max(event.cursor);
+                positions.evicted = positions.evicted.max(event.cursor.lsn);
             }
             let Some(owner) = event.owner else { return };
             if let Some(mut entry) = self.users.get_mut(&owner) {
@@ -364,13 +368,7 @@ impl Router {
     /// The commit LSN of the newest event evicted from the window (0 before any): nothing
     /// before it can be replayed any more.
     pub fn evicted_lsn(&self) -> u64 {
-        let floor = lock(&self.positions).floor;
-        if floor.index == u32::MAX {
-            // `Cursor::before(lsn)`: the window's start, not an evicted event.
-            0
-        } else {
-            floor.lsn
-        }
+        lock(&self.positions).evicted
     }
 
     /// Offers one event to one session; false when the session must leave the table.
