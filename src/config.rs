@@ -15,6 +15,8 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
+use crate::tables::{default_tables, TableConfig};
+
 /// Largest `limits.session_queue` accepted.
 const MAX_SESSION_QUEUE: usize = 1 << 20;
 /// Longest duration any key accepts.
@@ -56,7 +58,7 @@ impl fmt::Debug for Secret {
 }
 
 /// The whole configuration; see `config.toml` for every key with its documentation.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// `[server]`: the WebSocket/HTTP listener.
@@ -77,6 +79,26 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
+    /// `[[tables]]`: the streamed tables, their owner columns and operations
+    /// (default [`default_tables`]).
+    pub tables: Vec<TableConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: Default::default(),
+            metrics: Default::default(),
+            database: Default::default(),
+            auth: Default::default(),
+            limits: Default::default(),
+            replay: Default::default(),
+            ingest: Default::default(),
+            shutdown: Default::default(),
+            log: Default::default(),
+            tables: default_tables(),
+        }
+    }
 }
 
 /// `[server]` section.
@@ -476,7 +498,7 @@ impl Config {
         if self.server.max_sessions == 0 {
             return fail("server.max_sessions", "must be at least 1");
         }
-        Ok(())
+        crate::tables::validate(&self.tables).map_err(ConfigError)
     }
 }
 
@@ -517,6 +539,33 @@ mod tests {
         assert_eq!(config.limits.session_queue, defaults.limits.session_queue);
         assert_eq!(config.database.slot, defaults.database.slot);
         assert_eq!(config.shutdown.grace, defaults.shutdown.grace);
+        assert_eq!(config.tables, defaults.tables);
+    }
+
+    #[test]
+    fn a_table_entry_replaces_the_defaults_and_a_bad_one_names_its_key() {
+        let dir = std::env::temp_dir().join(format!("relay-tables-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = write(
+            &dir,
+            "[[tables]]\ntable = \"audit\"\nowner_column = \"actor\"\n",
+        );
+        let config = Config::load(&path, true, &Overrides::default()).unwrap();
+        assert_eq!(config.tables.len(), 1);
+        assert_eq!(config.tables[0].qualified(), "public.audit");
+        assert_eq!(
+            config.tables[0].operations,
+            [crate::event::Operation::Insert]
+        );
+        let path = write(
+            &dir,
+            "[[tables]]\ntable = \"audit\"\noperations = [\"delete\"]\n",
+        );
+        let err = Config::load(&path, true, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tables") && err.contains("delete"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use crate::replication::pgoutput::format_unix_us;
@@ -89,8 +89,9 @@ impl FromStr for Cursor {
     }
 }
 
-/// The kind of change a row event carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The kind of change a row event carries; in `[[tables]]` `operations`, `"insert"` or
+/// `"update"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Operation {
     /// A new row.

@@ -23,5 +23,6 @@ pub mod replay;
 pub mod replication;
 pub mod router;
 pub mod session;
+pub mod tables;
 
 pub use relay::{shutdown_signal, start, Relay, RelayError};

@@ -1,0 +1,357 @@
+//! Which tables the relay streams and how their rows are routed: the `[[tables]]` configuration.
+//!
+//! Each entry names a table, its owner column (the column compared with the JWT `sub`; a
+//! `uuid`) and the operations streamed. A row change of a table that no entry names, or of an
+//! operation its entry does not list, is skipped. The defaults follow the engagement-system
+//! migration (seed `story-1-1-engagement-system-migration.md`): new and soft-deleted
+//! `engagement_events`, new `engagement_state_transitions`, changed `user_engagement_states`.
+//! `engagement_message_queue` is service-only and never streamed.
+//!
+//! At every connect the relay reads the configured tables' columns from the catalog
+//! ([`Tables::load`]): a missing table, a missing or non-`uuid` owner column, or a table the
+//! publication does not carry stops it with a message naming the `[[tables]]` entry.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use serde::Deserialize;
+use tokio_postgres::Client;
+
+use crate::event::Operation;
+use crate::replication::pgoutput::{oid, Relation};
+
+/// One `[[tables]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Schema of the table (default `public`).
+    #[serde(default = "public")]
+    pub schema: String,
+    /// Table name.
+    pub table: String,
+    /// The `uuid` column compared with the JWT `sub` to route a row (default `user_id`).
+    #[serde(default = "user_id")]
+    pub owner_column: String,
+    /// Row changes streamed: `insert` and/or `update` (default `["insert"]`). Deletes are not
+    /// streamed: pgoutput sends only the replica identity of a deleted row, not its owner.
+    #[serde(default = "insert_only")]
+    pub operations: Vec<Operation>,
+}
+
+fn public() -> String {
+    "public".into()
+}
+
+fn user_id() -> String {
+    "user_id".into()
+}
+
+fn insert_only() -> Vec<Operation> {
+    vec![Operation::Insert]
+}
+
+impl TableConfig {
+    fn new(table: &str, operations: &[Operation]) -> TableConfig {
+        TableConfig {
+            schema: public(),
+            table: table.into(),
+            owner_column: user_id(),
+            operations: operations.to_vec(),
+        }
+    }
+
+    /// `schema.table`, for messages.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
+}
+
+/// The default `[[tables]]`: `engagement_events` (insert, update: a soft delete reaches
+/// dashboards), `engagement_state_transitions` (insert), `user_engagement_states` (update).
+pub fn default_tables() -> Vec<TableConfig> {
+    use Operation::{Insert, Update};
+    vec![
+        TableConfig::new("engagement_events", &[Insert, Update]),
+        TableConfig::new("engagement_state_transitions", &[Insert]),
+        TableConfig::new("user_engagement_states", &[Update]),
+    ]
+}
+
+/// Checks the `[[tables]]` entries; the error names the entry's key, e.g.
+/// `tables[1].owner_column: must be 1–63 characters …`.
+pub fn validate(tables: &[TableConfig]) -> Result<(), String> {
+    if tables.is_empty() {
+        return Err("tables: at least one [[tables]] entry is needed".into());
+    }
+    for (i, t) in tables.iter().enumerate() {
+        for (key, name) in [
+            ("schema", &t.schema),
+            ("table", &t.table),
+            ("owner_column", &t.owner_column),
+        ] {
+            if name.is_empty() || name.len() > 63 || name.contains('\0') {
+                return Err(format!(
+                    "tables[{i}].{key}: must be 1–63 characters (a PostgreSQL identifier)"
+                ));
+            }
+        }
+        if t.operations.is_empty() {
+            return Err(format!(
+                "tables[{i}].operations: list at least one of \"insert\", \"update\""
+            ));
+        }
+        if t.operations.len() == 2 && t.operations[0] == t.operations[1] {
+            return Err(format!("tables[{i}].operations: lists an operation twice"));
+        }
+        if let Some(j) = tables[..i]
+            .iter()
+            .position(|o| o.schema == t.schema && o.table == t.table)
+        {
+            return Err(format!(
+                "tables[{i}]: {} is already configured by tables[{j}]",
+                t.qualified()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A column of a streamed table: name and type OID (`pg_attribute.atttypid`).
+pub type Column = (String, u32);
+
+/// The streamed tables, with their columns as the catalog last described them.
+#[derive(Debug)]
+pub struct Tables {
+    entries: Vec<TableConfig>,
+    /// `schema.table` → columns in attribute order; filled by [`Tables::load`].
+    columns: RwLock<HashMap<(String, String), Vec<Column>>>,
+}
+
+impl Tables {
+    /// The routing table of a validated configuration.
+    pub fn new(entries: &[TableConfig]) -> Tables {
+        Tables {
+            entries: entries.to_vec(),
+            columns: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The configured entries, in configuration order.
+    pub fn entries(&self) -> &[TableConfig] {
+        &self.entries
+    }
+
+    /// The owner column a change of `relation` is routed by, or `None` when the table or this
+    /// operation is not streamed.
+    pub fn route(&self, relation: &Relation, operation: Operation) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|t| t.table == relation.name && t.schema == relation.schema)
+            .filter(|t| t.operations.contains(&operation))
+            .map(|t| t.owner_column.as_str())
+    }
+
+    /// The configured tables `schema`/`table` select, where `*` (or no table) is any: how a
+    /// Supabase `postgres_changes` binding names what it wants.
+    pub fn matching<'a>(
+        &'a self,
+        schema: &'a str,
+        table: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a TableConfig> + 'a {
+        self.entries.iter().filter(move |t| {
+            (schema == "*" || schema == t.schema) && table.is_none_or(|n| n == "*" || n == t.table)
+        })
+    }
+
+    /// The columns of `schema.table` (empty until [`Tables::load`] has read them).
+    pub fn columns(&self, schema: &str, table: &str) -> Vec<Column> {
+        let columns = self.columns.read().unwrap_or_else(|e| e.into_inner());
+        columns
+            .get(&(schema.to_string(), table.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Reads every configured table's columns from the catalog and checks that the table
+    /// exists, its owner column exists and is a `uuid`, and `publication` carries the table and
+    /// its operations.
+    ///
+    /// Errors: `Ok(Err(text))` names the `[[tables]]` entry and the fix; `Err` is a failed query.
+    pub async fn load(
+        &self,
+        client: &Client,
+        publication: &str,
+    ) -> Result<Result<(), String>, tokio_postgres::Error> {
+        let mut loaded = HashMap::new();
+        for (i, t) in self.entries.iter().enumerate() {
+            let rows = client
+                .query(
+                    "SELECT a.attname::text, a.atttypid::oid::int8 \
+                     FROM pg_catalog.pg_attribute a \
+                     JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') \
+                       AND a.attnum > 0 AND NOT a.attisdropped \
+                     ORDER BY a.attnum",
+                    &[&t.schema, &t.table],
+                )
+                .await?;
+            let columns: Vec<Column> = rows
+                .iter()
+                .map(|r| (r.get(0), r.get::<_, i64>(1) as u32))
+                .collect();
+            if let Some(problem) = check(i, t, &columns, client, publication).await? {
+                return Ok(Err(problem));
+            }
+            loaded.insert((t.schema.clone(), t.table.clone()), columns);
+        }
+        *self.columns.write().unwrap_or_else(|e| e.into_inner()) = loaded;
+        Ok(Ok(()))
+    }
+}
+
+/// What is wrong with entry `i`, if anything.
+async fn check(
+    i: usize,
+    t: &TableConfig,
+    columns: &[Column],
+    client: &Client,
+    publication: &str,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let name = t.qualified();
+    if columns.is_empty() {
+        return Ok(Some(format!(
+            "tables[{i}]: table {name} does not exist: run `engagement-relay migrate`, or remove \
+             the entry from [[tables]]"
+        )));
+    }
+    match columns.iter().find(|(c, _)| *c == t.owner_column) {
+        None => {
+            return Ok(Some(format!(
+                "tables[{i}].owner_column: {name} has no column `{}`",
+                t.owner_column
+            )))
+        }
+        Some((_, type_oid)) if *type_oid != oid::UUID => {
+            return Ok(Some(format!(
+                "tables[{i}].owner_column: {name}.{} must be a uuid (it is compared with the JWT \
+                 sub)",
+                t.owner_column
+            )))
+        }
+        Some(_) => {}
+    }
+    let published = client
+        .query_opt(
+            "SELECT p.pubinsert, p.pubupdate FROM pg_catalog.pg_publication p \
+             JOIN pg_catalog.pg_publication_tables pt ON pt.pubname = p.pubname \
+             WHERE p.pubname = $1 AND pt.schemaname = $2 AND pt.tablename = $3",
+            &[&publication, &t.schema, &t.table],
+        )
+        .await?;
+    let Some(row) = published else {
+        return Ok(Some(format!(
+            "tables[{i}]: publication `{publication}` does not carry {name}: run \
+             `engagement-relay migrate` or ALTER PUBLICATION {publication} ADD TABLE {name}"
+        )));
+    };
+    let (insert, update): (bool, bool) = (row.get(0), row.get(1));
+    for op in &t.operations {
+        let carried = match op {
+            Operation::Insert => insert,
+            Operation::Update => update,
+        };
+        if !carried {
+            return Ok(Some(format!(
+                "tables[{i}].operations: publication `{publication}` does not publish {}s: \
+                 ALTER PUBLICATION {publication} SET (publish = 'insert, update')",
+                op.as_str()
+            )));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn relation(schema: &str, name: &str) -> Arc<Relation> {
+        Arc::new(Relation {
+            oid: 7,
+            schema: schema.into(),
+            name: name.into(),
+            replica_identity: b'd',
+            columns: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn the_defaults_route_what_the_engagement_system_streams() {
+        let tables = Tables::new(&default_tables());
+        let events = relation("public", "engagement_events");
+        assert_eq!(tables.route(&events, Operation::Insert), Some("user_id"));
+        assert_eq!(tables.route(&events, Operation::Update), Some("user_id"));
+        let transitions = relation("public", "engagement_state_transitions");
+        assert_eq!(
+            tables.route(&transitions, Operation::Insert),
+            Some("user_id")
+        );
+        assert_eq!(tables.route(&transitions, Operation::Update), None);
+        let states = relation("public", "user_engagement_states");
+        assert_eq!(tables.route(&states, Operation::Update), Some("user_id"));
+        assert_eq!(tables.route(&states, Operation::Insert), None);
+        let queue = relation("public", "engagement_message_queue");
+        assert_eq!(tables.route(&queue, Operation::Insert), None);
+        let elsewhere = relation("other", "engagement_events");
+        assert_eq!(tables.route(&elsewhere, Operation::Insert), None);
+    }
+
+    #[test]
+    fn wildcards_select_tables_as_supabase_bindings_do() {
+        let tables = Tables::new(&default_tables());
+        let names = |schema, table| -> Vec<String> {
+            tables
+                .matching(schema, table)
+                .map(|t| t.table.clone())
+                .collect()
+        };
+        assert_eq!(names("public", None).len(), 3);
+        assert_eq!(names("*", Some("*")).len(), 3);
+        assert_eq!(
+            names("public", Some("engagement_events")),
+            ["engagement_events"]
+        );
+        assert!(names("other", None).is_empty());
+        assert!(names("public", Some("engagement_message_queue")).is_empty());
+    }
+
+    #[test]
+    fn bad_entries_name_their_key() {
+        assert!(validate(&default_tables()).is_ok());
+        assert!(validate(&[]).unwrap_err().starts_with("tables:"));
+        let mut tables = default_tables();
+        tables[1].owner_column.clear();
+        assert!(validate(&tables)
+            .unwrap_err()
+            .starts_with("tables[1].owner_column"));
+        let mut tables = default_tables();
+        tables[2].operations.clear();
+        assert!(validate(&tables)
+            .unwrap_err()
+            .starts_with("tables[2].operations"));
+        let mut tables = default_tables();
+        tables[0].operations = vec![Operation::Insert, Operation::Insert];
+        assert!(validate(&tables)
+            .unwrap_err()
+            .starts_with("tables[0].operations"));
+        let mut tables = default_tables();
+        tables.push(tables[0].clone());
+        let err = validate(&tables).unwrap_err();
+        assert!(
+            err.starts_with("tables[3]:") && err.contains("tables[0]"),
+            "{err}"
+        );
+    }
+}
