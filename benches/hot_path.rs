@@ -128,7 +128,7 @@ fn encode_event(c: &mut Criterion) {
         cursor(),
         COMMIT_TIME_US,
         Operation::Insert,
-        Arc::clone(&relation),
+        (Arc::clone(&relation), "user_id"),
         record.clone(),
     );
     assert_eq!(event.owner, Uuid::parse_str(OWNER).ok(), "owner extracted");
@@ -140,7 +140,7 @@ fn encode_event(c: &mut Criterion) {
                     black_box(cursor()),
                     black_box(COMMIT_TIME_US),
                     Operation::Insert,
-                    relation,
+                    (relation, "user_id"),
                     record,
                 )
             },
@@ -155,7 +155,7 @@ fn router_fanout(c: &mut Criterion) {
         cursor(),
         COMMIT_TIME_US,
         Operation::Insert,
-        relation,
+        (relation, "user_id"),
         record,
     ));
     let principal = Principal {
@@ -168,7 +168,7 @@ fn router_fanout(c: &mut Criterion) {
     for sessions in [1_usize, 10, 1000] {
         let router = Router::new(QUEUE_CAPACITY, &ReplayConfig::default());
         let mut subs: Vec<Subscription> = (0..sessions)
-            .map(|_| router.subscribe(&principal, None, Default::default(), None))
+            .map(|_| router.subscribe(&principal, Default::default(), Default::default(), None))
             .collect();
         assert_eq!(router.dispatch(Arc::clone(&event)), sessions, "all queued");
         drain(&mut subs);

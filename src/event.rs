@@ -121,7 +121,8 @@ pub struct Event {
     pub operation: Operation,
     /// The table, with its columns as the last Relation message described them.
     pub relation: Arc<Relation>,
-    /// Value of the owner column (`user_id`), when it is a UUID: the routing key.
+    /// Value of the table's owner column (`[[tables]]` `owner_column`, default `user_id`), when
+    /// it is a UUID: the routing key.
     pub owner: Option<Uuid>,
     /// Value of `event_type`, for the sessions' optional type filter.
     pub event_type: Option<Box<str>>,
@@ -135,9 +136,6 @@ pub struct Event {
 /// Most cached encodings per event.
 const MAX_ENCODINGS: usize = 16;
 
-/// The owner column every streamed table is routed by.
-pub const OWNER_COLUMN: &str = "user_id";
-
 #[derive(Serialize)]
 struct NativeFrame<'a> {
     #[serde(rename = "type")]
@@ -150,16 +148,16 @@ struct NativeFrame<'a> {
 }
 
 impl Event {
-    /// Builds the event and encodes its native frame once.
+    /// Builds the event, routed by `owner_column`'s value, and encodes its native frame once.
     pub fn new(
         cursor: Cursor,
         commit_time_us: i64,
         operation: Operation,
-        relation: Arc<Relation>,
+        (relation, owner_column): (Arc<Relation>, &str),
         record: Record,
     ) -> Event {
         let owner = record
-            .get(OWNER_COLUMN)
+            .get(owner_column)
             .and_then(|v| v.as_str())
             .and_then(|s| Uuid::parse_str(s).ok());
         let event_type = record
@@ -293,7 +291,7 @@ mod tests {
             Cursor::default(),
             0,
             Operation::Insert,
-            relation,
+            (relation, "user_id"),
             Record::new(),
         );
         let mut calls = 0;

@@ -179,6 +179,36 @@ impl Condition {
 
 /// Compares a record value with a filter operand: numerically when both are numbers, else as
 /// text. `None` when the value is not comparable (an object or array).
+/// What a native session asks for beyond what its token authorizes (`table` and
+/// `event_type` query parameters); `None` is everything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Interest {
+    /// Table names (`engagement_events`) or `schema.table`.
+    pub tables: Option<Box<[Box<str>]>>,
+    /// `event_type` values; a row without an `event_type` column matches no list.
+    pub event_types: Option<Box<[Box<str>]>>,
+}
+
+impl Interest {
+    /// Whether `event` is of a wanted table and event type.
+    pub fn matches(&self, event: &crate::event::Event) -> bool {
+        let relation = &event.relation;
+        let table_ok = self.tables.as_ref().is_none_or(|tables| {
+            tables.iter().any(|t| match t.split_once('.') {
+                Some((schema, table)) => schema == relation.schema && table == relation.name,
+                None => **t == relation.name,
+            })
+        });
+        table_ok
+            && self.event_types.as_ref().is_none_or(|types| {
+                event
+                    .event_type
+                    .as_deref()
+                    .is_some_and(|t| types.iter().any(|w| &**w == t))
+            })
+    }
+}
+
 fn compare(value: &Value, operand: &str) -> Option<std::cmp::Ordering> {
     let text = match value {
         Value::String(s) => s.clone(),

@@ -28,11 +28,13 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{AuthError, Principal, Verifier};
 use crate::config::{IngestConfig, LimitsConfig};
 use crate::event::Cursor;
+use crate::filter::Interest;
 use crate::metrics as m;
 use crate::replication::StreamStatus;
 use crate::router::Router;
 use crate::session::phoenix::Vsn;
 use crate::session::{self, SessionContext};
+use crate::tables::Tables;
 
 /// Why the relay is not ready right after start.
 const REBUILDING: &str = "rebuilding the replay window from the replication slot";
@@ -47,6 +49,8 @@ const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 pub struct AppState {
     /// Event routing.
     pub router: Arc<Router>,
+    /// The streamed tables (`[[tables]]`), for the `table` parameter and Supabase bindings.
+    pub tables: Arc<Tables>,
     /// Token validation.
     pub verifier: Arc<Verifier>,
     /// Session limits.
@@ -165,16 +169,37 @@ fn authenticate(
     state.verifier.verify(token)
 }
 
-/// Parses `event_type=a,b`: `None` (every type) when absent or empty, else the names.
-fn event_types(query: &HashMap<String, String>) -> Option<Vec<String>> {
-    let types: Vec<String> = query
-        .get("event_type")?
+/// Parses the comma-separated list `name=a,b`: `None` (everything) when absent or empty.
+fn list(query: &HashMap<String, String>, name: &str) -> Option<Box<[Box<str>]>> {
+    let items: Box<[Box<str>]> = query
+        .get(name)?
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(String::from)
+        .map(Box::from)
         .collect();
-    (!types.is_empty()).then_some(types)
+    (!items.is_empty()).then_some(items)
+}
+
+/// The native stream's `table=a,b` and `event_type=a,b` parameters. A table name (or
+/// `schema.table`) that `[[tables]]` does not stream is refused with HTTP 400 `unknown_table`,
+/// naming the streamed tables.
+fn interest(query: &HashMap<String, String>, tables: &Tables) -> Result<Interest, String> {
+    let interest = Interest {
+        tables: list(query, "table"),
+        event_types: list(query, "event_type"),
+    };
+    for name in interest.tables.iter().flatten() {
+        let (schema, table) = name.split_once('.').unwrap_or(("*", name));
+        if tables.matching(schema, Some(table)).next().is_none() {
+            let streamed: Vec<String> = tables.entries().iter().map(|t| t.qualified()).collect();
+            return Err(format!(
+                "table: `{name}` is not streamed (streamed: {})",
+                streamed.join(", ")
+            ));
+        }
+    }
+    Ok(interest)
 }
 
 /// Reserves a session slot; `None` when the relay is full.
@@ -221,12 +246,15 @@ async fn native_upgrade(
         }
         Err(rejection) => Err(rejection),
     };
-    let types = event_types(&query);
+    let interest = match interest(&query, &state.tables) {
+        Ok(interest) => interest,
+        Err(why) => return error_response(StatusCode::BAD_REQUEST, "unknown_table", &why),
+    };
     // A malformed cursor is answered on the socket (an `error` frame, then 1008), where a
     // client library reports it, rather than as a failed handshake it would retry.
     let since = query.get("since").map(|c| c.parse::<Cursor>());
     start_session(&state, upgrade, move |ws, ctx| {
-        session::run_native(ws, ctx, principal, types, since)
+        session::run_native(ws, ctx, principal, interest, since)
     })
 }
 
@@ -295,6 +323,7 @@ where
     let max_frame = state.limits.max_client_frame_bytes;
     let ctx = SessionContext {
         router: state.router.clone(),
+        tables: state.tables.clone(),
         verifier: state.verifier.clone(),
         limits: state.limits.clone(),
         shutdown: state.shutdown.clone(),

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::replication::{self, ReplicationContext, ReplicationError, StreamStatus};
 use crate::router::Router;
+use crate::tables::Tables;
 
 /// How often the slot's retained WAL is read from `pg_replication_slots`.
 const SLOT_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -63,7 +64,8 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     config.validate()?;
     config.require_jwt_secret()?;
     let handle = crate::metrics::install();
-    match replication::preflight(&config.database).await {
+    let tables = Arc::new(Tables::new(&config.tables));
+    match replication::preflight(&config.database, &tables).await {
         Ok(_) => {}
         Err(ReplicationError::Definite(why)) => return Err(RelayError::Replication(why)),
         Err(ReplicationError::Transient(why)) => {
@@ -90,6 +92,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     let sessions = TaskTracker::new();
     let state = AppState {
         router: router.clone(),
+        tables: tables.clone(),
         verifier: Arc::new(Verifier::new(&config.auth)),
         limits: config.limits.clone(),
         max_sessions: config.server.max_sessions,
@@ -104,6 +107,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     let replication = tokio::spawn(replication::run(ReplicationContext {
         config: config.database.clone(),
         replay_window: config.replay.window,
+        tables: tables.clone(),
         router: router.clone(),
         status: status.clone(),
         shutdown: stream_stop.clone(),

@@ -126,7 +126,7 @@ mod tests {
             cursor,
             commit_time_us,
             Operation::Insert,
-            relation,
+            (relation, "user_id"),
             Default::default(),
         ))
     }

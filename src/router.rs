@@ -30,6 +30,7 @@ use uuid::Uuid;
 use crate::auth::{Principal, Role};
 use crate::config::ReplayConfig;
 use crate::event::{now_unix_us, Cursor, Event};
+use crate::filter::Interest;
 use crate::metrics as m;
 use crate::replay::{self, Window};
 
@@ -38,19 +39,13 @@ use crate::replay::{self, Window};
 struct SessionHandle {
     id: u64,
     tx: mpsc::Sender<Arc<Event>>,
-    event_types: Option<Arc<[Box<str>]>>,
+    interest: Interest,
     overflow: CancellationToken,
 }
 
 impl SessionHandle {
     fn wants(&self, event: &Event) -> bool {
-        match &self.event_types {
-            None => true,
-            Some(types) => event
-                .event_type
-                .as_deref()
-                .is_some_and(|t| types.iter().any(|w| &**w == t)),
-        }
+        self.interest.matches(event)
     }
 }
 
@@ -190,14 +185,14 @@ impl Router {
     }
 
     /// Registers a subscription for `principal`: a user's receives the events whose owner is
-    /// its `sub`, a service-role one every event. `event_types` narrows to those types.
+    /// its `sub`, a service-role one every event. `interest` narrows to tables and event types.
     /// `overflow` is cancelled if its queue fills (the session must then close, 4008); several
     /// subscriptions of one socket may share it. With `since`, the subscription also gets the
     /// events after that cursor that the window still holds ([`Subscription::replay`]).
     pub fn subscribe(
         &self,
         principal: &Principal,
-        event_types: Option<Vec<String>>,
+        interest: Interest,
         overflow: CancellationToken,
         since: Option<Cursor>,
     ) -> Subscription {
@@ -206,7 +201,7 @@ impl Router {
         let handle = SessionHandle {
             id,
             tx,
-            event_types: event_types.map(|t| t.into_iter().map(Box::from).collect()),
+            interest,
             overflow,
         };
         let user_id = match principal.role {
@@ -457,11 +452,22 @@ mod tests {
         let record = json!({"user_id": owner, "event_type": event_type});
         let record = record.as_object().cloned().unwrap_or_default();
         let (cursor, now) = (at(lsn, 0), now_unix_us());
-        Arc::new(Event::new(cursor, now, Operation::Insert, relation, record))
+        Arc::new(Event::new(
+            cursor,
+            now,
+            Operation::Insert,
+            (relation, "user_id"),
+            record,
+        ))
     }
 
     fn subscribe(router: &Router, user: Option<Uuid>, since: Option<Cursor>) -> Subscription {
-        router.subscribe(&principal(user), None, CancellationToken::new(), since)
+        router.subscribe(
+            &principal(user),
+            Interest::default(),
+            CancellationToken::new(),
+            since,
+        )
     }
 
     fn lsns(events: &[Arc<Event>]) -> Vec<u64> {
@@ -486,7 +492,10 @@ mod tests {
     fn a_type_filter_narrows_live_and_replayed_events() {
         let router = router(8, 100);
         let a = Uuid::new_v4();
-        let types = Some(vec!["goal_complete".into()]);
+        let types = Interest {
+            event_types: Some(Box::new(["goal_complete".into()])),
+            ..Default::default()
+        };
         let mut goals =
             router.subscribe(&principal(Some(a)), types.clone(), Default::default(), None);
         router.dispatch(event(a, "app_open", 2));
@@ -558,8 +567,18 @@ mod tests {
         let router = router(2, 100);
         let a = Uuid::new_v4();
         let (slow_overflow, fast_overflow) = (CancellationToken::new(), CancellationToken::new());
-        let slow = router.subscribe(&principal(Some(a)), None, slow_overflow.clone(), None);
-        let mut fast = router.subscribe(&principal(Some(a)), None, fast_overflow.clone(), None);
+        let slow = router.subscribe(
+            &principal(Some(a)),
+            Interest::default(),
+            slow_overflow.clone(),
+            None,
+        );
+        let mut fast = router.subscribe(
+            &principal(Some(a)),
+            Interest::default(),
+            fast_overflow.clone(),
+            None,
+        );
         for lsn in 2..5 {
             router.dispatch(event(a, "app_open", lsn));
             while fast.rx.try_recv().is_ok() {}

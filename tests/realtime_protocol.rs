@@ -6,53 +6,13 @@ mod common;
 
 use std::time::Duration;
 
+use common::phoenix::{join, next, open};
 use common::{create_user, insert_event, user_token, TestDb};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn open(relay: &engagement_relay::Relay, token: &str, vsn: &str) -> Ws {
-    let url = format!(
-        "ws://{}/realtime/v1/websocket?apikey={token}&vsn={vsn}",
-        relay.server_addr()
-    );
-    tokio_tungstenite::connect_async(url).await.unwrap().0
-}
-
-/// Next frame as `[join_ref, ref, topic, event, payload]`, whatever the version.
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a frame within 10 s")
-            .unwrap()
-            .unwrap();
-        if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            return match v {
-                Value::Object(o) => json!([
-                    o["join_ref"],
-                    o["ref"],
-                    o["topic"],
-                    o["event"],
-                    o["payload"]
-                ]),
-                array => array,
-            };
-        }
-    }
-}
-
-fn join(topic: &str, join_ref: &str, token: &str, bindings: Value) -> String {
-    json!([join_ref, join_ref, topic, "phx_join",
-        {"config": {"postgres_changes": bindings}, "access_token": token}])
-    .to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channels_bindings_ids_leave_and_rejoin() {

@@ -25,6 +25,7 @@ use tracing::{error, warn};
 use crate::config::DatabaseConfig;
 use crate::metrics as m;
 use crate::router::Router;
+use crate::tables::Tables;
 
 /// A replication failure, sorted by what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -103,6 +104,8 @@ pub struct ReplicationContext {
     pub config: DatabaseConfig,
     /// `replay.window`: LSNs are confirmed to PostgreSQL only once this old.
     pub replay_window: Duration,
+    /// Which tables and operations are streamed, routed by which column.
+    pub tables: Arc<Tables>,
     /// Where decoded rows go.
     pub router: Arc<Router>,
     /// Shared with `/readyz`.
@@ -115,9 +118,9 @@ pub struct ReplicationContext {
 /// database stops the relay with a clear message before it listens.
 ///
 /// Errors: [`ReplicationError::Definite`] on misconfiguration; transient when unreachable.
-pub async fn preflight(config: &DatabaseConfig) -> Result<(), ReplicationError> {
+pub async fn preflight(config: &DatabaseConfig, tables: &Tables) -> Result<(), ReplicationError> {
     let client = slot::connect(config.url.expose()).await?;
-    slot::prepare(&client, config).await
+    slot::prepare(&client, config, tables).await
 }
 
 /// Runs until shutdown (`Ok`) or a definite error.
@@ -126,7 +129,7 @@ pub async fn run(ctx: ReplicationContext) -> Result<(), ReplicationError> {
     let mut progress = stream::Progress::new();
     loop {
         let started = Instant::now();
-        let result = match preflight(&ctx.config).await {
+        let result = match preflight(&ctx.config, &ctx.tables).await {
             Ok(()) => stream::stream(&ctx, &mut progress).await,
             Err(e) => Err(e),
         };

@@ -16,6 +16,7 @@ use crate::db::describe;
 
 use super::ReplicationError;
 use crate::config::DatabaseConfig;
+use crate::tables::Tables;
 
 /// Opens an SQL connection to `database.url` (the connection task runs in the background).
 ///
@@ -35,11 +36,16 @@ pub async fn connect(url: &str) -> Result<Client, ReplicationError> {
     })
 }
 
-/// Checks `wal_level = logical` and the publication, then creates the slot if missing.
+/// Checks `wal_level = logical`, the publication and the `[[tables]]` (loading their columns,
+/// [`Tables::load`]), then creates the slot if missing.
 ///
 /// Errors: definite when the server is misconfigured (with what to change), transient when the
 /// connection fails mid-way.
-pub async fn prepare(client: &Client, db: &DatabaseConfig) -> Result<(), ReplicationError> {
+pub async fn prepare(
+    client: &Client,
+    db: &DatabaseConfig,
+    tables: &Tables,
+) -> Result<(), ReplicationError> {
     let wal_level: String = client
         .query_one("SHOW wal_level", &[])
         .await
@@ -62,8 +68,15 @@ pub async fn prepare(client: &Client, db: &DatabaseConfig) -> Result<(), Replica
         None => {
             return Err(ReplicationError::Definite(format!(
                 "publication `{}` does not exist in this database: run `engagement-relay migrate` \
-                 (or CREATE PUBLICATION {} FOR TABLE public.engagement_events WITH (publish = 'insert, update'))",
-                db.publication, db.publication
+                 (or CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update'))",
+                db.publication,
+                db.publication,
+                tables
+                    .entries()
+                    .iter()
+                    .map(|t| t.qualified())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )))
         }
         Some(row) if !row.get::<_, bool>(0) => {
@@ -74,6 +87,11 @@ pub async fn prepare(client: &Client, db: &DatabaseConfig) -> Result<(), Replica
         }
         Some(_) => {}
     }
+    tables
+        .load(client, &db.publication)
+        .await
+        .map_err(transient)?
+        .map_err(ReplicationError::Definite)?;
     ensure_slot(client, &db.slot).await
 }
 

@@ -22,6 +22,7 @@ use super::pgoutput::{pg_epoch_to_unix_us, Change, Decoder};
 use super::{ReplicationContext, ReplicationError};
 use crate::event::{history_id, now_unix_us, Cursor, Event, Operation};
 use crate::metrics as m;
+use crate::tables::Tables;
 
 /// Session settings pinned on the walsender so text values decode the same everywhere.
 const SESSION_OPTIONS: &str =
@@ -222,7 +223,7 @@ pub async fn stream(
                 });
             }
             ReplicationEvent::XLogData { data, .. } => {
-                let Some(event) = decode(&mut decoder, tx.as_mut(), &data)? else {
+                let Some(event) = decode(&mut decoder, &ctx.tables, tx.as_mut(), &data)? else {
                     continue;
                 };
                 progress.open = Some((event.cursor.lsn, event.cursor.index + 1));
@@ -381,9 +382,12 @@ struct Transaction {
     skip_below: u32,
 }
 
-/// Decodes one pgoutput message; returns the row event it carries, if any.
+/// Decodes one pgoutput message; returns the row event it carries, if `tables` streams its
+/// table and operation. Every row change takes an index in its transaction, streamed or not,
+/// so cursors depend on the WAL alone.
 fn decode(
     decoder: &mut Decoder,
+    tables: &Tables,
     tx: Option<&mut Transaction>,
     data: &[u8],
 ) -> Result<Option<Event>, ReplicationError> {
@@ -406,14 +410,18 @@ fn decode(
         history: tx.history,
     };
     tx.next_index += 1;
+    let Some(owner_column) = tables.route(&relation, operation) else {
+        return Ok(None);
+    };
     if cursor.index < tx.skip_below {
         return Ok(None);
     }
+    let owner_column = owner_column.to_owned();
     Ok(Some(Event::new(
         cursor,
         tx.commit_time_us,
         operation,
-        relation,
+        (relation, &owner_column),
         record,
     )))
 }

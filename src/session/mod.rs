@@ -22,8 +22,10 @@ use tracing::{debug, info};
 use crate::auth::{now_s, AuthError, Principal, Verifier};
 use crate::config::LimitsConfig;
 use crate::event::{now_unix_us, Cursor, Event, InvalidCursor};
+use crate::filter::Interest;
 use crate::metrics as m;
 use crate::router::{Router, Subscription};
+use crate::tables::Tables;
 
 /// Close code: normal closure.
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -53,6 +55,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct SessionContext {
     /// The router the session is subscribed to.
     pub router: Arc<Router>,
+    /// The streamed tables and their columns (Supabase bindings name them).
+    pub tables: Arc<Tables>,
     /// Validates refreshed tokens.
     pub verifier: Arc<Verifier>,
     /// Ping interval and idle timeout.
@@ -78,14 +82,14 @@ impl Close {
     }
 }
 
-/// Runs a native-protocol session until it closes. `event_types` narrows the events; `since`
+/// Runs a native-protocol session until it closes. `interest` narrows the events; `since`
 /// (the `since` query parameter, parsed) resumes after that cursor: the missed events, then a
 /// `recovered` frame, then live events. A malformed cursor gets an `error` frame and 1008.
 pub async fn run_native(
     mut ws: WebSocket,
     ctx: SessionContext,
     mut principal: Principal,
-    event_types: Option<Vec<String>>,
+    interest: Interest,
     since: Option<Result<Cursor, InvalidCursor>>,
 ) {
     let session_id = uuid::Uuid::new_v4().to_string();
@@ -101,7 +105,7 @@ pub async fn run_native(
     let overflow = CancellationToken::new();
     let mut sub = ctx
         .router
-        .subscribe(&principal, event_types, overflow.clone(), since);
+        .subscribe(&principal, interest, overflow.clone(), since);
     // With `since`, the client holds everything up to its cursor; otherwise the stream starts
     // after the subscription's position.
     let ready = native::ready(&session_id, &principal, since.unwrap_or(sub.position));

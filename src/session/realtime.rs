@@ -23,21 +23,10 @@ use super::phoenix::{self, Message, Vsn};
 use super::{finish, send, Close, Delivery, SessionContext, CLOSE_GOING_AWAY, CLOSE_SLOW};
 use crate::auth::{now_s, AuthError, Principal};
 use crate::event::{Event, Operation};
-use crate::filter::Filter;
-use crate::replication::pgoutput::oid;
+use crate::filter::{Filter, Interest};
 use crate::router::Ticket;
+use crate::tables::{Column, Tables};
 
-/// The only table the relay streams to Supabase clients (PROTOCOL.md).
-const STREAMED: (&str, &str) = ("public", "engagement_events");
-/// Its columns and their types, for validating filters.
-const COLUMNS: &[(&str, u32)] = &[
-    ("id", oid::UUID),
-    ("user_id", oid::UUID),
-    ("timestamp", oid::TIMESTAMPTZ),
-    ("event_type", oid::TEXT),
-    ("value", oid::JSONB),
-    ("is_deleted", oid::BOOL),
-];
 /// Most channels one socket may join (Supabase's `max_channels_per_client` default).
 const MAX_CHANNELS: usize = 100;
 
@@ -55,6 +44,8 @@ enum Kind {
 struct Binding {
     id: u64,
     kind: Kind,
+    /// The streamed tables (`[[tables]]`) the binding's schema and table select.
+    tables: Vec<(String, String)>,
     /// `None` when the binding was refused (unknown table, bad filter): it never matches.
     filter: Option<Filter>,
 }
@@ -65,7 +56,12 @@ impl Binding {
             (self.kind, event.operation),
             (Kind::All, _) | (Kind::Insert, Operation::Insert) | (Kind::Update, Operation::Update)
         );
+        let relation = &event.relation;
         kind_ok
+            && self
+                .tables
+                .iter()
+                .any(|(schema, table)| *schema == relation.schema && *table == relation.name)
             && self
                 .filter
                 .as_ref()
@@ -242,7 +238,7 @@ impl Socket<'_> {
         for spec in requested {
             let id = self.next_binding;
             self.next_binding += 1;
-            let (binding, problem) = binding(id, &spec);
+            let (binding, problem) = binding(id, &spec, &self.ctx.tables);
             bindings.push(binding);
             problems.extend(problem);
             let mut spec = spec;
@@ -253,10 +249,12 @@ impl Socket<'_> {
         }
         let any_valid = bindings.iter().any(|b| b.filter.is_some());
         let ticket = any_valid.then(|| {
-            let sub = self
-                .ctx
-                .router
-                .subscribe(&principal, None, self.overflow.clone(), None);
+            let sub = self.ctx.router.subscribe(
+                &principal,
+                Interest::default(),
+                self.overflow.clone(),
+                None,
+            );
             self.streams
                 .insert(msg.topic.clone(), ReceiverStream::new(sub.rx));
             sub.ticket
@@ -429,8 +427,10 @@ impl Socket<'_> {
 }
 
 /// Builds a binding from its `{event, schema, table?, filter?}` object; the second value is
-/// the `system` error text when the binding cannot be served.
-fn binding(id: u64, spec: &Value) -> (Binding, Option<String>) {
+/// the `system` error text when the binding cannot be served. The schema and table select among
+/// the streamed tables (`*` or no table: all of them); a filter may name only columns that every
+/// selected table has, with the same type.
+fn binding(id: u64, spec: &Value, tables: &Tables) -> (Binding, Option<String>) {
     let field = |k: &str| spec.get(k).and_then(Value::as_str);
     let event = field("event").unwrap_or("");
     let (schema, table) = (field("schema").unwrap_or("public"), field("table"));
@@ -441,36 +441,52 @@ fn binding(id: u64, spec: &Value) -> (Binding, Option<String>) {
         "*" => Some(Kind::All),
         _ => None,
     };
-    let streamed = (schema == STREAMED.0 || schema == "*")
-        && table.is_none_or(|t| t == STREAMED.1 || t == "*");
+    let selected: Vec<(String, String)> = tables
+        .matching(schema, table)
+        .map(|t| (t.schema.clone(), t.table.clone()))
+        .collect();
     let refused = |why: String| {
         (
             Binding {
                 id,
                 kind: Kind::All,
+                tables: Vec::new(),
                 filter: None,
             },
             Some(why),
         )
     };
-    let Some(kind) = kind.filter(|_| streamed) else {
+    let Some(kind) = kind.filter(|_| !selected.is_empty()) else {
         return refused(format!(
             "Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: [event: {event}, schema: {schema}, table: {}, filters: [{}]]",
             table.unwrap_or("*"),
             field("filter").unwrap_or("")
         ));
     };
-    match Filter::parse(field("filter").unwrap_or(""), COLUMNS) {
+    let columns = common_columns(tables, &selected);
+    let columns: Vec<(&str, u32)> = columns.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+    match Filter::parse(field("filter").unwrap_or(""), &columns) {
         Ok(filter) => (
             Binding {
                 id,
                 kind,
+                tables: selected,
                 filter: Some(filter),
             },
             None,
         ),
         Err(e) => refused(format!("Error parsing `filter` params: {e}")),
     }
+}
+
+/// The columns (name and type) that all `selected` tables have.
+fn common_columns(tables: &Tables, selected: &[(String, String)]) -> Vec<Column> {
+    let mut all = selected.iter().map(|(s, t)| tables.columns(s, t));
+    let first = all.next().unwrap_or_default();
+    all.fold(first, |mut common, columns| {
+        common.retain(|c| columns.contains(c));
+        common
+    })
 }
 
 /// The join refusal reason, in the Supabase server's words.

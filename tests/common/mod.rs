@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod node;
+pub mod phoenix;
 pub mod process;
 pub mod workload;
 pub mod ws;
