@@ -181,9 +181,10 @@ fn list(query: &HashMap<String, String>, name: &str) -> Option<Box<[Box<str>]>> 
     (!items.is_empty()).then_some(items)
 }
 
-/// The native stream's `table=a,b` and `event_type=a,b` parameters. A table name (or
-/// `schema.table`) that `[[tables]]` does not stream is refused with HTTP 400 `unknown_table`,
-/// naming the streamed tables.
+/// The native stream's `table=a,b` and `event_type=a,b` parameters.
+///
+/// Errors: the reason (naming the streamed tables) when a table name or `schema.table` is not
+/// streamed by `[[tables]]`; the upgrade answers it with HTTP 400 `unknown_table`.
 fn interest(query: &HashMap<String, String>, tables: &Tables) -> Result<Interest, String> {
     let interest = Interest {
         tables: list(query, "table"),
