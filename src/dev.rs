@@ -174,6 +174,9 @@ async fn demo_traffic(
         Ok(s) => s,
         Err(e) => return warn!("demo traffic disabled: {}", db::describe(&e)),
     };
+    // One tick in eight also moves the user's engagement state: an update of
+    // user_engagement_states (streamed from the second change on) and a transition row.
+    let transition = client.prepare(STATE_CHANGE_SQL).await.ok();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
     loop {
         tokio::select! {
@@ -185,8 +188,32 @@ async fn demo_traffic(
         if let Err(e) = client.execute(&insert, &[&user, &event_type, &value]).await {
             warn!("demo insert failed: {}", db::describe(&e));
         }
+        if let Some(statement) = transition.as_ref().filter(|_| rand::random_ratio(1, 8)) {
+            let state = *STATES.choose(&mut rand::rng()).unwrap_or(&STATES[0]);
+            if let Err(e) = client.execute(statement, &[&user, &state]).await {
+                warn!("demo state change failed: {}", db::describe(&e));
+            }
+        }
     }
 }
+
+/// The engagement states (seed story 1.1, `user_engagement_states.state`).
+const STATES: [&str; 5] = [
+    "active",
+    "goodbye_sent",
+    "help_flow",
+    "remind_later",
+    "dormant",
+];
+
+/// Sets user `$1`'s engagement state to `$2` and records the transition, in one statement.
+const STATE_CHANGE_SQL: &str = "\
+    WITH prior AS (SELECT state FROM public.user_engagement_states WHERE user_id = $1), \
+    upsert AS (INSERT INTO public.user_engagement_states (user_id, state) VALUES ($1, $2) \
+        ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, last_activity_at = now() \
+        RETURNING user_id) \
+    INSERT INTO public.engagement_state_transitions (user_id, from_state, to_state, trigger) \
+    SELECT $1, (SELECT state FROM prior), $2, 'demo' FROM upsert";
 
 /// A random event of one of the seed's four types with a realistic payload.
 pub fn demo_event() -> (&'static str, serde_json::Value) {
