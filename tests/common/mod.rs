@@ -5,6 +5,7 @@
 
 pub mod node;
 pub mod process;
+pub mod sql;
 pub mod workload;
 pub mod ws;
 
