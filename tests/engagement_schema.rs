@@ -2,7 +2,7 @@
 //! table and column with its type and default, every index with its predicate, RLS (a user reads
 //! their own state and transitions only, nothing of the queue, and writes nothing; the service
 //! role manages everything), every CHECK and UNIQUE, the shared updated_at trigger, and the
-//! publication.
+//! publication. Also the monitoring views of 20241212000000 (service role only).
 
 mod common;
 
@@ -546,5 +546,46 @@ async fn deleting_a_user_deletes_their_engagement_rows() {
         let mut left = owners(&pg, table).await;
         left.dedup();
         assert_eq!(left, [b], "{table}");
+    }
+}
+
+#[tokio::test]
+async fn the_monitoring_views_are_for_the_service_role_only() {
+    let db = TestDb::new().await;
+    let pg = db.client().await;
+    act_as(&pg, "service_role", None).await;
+    let tables = strings(
+        &pg,
+        "SELECT schemaname || '.' || tablename FROM public.engagement_events_performance",
+        &[],
+    )
+    .await;
+    assert_eq!(tables, ["public.engagement_events"]);
+    let indexes = strings(
+        &pg,
+        "SELECT indexrelname::text FROM public.engagement_events_index_usage ORDER BY 1",
+        &[],
+    )
+    .await;
+    for name in [
+        "idx_engagement_events_type",
+        "idx_engagement_events_user_timestamp",
+        "idx_engagement_events_value",
+    ] {
+        assert!(indexes.iter().any(|i| i == name), "{name} in {indexes:?}");
+    }
+    pg.batch_execute("ROLLBACK").await.unwrap();
+
+    for (role, sub) in [("anon", None), ("authenticated", Some(Uuid::new_v4()))] {
+        act_as(&pg, role, sub).await;
+        for view in [
+            "engagement_events_performance",
+            "engagement_events_index_usage",
+        ] {
+            let sql = format!("SELECT 1 FROM public.{view}");
+            let result = in_savepoint(&pg, &sql, &[]).await;
+            assert_rejected(&sql, result, SqlState::INSUFFICIENT_PRIVILEGE, None);
+        }
+        pg.batch_execute("ROLLBACK").await.unwrap();
     }
 }
