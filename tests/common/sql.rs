@@ -41,20 +41,6 @@ pub async fn in_savepoint(
     result
 }
 
-/// The SQLSTATE of a statement that must have failed (`what` names it in the panic message).
-pub fn sqlstate<T: std::fmt::Debug>(
-    what: &str,
-    result: Result<T, tokio_postgres::Error>,
-) -> SqlState {
-    match result {
-        Ok(v) => panic!("{what}: expected an error, got {v:?}"),
-        Err(e) => e
-            .code()
-            .cloned()
-            .unwrap_or_else(|| panic!("{what}: not a server error: {e}")),
-    }
-}
-
 /// Asserts that `result` failed with `expected` (and, when given, on constraint `constraint`).
 pub fn assert_rejected<T: std::fmt::Debug>(
     what: &str,
