@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod dev;
+pub mod doctor;
 pub mod event;
 pub mod filter;
 pub mod http;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use engagement_relay::auth::{mint, Role};
 use engagement_relay::config::{Config, LogFormat, Overrides};
 use engagement_relay::dev::{self, DevOptions};
-use engagement_relay::{db, pgcluster, start};
+use engagement_relay::{db, doctor, pgcluster, start};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -60,6 +60,27 @@ enum Command {
         /// Also run the seed (demo users and weeks of events).
         #[arg(long)]
         seed: bool,
+    },
+    /// Check that the database, slot and configuration are ready for the relay (the deployment
+    /// checklist); exit 0 when every check passes (warnings allowed), 1 when one fails.
+    Doctor {
+        /// Print one JSON object (`ok`, `checks`, `summary`) instead of the text report.
+        #[arg(long)]
+        json: bool,
+        /// `slot_lag` fails above this many bytes of WAL not yet confirmed by the slot and
+        /// warns above half of it (plain bytes or KiB/MiB/GiB/TiB).
+        #[arg(long, default_value = "1GiB", value_parser = doctor::parse_bytes)]
+        max_lag_bytes: u64,
+        /// `slot_retained` fails above this many bytes of WAL kept for the slot and warns
+        /// above half of it.
+        #[arg(long, default_value = "4GiB", value_parser = doctor::parse_bytes)]
+        max_retained_bytes: u64,
+        /// `long_transactions` warns about transactions open longer than this.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        max_xact_age: Duration,
+        /// `connectivity` fails when connecting takes longer; also each query's timeout.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        connect_timeout: Duration,
     },
     /// Mint a JWT signed with the configured secret.
     Token {
@@ -153,6 +174,31 @@ async fn run(command: Command, config: Config) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(1, &format!("{e:#}")),
         },
+        Command::Doctor {
+            json,
+            max_lag_bytes,
+            max_retained_bytes,
+            max_xact_age,
+            connect_timeout,
+        } => {
+            let options = doctor::Options {
+                max_lag_bytes,
+                max_retained_bytes,
+                max_xact_age,
+                connect_timeout,
+            };
+            let report = doctor::run(&config, &options).await;
+            if json {
+                println!("{:#}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+            if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
         Command::Token { sub, role, ttl } => {
             if let Err(e) = config.require_jwt_secret() {
                 return fail(78, &e);

@@ -1,0 +1,147 @@
+//! Unit tests of the schema evaluations (no database).
+
+use super::*;
+use crate::doctor::Status;
+use crate::tables::default_tables;
+
+fn events() -> TableConfig {
+    default_tables().remove(0)
+}
+
+fn published(t: &TableConfig) -> Published {
+    Published {
+        schema: t.schema.clone(),
+        table: t.table.clone(),
+        ..Published::default()
+    }
+}
+
+fn publication_of(tables: &[TableConfig]) -> Publication {
+    Publication {
+        insert: true,
+        update: true,
+        tables: tables.iter().map(published).collect(),
+        ..Publication::default()
+    }
+}
+
+#[test]
+fn a_publication_carrying_every_table_and_operation_passes() {
+    let tables = default_tables();
+    let c = evaluate_publication("pub", Some(&publication_of(&tables)), &tables);
+    assert_eq!(c.status, Status::Pass, "{}", c.detail);
+    assert!(
+        c.detail
+            .contains("every configured table: public.engagement_events, "),
+        "{}",
+        c.detail
+    );
+}
+
+#[test]
+fn a_missing_publication_fails_with_the_create_statement() {
+    let tables = default_tables();
+    let c = evaluate_publication("pub", None, &tables);
+    assert_eq!(c.status, Status::Fail);
+    let fix = c.fix.unwrap();
+    assert!(
+        fix.contains("CREATE PUBLICATION pub FOR TABLE public.engagement_events, public.engagement_state_transitions, public.user_engagement_states WITH (publish = 'insert, update')"),
+        "{fix}"
+    );
+}
+
+#[test]
+fn a_missing_table_or_operation_fails_naming_it() {
+    let tables = default_tables();
+    let mut p = publication_of(&tables[..1]);
+    p.update = false;
+    p.delete = true;
+    let c = evaluate_publication("pub", Some(&p), &tables);
+    assert_eq!(c.status, Status::Fail);
+    assert!(
+        c.detail.contains("public.user_engagement_states") && c.detail.contains("updates"),
+        "{}",
+        c.detail
+    );
+    let fix = c.fix.unwrap();
+    assert!(fix.contains("ALTER PUBLICATION pub ADD TABLE public.engagement_state_transitions, public.user_engagement_states;"), "{fix}");
+    assert!(
+        fix.contains("SET (publish = 'insert, update, delete')"),
+        "keeps what it published: {fix}"
+    );
+}
+
+#[test]
+fn a_column_list_without_the_owner_fails_and_a_row_filter_warns() {
+    let tables = vec![events()];
+    let mut p = publication_of(&tables);
+    p.tables[0].columns = Some(vec!["id".into(), "user_id".into()]);
+    assert_eq!(
+        evaluate_publication("pub", Some(&p), &tables).status,
+        Status::Pass
+    );
+    p.tables[0].row_filter = Some("(event_type = 'x'::text)".into());
+    assert_eq!(
+        evaluate_publication("pub", Some(&p), &tables).status,
+        Status::Warn
+    );
+    p.tables[0].columns = Some(vec!["id".into()]);
+    let c = evaluate_publication("pub", Some(&p), &tables);
+    assert_eq!(c.status, Status::Fail);
+    assert!(c.detail.contains("omits the owner column user_id"));
+}
+
+#[test]
+fn a_table_needs_a_uuid_owner_column_it_may_read() {
+    let t = events();
+    let ok = TableFacts {
+        owner_type: Some("uuid".into()),
+        can_select: true,
+        user: "relay".into(),
+    };
+    let c = evaluate_table(&t, Some(&ok));
+    assert_eq!(c.status, Status::Pass);
+    assert_eq!(c.id, "table:public.engagement_events");
+    assert_eq!(evaluate_table(&t, None).status, Status::Fail);
+    let text = TableFacts {
+        owner_type: Some("text".into()),
+        ..ok.clone()
+    };
+    assert!(evaluate_table(&t, Some(&text)).detail.contains("is text"));
+    let none = TableFacts {
+        owner_type: None,
+        ..ok.clone()
+    };
+    assert_eq!(evaluate_table(&t, Some(&none)).status, Status::Fail);
+    let denied = TableFacts {
+        can_select: false,
+        ..ok
+    };
+    let c = evaluate_table(&t, Some(&denied));
+    assert_eq!(
+        c.fix.unwrap(),
+        "GRANT SELECT ON public.engagement_events TO relay;"
+    );
+}
+
+#[test]
+fn the_message_queue_must_not_be_streamed() {
+    assert_eq!(
+        evaluate_message_queue(false, false, false, "pub").status,
+        Status::Skip
+    );
+    assert_eq!(
+        evaluate_message_queue(false, true, false, "pub").status,
+        Status::Pass
+    );
+    let c = evaluate_message_queue(false, true, true, "pub");
+    assert_eq!(c.status, Status::Warn);
+    assert_eq!(
+        c.fix.unwrap(),
+        "ALTER PUBLICATION pub DROP TABLE public.engagement_message_queue;"
+    );
+    assert_eq!(
+        evaluate_message_queue(true, true, true, "pub").status,
+        Status::Fail
+    );
+}
