@@ -218,39 +218,39 @@ async fn wal_level_replica_fails_the_wal_level_check() {
         .unwrap();
 }
 
+/// Breaks a fresh database with `sql`; doctor must then fail exactly check `id`, with a fix
+/// containing `fix`.
+async fn broken_by(sql: &str, id: &str, fix: &str) {
+    let db = TestDb::new().await;
+    db.client().await.batch_execute(sql).await.unwrap();
+    let run = doctor(&db.url, &db.name, EVENTS_ONLY, &["--json"]).await;
+    assert_fails_exactly(&run, &[id]);
+    let report = run.json();
+    let given = check(&report, id)["fix"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(given.contains(fix), "{id}: {given}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_publication_fails_the_publication_check() {
-    let db = TestDb::new().await;
-    db.client()
-        .await
-        .batch_execute("DROP PUBLICATION engagement_events_pub")
-        .await
-        .unwrap();
-    let run = doctor(&db.url, &db.name, EVENTS_ONLY, &["--json"]).await;
-    assert_fails_exactly(&run, &["publication"]);
-    let report = run.json();
-    let fix = check(&report, "publication")["fix"].as_str().unwrap();
-    assert!(
-        fix.contains("CREATE PUBLICATION engagement_events_pub FOR TABLE public.engagement_events"),
-        "{fix}"
-    );
+    broken_by(
+        "DROP PUBLICATION engagement_events_pub",
+        "publication",
+        "CREATE PUBLICATION engagement_events_pub FOR TABLE public.engagement_events",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_row_level_security_fails_the_rls_check() {
-    let db = TestDb::new().await;
-    db.client()
-        .await
-        .batch_execute("ALTER TABLE public.engagement_events DISABLE ROW LEVEL SECURITY")
-        .await
-        .unwrap();
-    let run = doctor(&db.url, &db.name, EVENTS_ONLY, &["--json"]).await;
-    assert_fails_exactly(&run, &["rls:public.engagement_events"]);
-    let report = run.json();
-    assert_eq!(
-        check(&report, "rls:public.engagement_events")["fix"],
-        "ALTER TABLE public.engagement_events ENABLE ROW LEVEL SECURITY;"
-    );
+    broken_by(
+        "ALTER TABLE public.engagement_events DISABLE ROW LEVEL SECURITY",
+        "rls:public.engagement_events",
+        "ALTER TABLE public.engagement_events ENABLE ROW LEVEL SECURITY;",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +263,9 @@ async fn a_slot_lagging_past_max_lag_bytes_fails_the_slot_lag_check() {
     )
     .await
     .unwrap();
-    // WAL the slot has not confirmed: a row and a non-transactional message.
+    // WAL the slot has not confirmed: a row and a non-transactional message. The test cluster
+    // commits asynchronously; a synchronous commit makes pg_current_wal_lsn() include it.
+    pg.batch_execute("SET synchronous_commit = on").await.unwrap();
     let user = common::create_user(&pg).await;
     insert_event(&pg, user, "app_open", json!({})).await;
     pg.execute(

@@ -5,26 +5,12 @@
 
 mod common;
 
+use common::sql::act_as;
 use common::{create_user, insert_event, TestDb};
 use engagement_relay::db::describe;
 use serde_json::json;
 use tokio_postgres::Client;
 use uuid::Uuid;
-
-/// Opens a transaction acting as `role` with `sub`'s JWT claims, as PostgREST does.
-async fn act_as(pg: &Client, role: &str, sub: Option<Uuid>) {
-    let claims = json!({"sub": sub, "role": role}).to_string();
-    pg.batch_execute("BEGIN").await.unwrap();
-    pg.execute(
-        "SELECT set_config('request.jwt.claims', $1, true)",
-        &[&claims],
-    )
-    .await
-    .unwrap();
-    pg.batch_execute(&format!("SET LOCAL ROLE {role}"))
-        .await
-        .unwrap();
-}
 
 async fn visible_owners(pg: &Client) -> Vec<Uuid> {
     pg.query("SELECT DISTINCT user_id FROM public.engagement_events", &[])
