@@ -724,10 +724,16 @@ fn skip_string(chars: &[char], open: usize) -> usize {
 }
 
 /// GitHub's anchors for the Markdown headings of `text` (lowercase; spaces to `-`; other
-/// punctuation dropped).
+/// punctuation dropped), outside fenced code blocks.
 fn heading_anchors(text: &str) -> BTreeSet<String> {
+    let mut fenced = false;
     text.lines()
-        .filter(|l| l.starts_with('#'))
+        .filter(|l| {
+            if l.trim_start().starts_with("```") {
+                fenced = !fenced;
+            }
+            !fenced && l.starts_with('#')
+        })
         .map(|l| {
             l.trim_start_matches('#')
                 .trim()
