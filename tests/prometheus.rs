@@ -1,0 +1,769 @@
+//! The monitoring kit in `deploy/` against real components: `promtool` checks and unit-tests the
+//! rules and checks the example config; a real Prometheus scrapes a real relay carrying real
+//! traffic, evaluates every rule without error, and answers every query of the Grafana dashboard
+//! — and every metric and label those queries and rules name exists in the relay's scrape, so the
+//! dashboard, the alerts and `src/metrics.rs` cannot drift apart.
+//!
+//! Needs `prometheus` and `promtool` on PATH (Debian: `sudo apt-get install -y prometheus`).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::ws::{self, Next};
+use common::{create_user, insert_event, user_token, wait_until, wait_until_async, TestDb};
+use serde_json::{json, Value};
+
+const INSTALL: &str = "sudo apt-get install -y prometheus";
+/// Bound on every wait on Prometheus.
+const WAIT: Duration = Duration::from_secs(60);
+/// What the dashboard's `$__rate_interval` stands for here (Prometheus scrapes every second).
+const RATE_INTERVAL: &str = "30s";
+/// The quantile the test waits for: the delivery histogram has samples in Prometheus.
+const P95: &str =
+    "histogram_quantile(0.95, sum by (le) (rate(relay_delivery_latency_seconds_bucket[30s])))";
+
+#[test]
+fn alert_rules_pass_promtool_their_unit_tests_pass_and_the_example_config_is_valid() {
+    let promtool = tool("promtool");
+    let dir = repo().join("deploy/prometheus");
+    promtool_ok(&promtool, &dir, &["check", "rules", "alerts.yml"]);
+    promtool_ok(&promtool, &dir, &["test", "rules", "alerts_test.yml"]);
+    // The example loads alerts.yml by a path relative to itself: checked in place, rules included.
+    promtool_ok(&promtool, &dir, &["check", "config", "prometheus.yml"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dashboard_query() {
+    let prometheus_bin = tool("prometheus");
+    let dashboard: Value = serde_json::from_str(
+        &fs::read_to_string(repo().join("deploy/grafana/engagement-relay.json"))
+            .expect("read deploy/grafana/engagement-relay.json"),
+    )
+    .expect("the dashboard is JSON");
+
+    // A bounded max_slot_wal_keep_size, so that PostgreSQL reports the slot's safe_wal_size and
+    // the relay exports relay_slot_safe_wal_size_bytes (this binary's private cluster only).
+    let admin = common::connect(&common::cluster().await.url("postgres")).await;
+    admin
+        .batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1GB'")
+        .await
+        .expect("set max_slot_wal_keep_size");
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .expect("reload");
+    wait_until_async("max_slot_wal_keep_size is 1GB", WAIT, || async {
+        let row = admin
+            .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
+            .await
+            .expect("current_setting");
+        row.get::<_, String>(0) == "1GB"
+    })
+    .await;
+
+    let db = TestDb::new().await;
+    let relay = db.relay().await;
+    let sql = db.client().await;
+
+    // One lost replication connection: the relay reconnects (relay_replication_reconnects_total).
+    sql.execute(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1",
+        &[&db.name],
+    )
+    .await
+    .expect("terminate the walsender");
+    wait_until_async("the relay counted a reconnect", WAIT, || async {
+        common::scrape(&relay)
+            .await
+            .contains("relay_replication_reconnects_total")
+    })
+    .await;
+    wait_until("the relay is ready again", WAIT, || relay.is_ready()).await;
+
+    // A user with a live session; its first event's cursor serves a resume below.
+    let user = create_user(&sql).await;
+    let token = user_token(user, Duration::from_secs(3600));
+    let (mut live, _) = ws::connect(&relay, &token, "").await;
+    insert_event(&sql, user, "prometheus_test", json!({"n": 0})).await;
+    let first = live.events(1, Duration::from_secs(10)).await;
+    let cursor = first[0]["cursor"]
+        .as_str()
+        .expect("event cursor")
+        .to_string();
+
+    // A resume with `since` (relay_resumes_total).
+    let (mut resumed, _) = ws::connect(&relay, &token, &format!("&since={cursor}")).await;
+    loop {
+        match resumed.next(Duration::from_secs(10)).await {
+            Next::Json(frame) if frame["type"] == "recovered" => break,
+            Next::Json(_) => continue,
+            other => panic!("expected a recovered frame, got {other:?}"),
+        }
+    }
+    drop(resumed);
+
+    // A refresh with a bad token: an auth failure and a server close, 4001
+    // (relay_auth_failures_total, relay_sessions_closed_total).
+    let (mut refused, _) = ws::connect(&relay, &token, "").await;
+    refused
+        .send_text(r#"{"type":"access_token","access_token":"not-a-jwt"}"#)
+        .await;
+    assert_eq!(refused.close_code(Duration::from_secs(10)).await, 4001);
+    drop(refused);
+
+    // Events keep flowing to the live session (real delivery latency samples) until the end.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn(traffic(db.client().await, live, user, stop.clone()));
+
+    let prometheus = Prometheus::start(&prometheus_bin, relay.metrics_addr()).await;
+    let api = Api::new(&prometheus);
+
+    // The target is up.
+    wait_for("Prometheus scrapes the relay (target up)", || async {
+        let targets = api.get("/api/v1/targets", &[]).await;
+        targets["activeTargets"]
+            .as_array()
+            .expect("activeTargets")
+            .iter()
+            .any(|t| t["labels"]["job"] == "engagement-relay" && t["health"] == "up")
+    })
+    .await;
+
+    // The delivery histogram has samples: its p95 is a finite number.
+    wait_for("the delivery latency p95 is a finite number", || async {
+        let result = api.query(P95).await;
+        result
+            .as_array()
+            .and_then(|r| r.first())
+            .and_then(|s| s["value"][1].as_str())
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(f64::is_finite)
+    })
+    .await;
+
+    // Every rule evaluated, none with an error.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let rules = loop {
+        let rules = api.rules().await;
+        for rule in &rules {
+            assert_ne!(
+                rule["health"], "err",
+                "rule {} failed to evaluate: {}",
+                rule["name"], rule["lastError"]
+            );
+        }
+        if !rules.is_empty() && rules.iter().all(|r| r["health"] == "ok") {
+            break rules;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every rule was evaluated within {WAIT:?}: {rules:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let recorded: BTreeSet<String> = rules
+        .iter()
+        .filter(|r| r["type"] == "recording")
+        .map(|r| r["name"].as_str().expect("rule name").to_string())
+        .collect();
+    assert!(
+        !recorded.is_empty(),
+        "alerts.yml defines the latency recordings"
+    );
+    // A group evaluated before the second scrape recorded nothing yet: wait for a series each.
+    for name in &recorded {
+        wait_for(
+            &format!("the recording rule {name} has a series"),
+            || async {
+                api.query(name)
+                    .await
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty())
+            },
+        )
+        .await;
+    }
+
+    // Every alert's runbook_url leads to its own heading of docs/OPERATIONS.md.
+    let runbook = fs::read_to_string(repo().join("docs/OPERATIONS.md")).expect("OPERATIONS.md");
+    let anchors = heading_anchors(&runbook);
+    for rule in rules.iter().filter(|r| r["type"] == "alerting") {
+        let name = rule["name"].as_str().expect("alert name");
+        let url = rule["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("alert {name} has no runbook_url"));
+        let (page, anchor) = url
+            .split_once('#')
+            .unwrap_or_else(|| panic!("alert {name}: runbook_url {url} has no #anchor"));
+        assert!(page.ends_with("docs/OPERATIONS.md"), "alert {name}: {url}");
+        assert_eq!(anchor, name.to_lowercase(), "alert {name}: {url}");
+        assert!(
+            anchors.contains(anchor),
+            "alert {name}: docs/OPERATIONS.md has no heading for #{anchor}"
+        );
+        for key in ["summary", "description"] {
+            assert!(
+                rule["annotations"][key]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty()),
+                "alert {name} has no {key}"
+            );
+        }
+        assert!(
+            rule["labels"]["severity"].is_string(),
+            "alert {name} has no severity"
+        );
+    }
+
+    // Every query of the dashboard answers, with data.
+    let queries = dashboard_queries(&dashboard);
+    assert!(queries.len() >= 15, "dashboard queries: {queries:#?}");
+    for (panel, expr) in &queries {
+        let promql = substitute(expr);
+        let result = api.query(&promql).await;
+        assert!(
+            result.as_array().is_some_and(|r| !r.is_empty()),
+            "dashboard panel {panel:?}: `{promql}` returned no series"
+        );
+    }
+
+    // Every metric and label those queries and the rules name exists in the relay's scrape.
+    let names: BTreeSet<String> = api
+        .get("/api/v1/label/__name__/values", &[])
+        .await
+        .as_array()
+        .expect("names")
+        .iter()
+        .map(|n| n.as_str().expect("name").to_string())
+        .collect();
+    let exposed = exposed_names(&common::scrape(&relay).await);
+    let mut expressions: Vec<(String, String)> = queries
+        .iter()
+        .map(|(panel, e)| (format!("dashboard panel {panel:?}"), substitute(e)))
+        .collect();
+    expressions.extend(rules.iter().map(|r| {
+        (
+            format!("rule {}", r["name"]),
+            r["query"].as_str().expect("rule query").to_string(),
+        )
+    }));
+    for (source, expr) in &expressions {
+        let selectors = selectors(expr);
+        assert!(!selectors.is_empty(), "{source}: no metric in `{expr}`");
+        for (metric, labels) in selectors {
+            assert!(
+                names.contains(&metric),
+                "{source}: `{metric}` is not in Prometheus ({expr})"
+            );
+            let recorded_or_up = recorded.contains(&metric) || metric == "up";
+            assert!(
+                recorded_or_up || exposed.contains(&metric),
+                "{source}: `{metric}` is not exported by the relay's /metrics ({expr})"
+            );
+            for label in labels {
+                let series = api
+                    .get(
+                        "/api/v1/series",
+                        &[("match[]", &format!("{metric}{{{label}!=\"\"}}"))],
+                    )
+                    .await;
+                assert!(
+                    series.as_array().is_some_and(|s| !s.is_empty()),
+                    "{source}: no `{metric}` series has a `{label}` label ({expr})"
+                );
+            }
+        }
+    }
+
+    stop.store(true, Ordering::Release);
+    let delivered = traffic.await.expect("traffic task");
+    assert!(delivered > 0, "the live session received events");
+    drop(prometheus);
+    relay.shutdown().await.expect("relay shutdown");
+}
+
+/// Inserts an event every 100 ms and reads it on the live session, until `stop`; returns how
+/// many the session received.
+async fn traffic(
+    sql: tokio_postgres::Client,
+    mut live: ws::Client,
+    user: uuid::Uuid,
+    stop: Arc<AtomicBool>,
+) -> usize {
+    let mut delivered = 0;
+    let mut n = 1;
+    while !stop.load(Ordering::Acquire) {
+        insert_event(&sql, user, "prometheus_test", json!({ "n": n })).await;
+        n += 1;
+        delivered += live.events(1, Duration::from_secs(10)).await.len();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    delivered
+}
+
+/// The repository root.
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `name` on PATH, or a failure saying how to install it.
+fn tool(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| {
+            panic!("`{name}` is not on PATH; install Prometheus (it ships promtool): {INSTALL}")
+        })
+}
+
+/// Runs `promtool args` in `dir`; fails with its output unless it succeeds.
+fn promtool_ok(promtool: &Path, dir: &Path, args: &[&str]) {
+    let output = Command::new(promtool)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run promtool");
+    assert!(
+        output.status.success(),
+        "`promtool {}` (in {}) failed with {}:\n{}\n{}",
+        args.join(" "),
+        dir.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A Prometheus server on 127.0.0.1 with a temporary TSDB, scraping the relay every second and
+/// evaluating deploy/prometheus/alerts.yml every second. Drop kills it and removes its files.
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Prometheus {
+    async fn start(bin: &Path, target: SocketAddr) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!(
+            "relay-prometheus-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos()
+        ));
+        fs::create_dir_all(&dir).expect("create the Prometheus temp dir");
+        let rules = repo().join("deploy/prometheus/alerts.yml");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {rules:?}\n\
+             scrape_configs:\n  - job_name: engagement-relay\n    static_configs:\n      \
+             - targets: [\"{target}\"]\n",
+        );
+        fs::write(dir.join("prometheus.yml"), config).expect("write prometheus.yml");
+        // A free port can be taken between the probe and the bind: try a few.
+        for _ in 0..3 {
+            let addr = free_port();
+            let log = fs::File::create(dir.join("prometheus.log")).expect("log file");
+            let child = Command::new(bin)
+                .arg(format!(
+                    "--config.file={}",
+                    dir.join("prometheus.yml").display()
+                ))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log)
+                .spawn()
+                .expect("spawn prometheus");
+            let mut prometheus = Prometheus {
+                child,
+                dir: dir.clone(),
+                addr,
+            };
+            if prometheus.wait_ready().await {
+                return prometheus;
+            }
+            // Exited (the port was taken): the guard cleans up the process, not the directory.
+            let log = prometheus.log();
+            prometheus.dir = PathBuf::new();
+            drop(prometheus);
+            eprintln!("prometheus exited early, retrying on another port:\n{log}");
+        }
+        let log = fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+        let _ = fs::remove_dir_all(&dir);
+        panic!("prometheus did not start:\n{log}");
+    }
+
+    /// True once `/-/ready` answers 200; false if the process exited; fails after [`WAIT`].
+    async fn wait_ready(&mut self) -> bool {
+        let url = format!("http://{}/-/ready", self.addr);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status() == 200 {
+                    return true;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "prometheus was not ready within {WAIT:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !self.dir.as_os_str().is_empty() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// Prometheus's HTTP API (`data` of successful answers; anything else fails the test).
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    log: PathBuf,
+}
+
+impl Api {
+    fn new(prometheus: &Prometheus) -> Api {
+        Api {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("HTTP client"),
+            base: format!("http://{}", prometheus.addr),
+            log: prometheus.dir.join("prometheus.log"),
+        }
+    }
+
+    async fn get(&self, path: &str, params: &[(&str, &str)]) -> Value {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .query(params)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log()));
+        let status = response.status();
+        let body: Value = response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} {params:?}: not JSON ({e})"));
+        assert!(
+            status.is_success() && body["status"] == "success",
+            "GET {path} {params:?}: {status} {body}"
+        );
+        body["data"].clone()
+    }
+
+    /// An instant query's result vector.
+    async fn query(&self, promql: &str) -> Value {
+        self.get("/api/v1/query", &[("query", promql)]).await["result"].clone()
+    }
+
+    /// Every rule of every group.
+    async fn rules(&self) -> Vec<Value> {
+        let data = self.get("/api/v1/rules", &[]).await;
+        data["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .flat_map(|g| g["rules"].as_array().expect("rules").clone())
+            .collect()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Polls `cond` every 500 ms; fails with `what` after [`WAIT`].
+async fn wait_for<F, Fut>(what: &str, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut cond = cond;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Every PromQL expression of the dashboard, with its panel's title: each target's `expr`
+/// (rows' nested panels included) and each query variable's `label_values(<selector>, label)`
+/// selector.
+fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
+    fn panels(list: &Value, out: &mut Vec<(String, String)>) {
+        for panel in list.as_array().into_iter().flatten() {
+            let title = panel["title"].as_str().unwrap_or("?").to_string();
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().unwrap_or_else(|| {
+                    panic!("panel {title:?} has a target without expr: {target}")
+                });
+                out.push((title.clone(), expr.to_string()));
+            }
+            panels(&panel["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    panels(&dashboard["panels"], &mut out);
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if variable["type"] != "query" {
+            continue;
+        }
+        let query = variable["query"]["query"]
+            .as_str()
+            .or(variable["query"].as_str())
+            .expect("query variable's query");
+        let inner = query
+            .strip_prefix("label_values(")
+            .and_then(|q| q.rsplit_once(','))
+            .map(|(selector, _label)| selector.trim())
+            .unwrap_or(query);
+        out.push((format!("variable ${}", variable["name"]), inner.to_string()));
+    }
+    out
+}
+
+/// The expression with Grafana's variables replaced by what they stand for here.
+fn substitute(expr: &str) -> String {
+    let out = expr
+        .replace("${__rate_interval}", RATE_INTERVAL)
+        .replace("$__rate_interval", RATE_INTERVAL)
+        .replace("${instance}", ".+")
+        .replace("$instance", ".+");
+    assert!(
+        !out.contains('$'),
+        "unknown dashboard variable in `{expr}`: teach substitute() about it"
+    );
+    out
+}
+
+/// Sample names in a text exposition (`name{…} value` or `name value` lines).
+fn exposed_names(exposition: &str) -> BTreeSet<String> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The metric names a PromQL expression selects, each with the label names its matchers use.
+///
+/// A small scanner, enough for the expressions of alerts.yml and the dashboard: identifiers
+/// followed by `(` are functions or aggregations, `by`/`without`/`on`/`ignoring`/`group_left`/
+/// `group_right` lists are skipped, label names are read inside `{…}`, strings and durations are
+/// skipped.
+fn selectors(expr: &str) -> BTreeMap<String, BTreeSet<String>> {
+    const KEYWORDS: &[&str] = &["and", "or", "unless", "bool", "offset", "inf", "nan"];
+    const LISTS: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    let chars: Vec<char> = expr.chars().collect();
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut i = 0;
+    let skip_ws = |mut j: usize| {
+        while j < chars.len() && chars[j].is_whitespace() {
+            j += 1;
+        }
+        j
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' || c == '`' {
+            i = skip_string(&chars, i);
+        } else if c == '[' {
+            while i < chars.len() && chars[i] != ']' {
+                i += 1;
+            }
+            i += 1;
+        } else if c.is_ascii_digit()
+            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i])) {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let next = skip_ws(i);
+            let lower = word.to_lowercase();
+            if LISTS.contains(&lower.as_str()) {
+                if chars.get(next) == Some(&'(') {
+                    i = next;
+                    while i < chars.len() && chars[i] != ')' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            } else if chars.get(next) == Some(&'(')
+                || KEYWORDS.contains(&lower.as_str())
+                || ["by", "without"]
+                    .iter()
+                    .any(|k| starts_word(&chars, next, k))
+            {
+                // A function, an aggregation (`sum by (…) (…)`) or an operator.
+            } else {
+                let labels = out.entry(word).or_default();
+                if chars.get(next) == Some(&'{') {
+                    i = matchers(&chars, next, labels);
+                }
+            }
+        } else if c == '{' {
+            // A selector without a name (`{__name__=…}`): not used by the kit.
+            let mut ignored = BTreeSet::new();
+            i = matchers(&chars, i, &mut ignored);
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// True if the word at `at` is `word` (case-insensitive).
+fn starts_word(chars: &[char], at: usize, word: &str) -> bool {
+    let end = at + word.len();
+    end <= chars.len()
+        && chars[at..end]
+            .iter()
+            .zip(word.chars())
+            .all(|(a, b)| a.eq_ignore_ascii_case(&b))
+        && chars
+            .get(end)
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == ':'))
+}
+
+/// Reads the label names of `{a="x", b=~"y"}` starting at `open`; returns the index after `}`.
+fn matchers(chars: &[char], open: usize, labels: &mut BTreeSet<String>) -> usize {
+    let mut i = open + 1;
+    let mut name = String::new();
+    while i < chars.len() && chars[i] != '}' {
+        let c = chars[i];
+        if c == '"' || c == '\'' || c == '`' {
+            i = skip_string(chars, i);
+            continue;
+        }
+        if c.is_ascii_alphanumeric() || c == '_' {
+            name.push(c);
+        } else if "=!~".contains(c) {
+            if !name.is_empty() {
+                labels.insert(std::mem::take(&mut name));
+            }
+        } else {
+            name.clear();
+        }
+        i += 1;
+    }
+    i + 1
+}
+
+/// Index after the string literal starting at `open`.
+fn skip_string(chars: &[char], open: usize) -> usize {
+    let quote = chars[open];
+    let mut i = open + 1;
+    while i < chars.len() && chars[i] != quote {
+        if chars[i] == '\\' && quote != '`' {
+            i += 1;
+        }
+        i += 1;
+    }
+    i + 1
+}
+
+/// GitHub's anchors for the Markdown headings of `text` (lowercase; spaces to `-`; other
+/// punctuation dropped), outside fenced code blocks.
+fn heading_anchors(text: &str) -> BTreeSet<String> {
+    let mut fenced = false;
+    text.lines()
+        .filter(|l| {
+            if l.trim_start().starts_with("```") {
+                fenced = !fenced;
+            }
+            !fenced && l.starts_with('#')
+        })
+        .map(|l| {
+            l.trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter_map(|c| match c {
+                    ' ' => Some('-'),
+                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn the_selector_scanner_finds_metrics_and_their_label_names() {
+    let found = selectors(
+        r#"sum by (job, instance) (rate(relay_sessions_closed_total{code="4008", x=~"a}b"}[5m])) * 60 > 1
+           and on (instance) relay_slo_target_seconds unless absent(up{job="engagement-relay"})
+           / instance:relay_delivery_latency_seconds:p95_5m offset 5m"#,
+    );
+    let expected: BTreeMap<String, BTreeSet<String>> = [
+        ("relay_sessions_closed_total", vec!["code", "x"]),
+        ("relay_slo_target_seconds", vec![]),
+        ("up", vec!["job"]),
+        ("instance:relay_delivery_latency_seconds:p95_5m", vec![]),
+    ]
+    .into_iter()
+    .map(|(m, l)| (m.to_string(), l.into_iter().map(String::from).collect()))
+    .collect();
+    assert_eq!(found, expected);
+}
