@@ -177,8 +177,6 @@ impl Condition {
     }
 }
 
-/// Compares a record value with a filter operand: numerically when both are numbers, else as
-/// text. `None` when the value is not comparable (an object or array).
 /// What a native session asks for beyond what its token authorizes (`table` and
 /// `event_type` query parameters); `None` is everything.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -209,6 +207,8 @@ impl Interest {
     }
 }
 
+/// Compares a record value with a filter operand: numerically when both are numbers, else as
+/// text. `None` when the value is not comparable (an object or array).
 fn compare(value: &Value, operand: &str) -> Option<std::cmp::Ordering> {
     let text = match value {
         Value::String(s) => s.clone(),

@@ -184,7 +184,8 @@ fn list(query: &HashMap<String, String>, name: &str) -> Option<Box<[Box<str>]>> 
 /// The native stream's `table=a,b` and `event_type=a,b` parameters.
 ///
 /// Errors: the reason (naming the streamed tables) when a table name or `schema.table` is not
-/// streamed by `[[tables]]`; the upgrade answers it with HTTP 400 `unknown_table`.
+/// streamed by `[[tables]]` (or is a wildcard: leave `table` out for every table); the upgrade
+/// answers it with HTTP 400 `unknown_table`.
 fn interest(query: &HashMap<String, String>, tables: &Tables) -> Result<Interest, String> {
     let interest = Interest {
         tables: list(query, "table"),
@@ -192,7 +193,7 @@ fn interest(query: &HashMap<String, String>, tables: &Tables) -> Result<Interest
     };
     for name in interest.tables.iter().flatten() {
         let (schema, table) = name.split_once('.').unwrap_or(("*", name));
-        if tables.matching(schema, Some(table)).next().is_none() {
+        if name.contains('*') || tables.matching(schema, Some(table)).next().is_none() {
             let streamed: Vec<String> = tables.entries().iter().map(|t| t.qualified()).collect();
             return Err(format!(
                 "table: `{name}` is not streamed (streamed: {})",

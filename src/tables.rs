@@ -77,6 +77,9 @@ pub fn default_tables() -> Vec<TableConfig> {
     ]
 }
 
+/// The engagement message queue (seed story 1.1, ADR-003): service-only, never streamed.
+pub const SERVICE_ONLY: (&str, &str) = ("public", "engagement_message_queue");
+
 /// Checks the `[[tables]]` entries; the error names the entry's key, e.g.
 /// `tables[1].owner_column: must be 1–63 characters …`.
 pub fn validate(tables: &[TableConfig]) -> Result<(), String> {
@@ -100,8 +103,15 @@ pub fn validate(tables: &[TableConfig]) -> Result<(), String> {
                 "tables[{i}].operations: list at least one of \"insert\", \"update\""
             ));
         }
-        if t.operations.len() == 2 && t.operations[0] == t.operations[1] {
+        if (1..t.operations.len()).any(|k| t.operations[..k].contains(&t.operations[k])) {
             return Err(format!("tables[{i}].operations: lists an operation twice"));
+        }
+        if (t.schema.as_str(), t.table.as_str()) == SERVICE_ONLY {
+            return Err(format!(
+                "tables[{i}]: {} is service-only (its rows hold delivery addresses) and is never \
+                 streamed",
+                t.qualified()
+            ));
         }
         if let Some(j) = tables[..i]
             .iter()
@@ -256,6 +266,30 @@ async fn check(
         )));
     };
     let (insert, update): (bool, bool) = (row.get(0), row.get(1));
+    // PostgreSQL 15+ publications may carry a column list; without the owner column every row
+    // would reach the service role only.
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0);
+    if version >= 150_000 {
+        let columns: Option<Vec<String>> = client
+            .query_one(
+                "SELECT attnames::text[] FROM pg_catalog.pg_publication_tables \
+                 WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                &[&publication, &t.schema, &t.table],
+            )
+            .await?
+            .get(0);
+        if columns.is_some_and(|c| !c.contains(&t.owner_column)) {
+            return Ok(Some(format!(
+                "tables[{i}].owner_column: publication `{publication}` carries a column list of \
+                 {name} without `{}`: ALTER PUBLICATION {publication} SET TABLE {name} (or add \
+                 the column to the list)",
+                t.owner_column
+            )));
+        }
+    }
     for op in &t.operations {
         let carried = match op {
             Operation::Insert => insert,
@@ -346,6 +380,18 @@ mod tests {
         assert!(validate(&tables)
             .unwrap_err()
             .starts_with("tables[0].operations"));
+        let mut tables = default_tables();
+        tables[0].operations = vec![Operation::Insert, Operation::Update, Operation::Insert];
+        assert!(validate(&tables)
+            .unwrap_err()
+            .starts_with("tables[0].operations"));
+        let mut tables = default_tables();
+        tables[1].table = "engagement_message_queue".into();
+        let err = validate(&tables).unwrap_err();
+        assert!(
+            err.starts_with("tables[1]:") && err.contains("never"),
+            "{err}"
+        );
         let mut tables = default_tables();
         tables.push(tables[0].clone());
         let err = validate(&tables).unwrap_err();

@@ -265,7 +265,9 @@ async fn a_slot_lagging_past_max_lag_bytes_fails_the_slot_lag_check() {
     .unwrap();
     // WAL the slot has not confirmed: a row and a non-transactional message. The test cluster
     // commits asynchronously; a synchronous commit makes pg_current_wal_lsn() include it.
-    pg.batch_execute("SET synchronous_commit = on").await.unwrap();
+    pg.batch_execute("SET synchronous_commit = on")
+        .await
+        .unwrap();
     let user = common::create_user(&pg).await;
     insert_event(&pg, user, "app_open", json!({})).await;
     pg.execute(
@@ -275,14 +277,14 @@ async fn a_slot_lagging_past_max_lag_bytes_fails_the_slot_lag_check() {
     .await
     .unwrap();
 
-    // Within the default limit the SQL-created slot is healthy (inactive: no relay yet).
+    // Within the default limit the SQL-created slot passes doctor; being inactive (no relay
+    // yet) is a warning.
     let run = doctor(&db.url, &db.name, EVENTS_ONLY, &["--json"]).await;
     let report = assert_healthy(&run);
     assert_eq!(check(&report, "slot_lag")["status"], "pass");
-    assert!(check(&report, "slot")["detail"]
-        .as_str()
-        .unwrap()
-        .contains("inactive"));
+    let slot = check(&report, "slot");
+    assert_eq!(slot["status"], "warn", "{slot}");
+    assert!(slot["detail"].as_str().unwrap().contains("inactive"));
 
     let run = doctor(
         &db.url,
@@ -401,43 +403,35 @@ async fn the_library_reports_a_missing_slot_as_a_warning_and_a_short_secret_too(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_default_tables_pass_once_their_migration_is_applied() {
+async fn the_default_tables_pass_and_a_dropped_story_index_fails() {
     let db = TestDb::new().await;
-    let pg = db.client().await;
-    let mut missing = Vec::new();
-    for table in ["engagement_state_transitions", "user_engagement_states"] {
-        let exists: bool = pg
-            .query_one(
-                "SELECT to_regclass($1) IS NOT NULL",
-                &[&format!("public.{table}")],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if !exists {
-            missing.push(table);
-        }
-    }
-    // No `[[tables]]` in the file: the defaults.
+    // No `[[tables]]` in the file: the defaults, every one checked by its story names.
     let run = doctor(&db.url, &db.name, "", &["--json"]).await;
-    if missing.is_empty() {
-        assert_healthy(&run);
-    } else {
-        // Before the engagement-system migration: only the absent tables fail (and the
-        // publication, which cannot carry them), each with `migrate` as the fix.
-        let mut expected: Vec<String> = missing
-            .iter()
-            .map(|t| format!("table:public.{t}"))
-            .collect();
-        expected.push("publication".into());
-        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
-        assert_fails_exactly(&run, &expected);
-        let report = run.json();
-        for t in &missing {
-            let c = check(&report, &format!("table:public.{t}"));
-            assert!(c["fix"].as_str().unwrap().contains("migrate"), "{c}");
-            let rls = check(&report, &format!("rls:public.{t}"));
-            assert_eq!(rls["status"], "skip", "{rls}");
+    let report = assert_healthy(&run);
+    for table in [
+        "engagement_events",
+        "engagement_state_transitions",
+        "user_engagement_states",
+    ] {
+        for kind in ["table", "rls", "indexes"] {
+            let c = check(&report, &format!("{kind}:public.{table}"));
+            assert_eq!(c["status"], "pass", "{c}");
         }
     }
+    db.client()
+        .await
+        .batch_execute("DROP INDEX public.idx_user_engagement_states_remind_at")
+        .await
+        .unwrap();
+    let run = doctor(&db.url, &db.name, "", &["--json"]).await;
+    assert_fails_exactly(&run, &["indexes:public.user_engagement_states"]);
+    let report = run.json();
+    let fix = check(&report, "indexes:public.user_engagement_states")["fix"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        fix.contains("idx_user_engagement_states_remind_at"),
+        "{fix}"
+    );
 }

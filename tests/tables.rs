@@ -126,7 +126,7 @@ async fn the_table_parameter_narrows_a_session_and_names_only_streamed_tables() 
     assert_eq!(kind(&only[0]), ("insert", "engagement_state_transitions"));
     assert_eq!(both.events(2, WAIT).await.len(), 2);
 
-    for table in ["engagement_message_queue", "other.engagement_events"] {
+    for table in ["engagement_message_queue", "other.engagement_events", "*"] {
         match upgrade(&relay, &format!("access_token={token}&table={table}"), None).await {
             Upgrade::Refused(400, body) => {
                 assert_eq!(body["error"], "unknown_table", "{body}");
@@ -258,7 +258,9 @@ async fn a_misconfigured_entry_stops_the_relay_naming_it() {
     pg.batch_execute(
         "CREATE TABLE public.unpublished (id bigserial PRIMARY KEY, user_id uuid);
          CREATE TABLE public.text_owner (id bigserial PRIMARY KEY, user_id text);
-         ALTER PUBLICATION engagement_events_pub ADD TABLE public.text_owner;",
+         CREATE TABLE public.listed (id bigserial PRIMARY KEY, user_id uuid, note text);
+         ALTER PUBLICATION engagement_events_pub ADD TABLE public.text_owner;
+         ALTER PUBLICATION engagement_events_pub ADD TABLE public.listed (id, note);",
     )
     .await
     .unwrap();
@@ -276,6 +278,7 @@ async fn a_misconfigured_entry_stops_the_relay_naming_it() {
         ),
         (entry("text_owner", "user_id"), "must be a uuid"),
         (entry("unpublished", "user_id"), "ALTER PUBLICATION"),
+        (entry("listed", "user_id"), "column list"),
     ];
     for (table, expected) in cases {
         let mut config = db.config();

@@ -32,7 +32,8 @@ pub struct Expected {
     pub indexes: &'static [(&'static str, &'static str)],
 }
 
-/// The named objects of `sql/migrations/20241201000000_engagement_events.sql`.
+/// The named objects of `sql/migrations/20241201000000_engagement_events.sql` and
+/// `20241210000000_engagement_system.sql` (the tables streamed by default).
 pub const EXPECTED: &[Expected] = &[Expected {
     schema: "public",
     table: "engagement_events",
@@ -56,7 +57,54 @@ pub const EXPECTED: &[Expected] = &[Expected {
             "CREATE INDEX CONCURRENTLY idx_engagement_events_type ON public.engagement_events (event_type);",
         ),
     ],
+}, Expected {
+    schema: "public",
+    table: "user_engagement_states",
+    migration: ENGAGEMENT_SYSTEM,
+    policies: &[
+        "Users can SELECT own engagement state",
+        "Service role can manage all engagement states",
+    ],
+    indexes: &[
+        (
+            "idx_user_engagement_states_state",
+            "CREATE INDEX CONCURRENTLY idx_user_engagement_states_state ON public.user_engagement_states (state);",
+        ),
+        (
+            "idx_user_engagement_states_last_activity_at",
+            "CREATE INDEX CONCURRENTLY idx_user_engagement_states_last_activity_at ON public.user_engagement_states (last_activity_at);",
+        ),
+        (
+            "idx_user_engagement_states_goodbye_expires_at",
+            "CREATE INDEX CONCURRENTLY idx_user_engagement_states_goodbye_expires_at ON public.user_engagement_states (goodbye_expires_at) WHERE goodbye_expires_at IS NOT NULL;",
+        ),
+        (
+            "idx_user_engagement_states_remind_at",
+            "CREATE INDEX CONCURRENTLY idx_user_engagement_states_remind_at ON public.user_engagement_states (remind_at) WHERE remind_at IS NOT NULL;",
+        ),
+    ],
+}, Expected {
+    schema: "public",
+    table: "engagement_state_transitions",
+    migration: ENGAGEMENT_SYSTEM,
+    policies: &[
+        "Users can SELECT own transitions",
+        "Service role can manage all transitions",
+    ],
+    indexes: &[
+        (
+            "idx_engagement_state_transitions_user_id",
+            "CREATE INDEX CONCURRENTLY idx_engagement_state_transitions_user_id ON public.engagement_state_transitions (user_id);",
+        ),
+        (
+            "idx_engagement_state_transitions_created_at",
+            "CREATE INDEX CONCURRENTLY idx_engagement_state_transitions_created_at ON public.engagement_state_transitions (created_at);",
+        ),
+    ],
 }];
+
+/// The engagement-system migration (seed story 1.1), source of the policy and index names.
+const ENGAGEMENT_SYSTEM: &str = "sql/migrations/20241210000000_engagement_system.sql";
 
 fn expected(t: &TableConfig) -> Option<&'static Expected> {
     EXPECTED

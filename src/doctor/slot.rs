@@ -174,6 +174,12 @@ fn evaluate_state(slot: &str, f: &SlotFacts) -> Check {
                 ),
             )
         }
+        _ if !f.active => Check::warn(
+            SLOT,
+            detail,
+            "start the relay (or check why it cannot connect: its log, relay_replication_connected); \
+             an inactive slot still retains WAL",
+        ),
         _ => Check::pass(SLOT, detail),
     }
 }
@@ -352,7 +358,7 @@ mod tests {
             ..healthy()
         };
         let c = &evaluate("s", Some(&idle), &o)[0];
-        assert_eq!(c.status, Status::Pass);
+        assert_eq!(c.status, Status::Warn);
         assert!(c.detail.contains("inactive"));
     }
 

@@ -416,12 +416,11 @@ fn decode(
     if cursor.index < tx.skip_below {
         return Ok(None);
     }
-    let owner_column = owner_column.to_owned();
     Ok(Some(Event::new(
         cursor,
         tx.commit_time_us,
         operation,
-        (relation, &owner_column),
+        (relation, owner_column),
         record,
     )))
 }
