@@ -76,7 +76,7 @@ fn a_missing_named_policy_fails_for_engagement_events() {
 #[test]
 fn other_tables_need_only_some_owner_policy_whatever_its_name() {
     let t = TableConfig {
-        table: "user_engagement_states".into(),
+        table: "audit_log".into(),
         ..events()
     };
     let own = policy(
@@ -160,7 +160,7 @@ fn a_missing_owner_index_or_named_index_fails_with_its_create_statement() {
         "{fix}"
     );
     let t = TableConfig {
-        table: "engagement_state_transitions".into(),
+        table: "audit_log".into(),
         ..events()
     };
     assert_eq!(
