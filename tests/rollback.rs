@@ -259,3 +259,34 @@ async fn the_retention_rollback_returns_archived_events_to_the_live_table() {
     );
     assert_eq!(migrate(&mut pg).await.expect("migrate").len(), 2);
 }
+
+#[tokio::test]
+async fn a_rollback_refuses_while_a_later_migration_is_applied() {
+    let scripts = rollback_scripts();
+    // Each script's guard names every later migration of this project (a new migration must
+    // be added to the older scripts' guards).
+    for (i, (name, script)) in scripts.iter().enumerate() {
+        for (later, _) in &scripts[..i] {
+            let version = later.split('_').next().unwrap();
+            assert!(
+                script.contains(&format!("'{version}'")),
+                "{name} does not guard against {later} still being applied"
+            );
+        }
+    }
+    let db = TestDb::new().await;
+    let pg = db.client().await;
+    let (name, oldest_but_one) = &scripts[1];
+    let err = pg.batch_execute(oldest_but_one).await.unwrap_err();
+    let err = engagement_relay::db::describe(&err);
+    assert!(
+        err.contains("roll back the later migrations first") && err.contains(&scripts[0].0[..14]),
+        "{name}: {err}"
+    );
+    pg.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        applied_versions(&pg).await.len(),
+        scripts.len(),
+        "nothing undone"
+    );
+}

@@ -200,13 +200,16 @@ BEGIN
     GET DIAGNOSTICS n = ROW_COUNT;
     table_name := 'user_engagement_states'; deleted_rows := n; RETURN NEXT;
 
-    DELETE FROM public.engagement_events_archive WHERE user_id = target_user;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    table_name := 'engagement_events_archive'; deleted_rows := n; RETURN NEXT;
-
+    -- Live events before archived ones: if an archive run holds some of the user's rows,
+    -- this DELETE waits for it, and the next statement's snapshot then sees the rows it
+    -- moved. The other order would miss them.
     DELETE FROM public.engagement_events WHERE user_id = target_user;
     GET DIAGNOSTICS n = ROW_COUNT;
     table_name := 'engagement_events'; deleted_rows := n; RETURN NEXT;
+
+    DELETE FROM public.engagement_events_archive WHERE user_id = target_user;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    table_name := 'engagement_events_archive'; deleted_rows := n; RETURN NEXT;
 END
 $fn$;
 
