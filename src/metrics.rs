@@ -44,6 +44,8 @@ pub const REPLAY_WINDOW_EVENTS: &str = "relay_replay_window_events";
 pub const REPLAY_WINDOW_BYTES: &str = "relay_replay_window_bytes";
 /// Gauge, seconds: age (by commit timestamp) of the oldest event in the replay window.
 pub const REPLAY_OLDEST_AGE: &str = "relay_replay_oldest_age_seconds";
+/// Gauge: the configured `replay.window`, in seconds (what the oldest age should reach).
+pub const REPLAY_WINDOW: &str = "relay_replay_window_seconds";
 /// Counter by `complete` (`true`, `false`): sessions that resumed with `since`.
 pub const RESUMES: &str = "relay_resumes_total";
 /// Gauge, bytes: WAL the slot keeps on the server (current WAL LSN minus the slot's
@@ -104,6 +106,11 @@ fn describe() {
         "Commit timestamp to the row decoded from the slot and routed."
     );
     describe_gauge!(SLO_TARGET, Unit::Seconds, "Delivery latency target.");
+    describe_gauge!(
+        REPLAY_WINDOW,
+        Unit::Seconds,
+        "Configured replay window (replay.window)."
+    );
     describe_counter!(EVENTS_RECEIVED, "Rows decoded from the replication slot.");
     describe_counter!(EVENTS_DELIVERED, "Event frames written to client sockets.");
     describe_counter!(
