@@ -543,32 +543,6 @@ mod tests {
     }
 
     #[test]
-    fn a_table_entry_replaces_the_defaults_and_a_bad_one_names_its_key() {
-        let dir = std::env::temp_dir().join(format!("relay-tables-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = write(
-            &dir,
-            "[[tables]]\ntable = \"audit\"\nowner_column = \"actor\"\n",
-        );
-        let config = Config::load(&path, true, &Overrides::default()).unwrap();
-        assert_eq!(config.tables.len(), 1);
-        assert_eq!(config.tables[0].qualified(), "public.audit");
-        assert_eq!(
-            config.tables[0].operations,
-            [crate::event::Operation::Insert]
-        );
-        let path = write(
-            &dir,
-            "[[tables]]\ntable = \"audit\"\noperations = [\"delete\"]\n",
-        );
-        let err = Config::load(&path, true, &Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("tables") && err.contains("delete"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
     fn a_bad_value_is_one_line_naming_the_key() {
         let dir = std::env::temp_dir().join(format!("relay-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -400,4 +400,33 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn a_table_entry_in_the_file_replaces_the_defaults_and_a_bad_one_names_its_key() {
+        use crate::config::{Config, Overrides};
+        let write = |dir: &std::path::Path, text: &str| {
+            let path = dir.join("config.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let dir = std::env::temp_dir().join(format!("relay-tables-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = write(
+            &dir,
+            "[[tables]]\ntable = \"audit\"\nowner_column = \"actor\"\n",
+        );
+        let config = Config::load(&path, true, &Overrides::default()).unwrap();
+        assert_eq!(config.tables.len(), 1);
+        assert_eq!(config.tables[0].qualified(), "public.audit");
+        assert_eq!(config.tables[0].operations, [Operation::Insert]);
+        let path = write(
+            &dir,
+            "[[tables]]\ntable = \"audit\"\noperations = [\"delete\"]\n",
+        );
+        let err = Config::load(&path, true, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tables") && err.contains("delete"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

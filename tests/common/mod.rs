@@ -6,6 +6,7 @@
 pub mod node;
 pub mod phoenix;
 pub mod process;
+pub mod prometheus;
 pub mod sql;
 pub mod workload;
 pub mod ws;
