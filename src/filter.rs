@@ -10,6 +10,7 @@ use std::fmt;
 use serde_json::Value;
 
 use crate::replication::pgoutput::{oid, text_to_json, type_name, Record};
+use crate::tables::Selection;
 
 /// A comparison operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,8 +182,8 @@ impl Condition {
 /// `event_type` query parameters); `None` is everything.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Interest {
-    /// Table names (`engagement_events`) or `schema.table`.
-    pub tables: Option<Box<[Box<str>]>>,
+    /// The tables of the `table` parameter, resolved against `[[tables]]`.
+    pub tables: Option<Selection>,
     /// `event_type` values; a row without an `event_type` column matches no list.
     pub event_types: Option<Box<[Box<str>]>>,
 }
@@ -190,13 +191,10 @@ pub struct Interest {
 impl Interest {
     /// Whether `event` is of a wanted table and event type.
     pub fn matches(&self, event: &crate::event::Event) -> bool {
-        let relation = &event.relation;
-        let table_ok = self.tables.as_ref().is_none_or(|tables| {
-            tables.iter().any(|t| match t.split_once('.') {
-                Some((schema, table)) => schema == relation.schema && table == relation.name,
-                None => **t == relation.name,
-            })
-        });
+        let table_ok = self
+            .tables
+            .as_ref()
+            .is_none_or(|tables| tables.contains(&event.relation));
         table_ok
             && self.event_types.as_ref().is_none_or(|types| {
                 event

@@ -34,7 +34,7 @@ use crate::replication::StreamStatus;
 use crate::router::Router;
 use crate::session::phoenix::Vsn;
 use crate::session::{self, SessionContext};
-use crate::tables::Tables;
+use crate::tables::{Selection, Tables};
 
 /// Why the relay is not ready right after start.
 const REBUILDING: &str = "rebuilding the replay window from the replication slot";
@@ -187,21 +187,30 @@ fn list(query: &HashMap<String, String>, name: &str) -> Option<Box<[Box<str>]>> 
 /// streamed by `[[tables]]` (or is a wildcard: leave `table` out for every table); the upgrade
 /// answers it with HTTP 400 `unknown_table`.
 fn interest(query: &HashMap<String, String>, tables: &Tables) -> Result<Interest, String> {
-    let interest = Interest {
-        tables: list(query, "table"),
-        event_types: list(query, "event_type"),
-    };
-    for name in interest.tables.iter().flatten() {
-        let (schema, table) = name.split_once('.').unwrap_or(("*", name));
-        if name.contains('*') || tables.matching(schema, Some(table)).next().is_none() {
-            let streamed: Vec<String> = tables.entries().iter().map(|t| t.qualified()).collect();
-            return Err(format!(
-                "table: `{name}` is not streamed (streamed: {})",
-                streamed.join(", ")
-            ));
+    let selection = match list(query, "table") {
+        None => None,
+        Some(names) => {
+            let mut selection = Selection::default();
+            for name in names.iter() {
+                let (schema, table) = name.split_once('.').unwrap_or(("*", name));
+                let selected = tables.select(schema, Some(table));
+                if name.contains('*') || selected.is_empty() {
+                    let streamed: Vec<String> =
+                        tables.entries().iter().map(|t| t.qualified()).collect();
+                    return Err(format!(
+                        "table: `{name}` is not streamed (streamed: {})",
+                        streamed.join(", ")
+                    ));
+                }
+                selection.extend(selected);
+            }
+            Some(selection)
         }
-    }
-    Ok(interest)
+    };
+    Ok(Interest {
+        tables: selection,
+        event_types: list(query, "event_type"),
+    })
 }
 
 /// Reserves a session slot; `None` when the relay is full.

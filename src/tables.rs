@@ -126,6 +126,40 @@ pub fn validate(tables: &[TableConfig]) -> Result<(), String> {
     Ok(())
 }
 
+/// Streamed tables a session chose (the native `table` parameter, a Supabase binding's schema
+/// and table), resolved against `[[tables]]` once, so that matching a row is a comparison of
+/// names, not a parse.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection(Vec<(String, String)>);
+
+impl Selection {
+    /// Whether rows of `relation` are selected.
+    pub fn contains(&self, relation: &Relation) -> bool {
+        self.0
+            .iter()
+            .any(|(schema, table)| *schema == relation.schema && *table == relation.name)
+    }
+
+    /// True when no table is selected.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The selected `(schema, table)` pairs.
+    pub fn iter(&self) -> impl Iterator<Item = &(String, String)> {
+        self.0.iter()
+    }
+
+    /// Adds the tables of `other` not selected yet.
+    pub fn extend(&mut self, other: Selection) {
+        for pair in other.0 {
+            if !self.0.contains(&pair) {
+                self.0.push(pair);
+            }
+        }
+    }
+}
+
 /// A column of a streamed table: name and type OID (`pg_attribute.atttypid`).
 pub type Column = (String, u32);
 
@@ -171,6 +205,15 @@ impl Tables {
         self.entries.iter().filter(move |t| {
             (schema == "*" || schema == t.schema) && table.is_none_or(|n| n == "*" || n == t.table)
         })
+    }
+
+    /// [`Tables::matching`] as a [`Selection`].
+    pub fn select(&self, schema: &str, table: Option<&str>) -> Selection {
+        Selection(
+            self.matching(schema, table)
+                .map(|t| (t.schema.clone(), t.table.clone()))
+                .collect(),
+        )
     }
 
     /// The columns of `schema.table` (empty until [`Tables::load`] has read them).

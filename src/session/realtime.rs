@@ -25,7 +25,7 @@ use crate::auth::{now_s, AuthError, Principal};
 use crate::event::{Event, Operation};
 use crate::filter::{Filter, Interest};
 use crate::router::Ticket;
-use crate::tables::{Column, Tables};
+use crate::tables::{Column, Selection, Tables};
 
 /// Most channels one socket may join (Supabase's `max_channels_per_client` default).
 const MAX_CHANNELS: usize = 100;
@@ -45,7 +45,7 @@ struct Binding {
     id: u64,
     kind: Kind,
     /// The streamed tables (`[[tables]]`) the binding's schema and table select.
-    tables: Vec<(String, String)>,
+    tables: Selection,
     /// `None` when the binding was refused (unknown table, bad filter): it never matches.
     filter: Option<Filter>,
 }
@@ -56,12 +56,8 @@ impl Binding {
             (self.kind, event.operation),
             (Kind::All, _) | (Kind::Insert, Operation::Insert) | (Kind::Update, Operation::Update)
         );
-        let relation = &event.relation;
         kind_ok
-            && self
-                .tables
-                .iter()
-                .any(|(schema, table)| *schema == relation.schema && *table == relation.name)
+            && self.tables.contains(&event.relation)
             && self
                 .filter
                 .as_ref()
@@ -441,16 +437,13 @@ fn binding(id: u64, spec: &Value, tables: &Tables) -> (Binding, Option<String>) 
         "*" => Some(Kind::All),
         _ => None,
     };
-    let selected: Vec<(String, String)> = tables
-        .matching(schema, table)
-        .map(|t| (t.schema.clone(), t.table.clone()))
-        .collect();
+    let selected = tables.select(schema, table);
     let refused = |why: String| {
         (
             Binding {
                 id,
                 kind: Kind::All,
-                tables: Vec::new(),
+                tables: Selection::default(),
                 filter: None,
             },
             Some(why),
@@ -480,7 +473,7 @@ fn binding(id: u64, spec: &Value, tables: &Tables) -> (Binding, Option<String>) 
 }
 
 /// The columns (name and type) that all `selected` tables have.
-fn common_columns(tables: &Tables, selected: &[(String, String)]) -> Vec<Column> {
+fn common_columns(tables: &Tables, selected: &Selection) -> Vec<Column> {
     let mut all = selected.iter().map(|(s, t)| tables.columns(s, t));
     let first = all.next().unwrap_or_default();
     all.fold(first, |mut common, columns| {
