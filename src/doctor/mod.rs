@@ -192,7 +192,7 @@ impl<'a> Db<'a> {
             Err(e) => self.checks.extend(ids.iter().map(|id| {
                 Check::fail(
                     *id,
-                    format!("query failed: {}", explain(&e)),
+                    format!("query failed: {}", describe(&e)),
                     "check the database user's privileges and the server log",
                 )
             })),
@@ -212,7 +212,7 @@ async fn connect(url: &str, options: &Options) -> (Check, Option<(Client, i32)>)
     let client = match attempt {
         Ok(Ok(client)) => client,
         Ok(Err(e)) => {
-            let detail = format!("cannot connect to {target}: {}", explain(&e));
+            let detail = format!("cannot connect to {target}: {}", describe(&e));
             return (Check::fail(CONNECTIVITY, detail, fix), None);
         }
         Err(_) => {
@@ -229,7 +229,7 @@ async fn connect(url: &str, options: &Options) -> (Check, Option<(Client, i32)>)
         "SET application_name = 'engagement-relay doctor'; SET statement_timeout = {millis}"
     );
     if let Err(e) = client.batch_execute(&setup).await {
-        let detail = format!("connected to {target}, but: {}", explain(&e));
+        let detail = format!("connected to {target}, but: {}", describe(&e));
         return (Check::fail(CONNECTIVITY, detail, fix), None);
     }
     let row = client
@@ -253,29 +253,10 @@ async fn connect(url: &str, options: &Options) -> (Check, Option<(Client, i32)>)
             (Check::pass(CONNECTIVITY, detail), Some((client, version)))
         }
         Err(e) => {
-            let detail = format!("connected to {target}, but: {}", explain(&e));
+            let detail = format!("connected to {target}, but: {}", describe(&e));
             (Check::fail(CONNECTIVITY, detail, fix), None)
         }
     }
-}
-
-/// The server's message ([`describe`]), or the driver's with its causes (`error connecting
-/// to server: Connection refused (os error 111)`).
-pub(crate) fn explain(e: &tokio_postgres::Error) -> String {
-    if e.as_db_error().is_some() {
-        return describe(e);
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// `name` as an SQL identifier for a fix line: bare when plain lower case, else double-quoted.
