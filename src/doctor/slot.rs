@@ -12,9 +12,7 @@ use tokio_postgres::Client;
 
 use super::report::{format_bytes, Check};
 use super::{literal, Options, SLOT, SLOT_LAG, SLOT_RETAINED};
-
-/// `application_name` of the relay's replication connection.
-const RELAY_APPLICATION: &str = "engagement-relay";
+use crate::replication::stream::APPLICATION_NAME;
 
 /// One row of `pg_replication_slots` with byte distances from `pg_current_wal_lsn()`.
 #[derive(Debug, Clone, Default)]
@@ -163,7 +161,7 @@ fn evaluate_state(slot: &str, f: &SlotFacts) -> Check {
             "check that the relay runs and confirms (slot_lag); set max_slot_wal_keep_size to bound the WAL kept",
         ),
         _ if f.active
-            && f.holder_application.as_deref().is_some_and(|a| a != RELAY_APPLICATION) =>
+            && f.holder_application.as_deref().is_some_and(|a| a != APPLICATION_NAME) =>
         {
             Check::warn(
                 SLOT,
@@ -276,7 +274,7 @@ mod tests {
             same_database: true,
             active: true,
             active_pid: Some(7),
-            holder_application: Some("engagement-relay".into()),
+            holder_application: Some(APPLICATION_NAME.into()),
             holder: Some("postgres engagement-relay from 127.0.0.1".into()),
             wal_status: Some("reserved".into()),
             lag: Some(1000),

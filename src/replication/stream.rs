@@ -24,6 +24,10 @@ use crate::event::{history_id, now_unix_us, Cursor, Event, Operation};
 use crate::metrics as m;
 use crate::tables::Tables;
 
+/// `application_name` of the relay's replication connection, as `pg_stat_activity` and
+/// `pg_stat_replication` show it.
+pub const APPLICATION_NAME: &str = "engagement-relay";
+
 /// Session settings pinned on the walsender so text values decode the same everywhere.
 const SESSION_OPTIONS: &str =
     "-c datestyle=ISO -c timezone=UTC -c extra_float_digits=3 -c intervalstyle=iso_8601";
@@ -71,7 +75,7 @@ pub fn replication_config(ctx: &ReplicationContext) -> Result<ReplicationConfig,
     .with_status_interval(db.status_interval)
     .with_wakeup_interval(Duration::from_secs(10))
     .with_options(SESSION_OPTIONS)
-    .with_application_name("engagement-relay"))
+    .with_application_name(APPLICATION_NAME))
 }
 
 /// How far the relay got, kept by the reconnect loop across connections so that a new
