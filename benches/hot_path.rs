@@ -20,6 +20,11 @@
 //!   receivers' work (dequeue, dropping their `Arc`) is excluded. No receiving task is parked on
 //!   the queues, so the cost of waking one is not included either.
 //!
+//! * `route_row/{first,last}` — [`Tables::route`] for one row with the default `[[tables]]`
+//!   (three entries): the streamed table's owner column for a relation and an operation, for
+//!   the first entry (`engagement_events`) and the last (`user_engagement_states`). This is the
+//!   per-row cost of multi-table routing in the decode step.
+//!
 //! The pgoutput messages are built here from the PostgreSQL docs, "Frontend/Backend Protocol" →
 //! "Logical Replication Message Formats" (big-endian integers, NUL-terminated strings).
 
@@ -34,6 +39,7 @@ use engagement_relay::event::{Cursor, Event, Operation};
 use engagement_relay::replication::pgoutput::{Change, Decoder, Record, Relation};
 use engagement_relay::replication::pgoutput_writer;
 use engagement_relay::router::{Router, Subscription};
+use engagement_relay::tables::{default_tables, Tables};
 use uuid::Uuid;
 
 /// Relation OID of the benchmark table.
@@ -211,5 +217,31 @@ fn drain(subs: &mut [Subscription]) {
     }
 }
 
-criterion_group!(benches, decode_insert, encode_event, router_fanout);
+fn route_row(c: &mut Criterion) {
+    let tables = Tables::new(&default_tables());
+    let (events, _) = decoded_row();
+    let states = Arc::new(Relation {
+        name: "user_engagement_states".into(),
+        ..(*events).clone()
+    });
+    let mut group = c.benchmark_group("route_row");
+    for (name, relation, operation) in [
+        ("first", &events, Operation::Insert),
+        ("last", &states, Operation::Update),
+    ] {
+        assert_eq!(tables.route(relation, operation), Some("user_id"));
+        group.bench_function(name, |b| {
+            b.iter(|| tables.route(black_box(relation), black_box(operation)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    decode_insert,
+    encode_event,
+    router_fanout,
+    route_row
+);
 criterion_main!(benches);
