@@ -73,9 +73,11 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
+            // Setting buckets fails only for an empty list, and LATENCY_BUCKETS is not empty;
+            // were it, the default summaries would still be exported.
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .expect("LATENCY_BUCKETS is a non-empty constant");
+                .unwrap_or_else(|_| PrometheusBuilder::new());
             let handle = match builder.install_recorder() {
                 Ok(handle) => handle,
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
