@@ -227,3 +227,51 @@ where
             })
         }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn stream(q: &str) -> Result<StreamQuery, String> {
+        let uri: Uri = format!("/v1/events?{q}").parse().unwrap_or_default();
+        Query::<StreamQuery>::try_from_uri(&uri)
+            .map(|q| q.0)
+            .map_err(|e| HttpError::query("invalid_query", &e).message().to_string())
+    }
+
+    #[test]
+    fn the_stream_query_narrows_to_streamed_tables_and_types() {
+        let tables = Tables::new(&Config::default().tables);
+        let q = stream("access_token=t&table=engagement_events,&event_type=a,b&since=00&x=1")
+            .unwrap_or_default();
+        assert_eq!(q.since.as_deref(), Some("00"));
+        let narrowed = interest(q.table, q.event_type, &tables).unwrap_or_else(|e| panic!("{e}"));
+        assert!(narrowed.tables.is_some());
+        assert_eq!(narrowed.event_types, Some(["a".into(), "b".into()].into()));
+        // Absent or empty lists narrow nothing.
+        let q = stream("table=&event_type=,").unwrap_or_default();
+        let everything = interest(q.table, q.event_type, &tables).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((everything.tables, everything.event_types), (None, None));
+        for table in ["engagement_message_queue", "other.engagement_events", "*"] {
+            let q = stream(&format!("table={table}")).unwrap_or_default();
+            let why = interest(q.table, None, &tables).err().unwrap_or_default();
+            assert!(why.contains("public.engagement_events"), "{table}: {why}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_parameter_is_refused_by_name() {
+        assert_eq!(
+            stream("table=a&table=b").err().as_deref(),
+            Some("duplicate field `table`")
+        );
+        let uri: Uri = "/realtime/v1/websocket?vsn=1.0.0&vsn=2.0.0"
+            .parse()
+            .unwrap_or_default();
+        let refused = Query::<RealtimeQuery>::try_from_uri(&uri)
+            .err()
+            .map(|e| HttpError::query("invalid_query", &e).message().to_string());
+        assert_eq!(refused.as_deref(), Some("duplicate field `vsn`"));
+    }
+}
