@@ -7,7 +7,6 @@
 //!
 //! [`start`] runs the whole daemon in-process (tests bind port 0); `src/main.rs` is the CLI.
 
-pub mod api;
 pub mod auth;
 pub mod config;
 pub mod db;

@@ -1,7 +1,6 @@
 //! Wiring: start every part of the relay, and shut it down gracefully.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use std::future::IntoFuture;
@@ -96,14 +95,13 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         tables: tables.clone(),
         verifier: Arc::new(Verifier::new(&config.auth)),
         limits: config.limits.clone(),
-        max_sessions: config.server.max_sessions,
+        session_permits: http::session_permits(config.server.max_sessions),
         status: status.clone(),
         shutdown: sessions_stop.clone(),
         sessions: sessions.clone(),
-        open: Arc::new(AtomicUsize::new(0)),
-        pool: crate::api::pool(&config)?,
+        pool: http::api::pool(&config)?,
         ingest: config.ingest.clone(),
-        rate_limits: Arc::new(crate::api::limit::Limits::new(&config.ingest)),
+        rate_limits: Arc::new(http::api::limit::Limits::new(&config.ingest)),
     };
     let replication = tokio::spawn(replication::run(ReplicationContext {
         config: config.database.clone(),

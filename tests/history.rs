@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{create_user, service_token, user_token, TestDb};
-use engagement_relay::api::history::USER_PAGE_SQL;
+use engagement_relay::http::api::history::USER_PAGE_SQL;
 use serde_json::Value;
 use uuid::Uuid;
 

@@ -1,6 +1,6 @@
 //! HTTP surface: `/healthz`, a plain GET on the Realtime socket is 426 (on `/v1/events` it is
 //! the history API), the relay refuses sessions past
-//! `server.max_sessions` with 503, and a peer that stops answering pings is dropped.
+//! `server.max_sessions` with 503 until one ends, and a peer that stops answering pings is dropped.
 
 mod common;
 
@@ -34,7 +34,7 @@ async fn sessions_past_max_sessions_get_503() {
     let db = TestDb::new().await;
     let relay = db.relay_with(|c| c.server.max_sessions = 2).await;
     let token = user_token(Uuid::new_v4(), MINUTE);
-    let _a = connect(&relay, &token, "").await;
+    let a = connect(&relay, &token, "").await;
     let _b = connect(&relay, &token, "").await;
     match upgrade(&relay, &format!("access_token={token}"), None).await {
         Upgrade::Refused(status, body) => {
@@ -42,6 +42,18 @@ async fn sessions_past_max_sessions_get_503() {
             assert_eq!(body["error"], "too_many_sessions");
         }
         Upgrade::Open(_) => panic!("a third session was accepted"),
+    }
+    // A session that ends gives its slot back.
+    drop(a);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match upgrade(&relay, &format!("access_token={token}"), None).await {
+            Upgrade::Open(_) => break,
+            Upgrade::Refused(503, _) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Upgrade::Refused(status, body) => panic!("the freed slot was refused: {status} {body}"),
+        }
     }
     relay.shutdown().await.unwrap();
 }

@@ -8,8 +8,8 @@
 use serde_json::Value;
 use tokio_postgres::Transaction;
 
-use super::ApiError;
 use crate::auth::{Principal, Role};
+use crate::http::HttpError;
 
 /// Longest key accepted, characters.
 pub const MAX_KEY: usize = 255;
@@ -30,9 +30,9 @@ pub async fn claim(
     tx: &Transaction<'_>,
     caller: &str,
     key: &str,
-) -> Result<Option<(u16, Value)>, ApiError> {
+) -> Result<Option<(u16, Value)>, HttpError> {
     if key.is_empty() || key.chars().count() > MAX_KEY {
-        return Err(ApiError::bad_request(
+        return Err(HttpError::bad_request(
             "invalid_idempotency_key",
             format!("Idempotency-Key must be 1 to {MAX_KEY} characters"),
         ));
@@ -42,14 +42,14 @@ pub async fn claim(
         &[],
     )
     .await
-    .map_err(ApiError::database)?;
+    .map_err(HttpError::database)?;
     let first = tx
         .query_opt(
             "SELECT status, response FROM relay.idempotency_keys WHERE caller = $1 AND key = $2",
             &[&caller, &key],
         )
         .await
-        .map_err(ApiError::database)?;
+        .map_err(HttpError::database)?;
     Ok(first.map(|row| (row.get::<_, i16>(0) as u16, row.get(1))))
 }
 
@@ -62,7 +62,7 @@ pub async fn store(
     key: &str,
     status: u16,
     body: &Value,
-) -> Result<(), ApiError> {
+) -> Result<(), HttpError> {
     tx.execute(
         "INSERT INTO relay.idempotency_keys (caller, key, status, response) VALUES ($1, $2, $3, $4)",
         &[&caller, &key, &(status as i16), body],
@@ -70,9 +70,9 @@ pub async fn store(
     .await
     .map(|_| ())
     .map_err(|e| match e.code() {
-        Some(c) if *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => ApiError::conflict(
+        Some(c) if *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => HttpError::conflict(
             "a request with this Idempotency-Key completed meanwhile; retry to get its result",
         ),
-        _ => ApiError::database(e),
+        _ => HttpError::database(e),
     })
 }

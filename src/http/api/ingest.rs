@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use super::idempotency;
 use super::validate::{FieldError, NewEvent};
-use super::ApiError;
 use crate::auth::{Principal, Role};
+use crate::http::HttpError;
 
 /// Inserts `events` in one transaction as `principal`; returns 201 and `{"ids": […]}` in
 /// input order. With an `Idempotency-Key` already used by this caller within 24 hours, returns
@@ -27,9 +27,9 @@ pub async fn insert(
     principal: &Principal,
     events: &[NewEvent],
     idempotency_key: Option<&str>,
-) -> Result<(u16, Value), ApiError> {
-    let mut client = pool.get().await.map_err(ApiError::unavailable)?;
-    let tx = client.transaction().await.map_err(ApiError::database)?;
+) -> Result<(u16, Value), HttpError> {
+    let mut client = pool.get().await.map_err(HttpError::unavailable)?;
+    let tx = client.transaction().await.map_err(HttpError::database)?;
     let caller = idempotency::caller(principal);
     if let Some(key) = idempotency_key {
         if let Some(first) = idempotency::claim(&tx, &caller, key).await? {
@@ -59,10 +59,10 @@ pub async fn insert(
     if let Some(key) = idempotency_key {
         tx.batch_execute("RESET ROLE")
             .await
-            .map_err(ApiError::database)?;
+            .map_err(HttpError::database)?;
         idempotency::store(&tx, &caller, key, 201, &body).await?;
     }
-    tx.commit().await.map_err(ApiError::database)?;
+    tx.commit().await.map_err(HttpError::database)?;
     Ok((201, body))
 }
 
@@ -70,12 +70,12 @@ pub async fn insert(
 pub(crate) async fn act_as(
     tx: &tokio_postgres::Transaction<'_>,
     principal: &Principal,
-) -> Result<(), ApiError> {
+) -> Result<(), HttpError> {
     match principal.role {
         Role::ServiceRole => tx
             .batch_execute("SET LOCAL ROLE service_role")
             .await
-            .map_err(ApiError::database),
+            .map_err(HttpError::database),
         Role::Authenticated => {
             let claims = json!({
                 "sub": principal.user_id,
@@ -85,22 +85,22 @@ pub(crate) async fn act_as(
             .to_string();
             tx.batch_execute("SET LOCAL ROLE authenticated")
                 .await
-                .map_err(ApiError::database)?;
+                .map_err(HttpError::database)?;
             tx.execute(
                 "SELECT set_config('request.jwt.claims', $1, true)",
                 &[&claims],
             )
             .await
             .map(|_| ())
-            .map_err(ApiError::database)
+            .map_err(HttpError::database)
         }
     }
 }
 
 /// Maps what the database refused to the client's error.
-fn refused(e: tokio_postgres::Error, events: &[NewEvent]) -> ApiError {
+fn refused(e: tokio_postgres::Error, events: &[NewEvent]) -> HttpError {
     let Some(db) = e.as_db_error() else {
-        return ApiError::database(e);
+        return HttpError::database(e);
     };
     match db.code() {
         c if *c == SqlState::FOREIGN_KEY_VIOLATION => {
@@ -113,19 +113,19 @@ fn refused(e: tokio_postgres::Error, events: &[NewEvent]) -> ApiError {
             let index = user
                 .and_then(|u| events.iter().position(|e| e.user_id == u))
                 .unwrap_or(0);
-            ApiError::validation(vec![FieldError {
+            HttpError::validation(vec![FieldError {
                 index,
                 field: "user_id".into(),
                 error: "unknown user (no such id in auth.users)".into(),
             }])
         }
-        c if *c == SqlState::INSUFFICIENT_PRIVILEGE => ApiError::forbidden(
+        c if *c == SqlState::INSUFFICIENT_PRIVILEGE => HttpError::forbidden(
             "row-level security refused the insert: a user may only insert events with their own user_id",
         ),
         // Class 23 (integrity) and 22 (data: e.g. a NUL character jsonb refuses).
         c if c.code().starts_with("23") || c.code().starts_with("22") => {
-            ApiError::unprocessable(db.message())
+            HttpError::unprocessable(db.message())
         }
-        _ => ApiError::database(e),
+        _ => HttpError::database(e),
     }
 }

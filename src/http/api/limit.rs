@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
-use super::ApiError;
 use crate::auth::{Principal, Role};
 use crate::config::IngestConfig;
+use crate::http::HttpError;
 
 /// Every this many checks, buckets that are full again are forgotten.
 const RETAIN_EVERY: u64 = 10_000;
@@ -42,7 +42,7 @@ impl Limits {
     /// Takes one request from the caller's bucket.
     ///
     /// Errors: 429 `rate_limited` with the wait until the next request would pass.
-    pub fn check(&self, principal: &Principal, token: &str) -> Result<(), ApiError> {
+    pub fn check(&self, principal: &Principal, token: &str) -> Result<(), HttpError> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % RETAIN_EVERY == RETAIN_EVERY - 1 {
             self.users.retain_recent();
             self.keys.retain_recent();
@@ -57,7 +57,7 @@ impl Limits {
         };
         outcome.map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            ApiError::rate_limited(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+            HttpError::rate_limited(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
         })
     }
 }
