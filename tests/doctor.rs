@@ -6,16 +6,14 @@
 //! (the relay and `doctor` refuse tables that do not exist); the last test shows the default
 //! `[[tables]]` failing only on tables that are missing, and passing once they exist.
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use common::{insert_event, TestDb, SECRET};
+use crate::common::{insert_event, TestDb, SECRET};
 use engagement_relay::config::{Config, Secret};
 use engagement_relay::doctor::{self, Options, Status};
-use engagement_relay::pgcluster::{Cluster, ClusterOptions};
 use engagement_relay::tables::TableConfig;
+use relay_testkit::pgcluster::{Cluster, ClusterOptions};
 use serde_json::{json, Value};
 
 /// `[[tables]]` with only `engagement_events` (insert, update).
@@ -282,7 +280,7 @@ async fn a_slot_lagging_past_max_lag_bytes_fails_the_slot_lag_check() {
     pg.batch_execute("SET synchronous_commit = on")
         .await
         .unwrap();
-    let user = common::create_user(&pg).await;
+    let user = crate::common::create_user(&pg).await;
     insert_event(&pg, user, "app_open", json!({})).await;
     pg.execute(
         "SELECT pg_logical_emit_message(false, 'doctor', 'lag')",
