@@ -3,7 +3,7 @@
 //! Tests share one process: the private PostgreSQL cluster of [`common::cluster`] (each test has a
 //! database and slot of its own), and the process-global metrics recorder, so a test asserts on
 //! metrics its own relay must have produced, never on their absence. A test that stops, restarts
-//! or reconfigures PostgreSQL starts a cluster of its own ([`common::TestCluster`]).
+//! or reconfigures PostgreSQL starts a cluster of its own ([`common::private_cluster`]).
 
 mod common;
 

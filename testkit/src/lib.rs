@@ -11,6 +11,8 @@
 //! It does not depend on the `engagement_relay` library (the `engagement-relay` binary depends on
 //! it for `dev`), so it knows the relay only by its command line, environment and log.
 
+#![warn(missing_docs)]
+
 pub mod demo;
 mod net;
 pub mod pgcluster;
