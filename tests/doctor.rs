@@ -313,12 +313,9 @@ async fn a_slot_lagging_past_max_lag_bytes_fails_the_slot_lag_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_fails_connectivity_without_a_panic() {
-    // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port nobody listens on, held so that no other test's server takes it meanwhile.
+    let refusing = relay_testkit::refusing_port().expect("a refusing port");
+    let port = refusing.port();
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     let run = doctor(&url, "doctor_slot", EVENTS_ONLY, &["--json"]).await;
     let report = run.json();

@@ -5,7 +5,8 @@
 //! * [`pgoutput_writer`]: byte-exact pgoutput messages without a server (decoder tests, benches).
 //! * [`RelayProcess`] (feature `process`): the relay binary as a child process, started on
 //!   port-0 listeners, waited for (`/readyz`), terminated with SIGTERM.
-//! * [`free_port`]: a loopback port that stays bound until it is handed on.
+//! * [`free_port`]: a loopback port that stays bound until it is handed on; [`refusing_port`]:
+//!   one that stays bound and refuses connections.
 //! * [`demo`]: the demo traffic's event shapes and the `dev` JWT secret.
 //!
 //! It does not depend on the `engagement_relay` library (the `engagement-relay` binary depends on
@@ -21,7 +22,7 @@ pub mod pgoutput_writer;
 mod process;
 mod signal;
 
-pub use net::{free_port, reserve_port, PortGuard};
+pub use net::{free_port, refusing_port, reserve_port, PortGuard, RefusingPort};
 #[cfg(feature = "process")]
 pub use process::{RelayLog, RelayProcess, RelayProcessError, StartOptions};
 pub use signal::{sigint, sigterm};

@@ -6,6 +6,8 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 
+use socket2::{Domain, Socket, Type};
+
 /// A bound `127.0.0.1` TCP listener held as a reservation of its port.
 ///
 /// Use the listener itself ([`PortGuard::into_listener`]) when this process serves on the port;
@@ -53,6 +55,43 @@ pub fn reserve_port(port: u16) -> io::Result<PortGuard> {
     reserve(port)
 }
 
+/// A port on 127.0.0.1 that nothing listens on and that stays so while the guard lives: a socket
+/// bound to it without `listen(2)`, so a connection attempt is refused (RST) at once, and no
+/// other program is given the port meanwhile. For "the server is unreachable" tests.
+///
+/// Errors: the socket cannot be created or bound.
+pub fn refusing_port() -> io::Result<RefusingPort> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    let addr = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "the bound address is not IP"))?;
+    Ok(RefusingPort {
+        _socket: socket,
+        addr,
+    })
+}
+
+/// A port reserved by [`refusing_port`]: bound, not listening. Dropping it frees the port.
+#[derive(Debug)]
+pub struct RefusingPort {
+    _socket: Socket,
+    addr: SocketAddr,
+}
+
+impl RefusingPort {
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
 fn reserve(port: u16) -> io::Result<PortGuard> {
     let listener = TcpListener::bind(("127.0.0.1", port))?;
     let addr = listener.local_addr()?;
@@ -73,5 +112,16 @@ mod tests {
         assert_eq!(addr.port(), port);
         let again = reserve_port(port).expect("released: free again");
         assert_eq!(again.port(), port);
+    }
+
+    #[test]
+    fn a_refusing_port_refuses_connections_and_is_not_handed_out() {
+        let refusing = refusing_port().unwrap();
+        let err = std::net::TcpStream::connect(refusing.addr()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(
+            reserve_port(refusing.port()).is_err(),
+            "held: nobody else can bind it"
+        );
     }
 }
