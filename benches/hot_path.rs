@@ -37,9 +37,9 @@ use engagement_relay::auth::{Principal, Role};
 use engagement_relay::config::ReplayConfig;
 use engagement_relay::event::{Cursor, Event, Operation};
 use engagement_relay::replication::pgoutput::{Change, Decoder, Record, Relation};
-use engagement_relay::replication::pgoutput_writer;
 use engagement_relay::router::{Router, Subscription};
 use engagement_relay::tables::{default_tables, Tables};
+use relay_testkit::pgoutput_writer;
 use uuid::Uuid;
 
 /// Relation OID of the benchmark table.

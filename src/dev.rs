@@ -1,25 +1,24 @@
 //! `engagement-relay dev`: a private PostgreSQL with `wal_level=logical`, the migrations and
 //! the seed, the relay on top, and demo traffic, so one command shows live events.
+//!
+//! Part of the binary, not of the library: the cluster and the demo data come from the
+//! `relay-testkit` crate.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use engagement_relay::auth::{mint, Role};
+use engagement_relay::config::{Config, Secret};
+use engagement_relay::db;
 use rand::seq::IndexedRandom;
-use rand::Rng;
-use serde_json::json;
+use relay_testkit::demo::{
+    demo_event, demo_state, DEV_JWT_SECRET, INSERT_EVENT_SQL, STATE_CHANGE_SQL,
+};
+use relay_testkit::pgcluster::{Cluster, ClusterOptions, StopMode};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
-
-use crate::auth::{mint, Role};
-use crate::config::{Config, Secret};
-use crate::db;
-use crate::pgcluster::{Cluster, ClusterOptions, StopMode};
-
-/// The JWT secret `dev` uses when none is configured: the Supabase CLI's local default, so
-/// tokens minted by a local Supabase stack work too.
-pub const DEV_JWT_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
 
 /// Options of `engagement-relay dev`.
 #[derive(Debug, Clone)]
@@ -90,7 +89,7 @@ async fn serve(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
 
-    let relay = crate::start(config.clone()).await?;
+    let relay = engagement_relay::start(config.clone()).await?;
     // Sessions are refused until the replay window is rebuilt: show the URL once it works.
     tokio::select! {
         _ = relay.ready() => {}
@@ -119,7 +118,7 @@ async fn serve(
 /// reader went away) must not take the relay down.
 fn print_banner(
     config: &Config,
-    relay: &crate::Relay,
+    relay: &engagement_relay::Relay,
     users: &[(Uuid, String)],
     url: &str,
 ) -> anyhow::Result<()> {
@@ -165,12 +164,7 @@ async fn demo_traffic(
     rate: f64,
     stop: CancellationToken,
 ) {
-    let insert = match client
-        .prepare(
-            "INSERT INTO public.engagement_events (user_id, event_type, value) VALUES ($1, $2, $3)",
-        )
-        .await
-    {
+    let insert = match client.prepare(INSERT_EVENT_SQL).await {
         Ok(s) => s,
         Err(e) => return warn!("demo traffic disabled: {}", db::describe(&e)),
     };
@@ -184,60 +178,17 @@ async fn demo_traffic(
             _ = tick.tick() => {}
         }
         let (event_type, value) = demo_event();
-        let user = *users.choose(&mut rand::rng()).unwrap_or(&users[0]);
+        let Some(&user) = users.choose(&mut rand::rng()) else {
+            return;
+        };
         if let Err(e) = client.execute(&insert, &[&user, &event_type, &value]).await {
             warn!("demo insert failed: {}", db::describe(&e));
         }
         if let Some(statement) = transition.as_ref().filter(|_| rand::random_ratio(1, 8)) {
-            let state = *STATES.choose(&mut rand::rng()).unwrap_or(&STATES[0]);
+            let state = demo_state();
             if let Err(e) = client.execute(statement, &[&user, &state]).await {
                 warn!("demo state change failed: {}", db::describe(&e));
             }
         }
-    }
-}
-
-/// The engagement states (seed story 1.1, `user_engagement_states.state`).
-const STATES: [&str; 5] = [
-    "active",
-    "goodbye_sent",
-    "help_flow",
-    "remind_later",
-    "dormant",
-];
-
-/// Sets user `$1`'s engagement state to `$2` and records the transition, in one statement.
-const STATE_CHANGE_SQL: &str = "\
-    WITH prior AS (SELECT state FROM public.user_engagement_states WHERE user_id = $1), \
-    upsert AS (INSERT INTO public.user_engagement_states (user_id, state) VALUES ($1, $2) \
-        ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, last_activity_at = now() \
-        RETURNING user_id) \
-    INSERT INTO public.engagement_state_transitions (user_id, from_state, to_state, trigger) \
-    SELECT $1, (SELECT state FROM prior), $2, 'demo' FROM upsert";
-
-/// A random event of one of the seed's four types with a realistic payload.
-pub fn demo_event() -> (&'static str, serde_json::Value) {
-    let mut rng = rand::rng();
-    match rng.random_range(0..4) {
-        0 => (
-            "app_open",
-            json!({"screen": *["home", "goals", "coach", "insights"].choose(&mut rng).unwrap_or(&"home"),
-                   "app_version": "2.4.1", "platform": if rng.random_bool(0.5) { "ios" } else { "android" }}),
-        ),
-        1 => (
-            "goal_complete",
-            json!({"goal_id": Uuid::new_v4(), "goal_type": "steps", "target": 8000,
-                   "achieved": rng.random_range(8000..14000)}),
-        ),
-        2 => (
-            "steps_import",
-            json!({"source": "apple_health", "steps": rng.random_range(500..4000),
-                   "date": chrono::Utc::now().format("%Y-%m-%d").to_string()}),
-        ),
-        _ => (
-            "coach_message",
-            json!({"message_id": Uuid::new_v4(), "direction": "outbound", "channel": "push",
-                   "sentiment": "positive"}),
-        ),
     }
 }

@@ -10,14 +10,12 @@
 pub mod auth;
 pub mod config;
 pub mod db;
-pub mod dev;
 pub mod doctor;
 pub mod event;
 pub mod filter;
 pub mod http;
 pub mod limits;
 pub mod metrics;
-pub mod pgcluster;
 mod relay;
 pub mod replay;
 pub mod replication;

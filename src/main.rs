@@ -8,10 +8,14 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use engagement_relay::auth::{mint, Role};
 use engagement_relay::config::{Config, LogFormat, Overrides};
-use engagement_relay::dev::{self, DevOptions};
-use engagement_relay::{db, doctor, pgcluster, start};
+use engagement_relay::{db, doctor, start};
+use relay_testkit::pgcluster;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+
+use dev::DevOptions;
+
+mod dev;
 
 /// Streams new engagement_events rows from a PostgreSQL logical replication slot to the
 /// WebSocket sessions of their owners.

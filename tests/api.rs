@@ -2,12 +2,10 @@
 //! nothing, errors naming the event), a user's own inserts under RLS, time zones normalised to
 //! UTC, and the error statuses.
 
-mod common;
-
 use std::time::Duration;
 
-use common::ws::connect;
-use common::{create_user, service_token, user_token, TestDb};
+use crate::common::ws::connect;
+use crate::common::{create_user, service_token, user_token, TestDb};
 use serde_json::{json, Value};
 use uuid::Uuid;
 

@@ -4,12 +4,10 @@
 //! lists for that operation. The cases come from a fixed seed, so CI is reproducible; set
 //! `RELAY_FUZZ_RANDOM=1` to explore new ones (that is how the NUL-in-a-query 503 was found).
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{create_user, service_token, user_token, TestDb};
+use crate::common::{create_user, service_token, user_token, TestDb};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};

@@ -2,13 +2,11 @@
 //! expiring token closes the session with 4001 unless refreshed; a refresh may not change
 //! identity (4003); malformed frames close with 1008.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::ws::{connect, upgrade, Next, Upgrade};
+use crate::common::{create_user, insert_event, user_token, TestDb, SECRET};
 use base64::Engine;
-use common::ws::{connect, upgrade, Next, Upgrade};
-use common::{create_user, insert_event, user_token, TestDb, SECRET};
 use engagement_relay::auth::{mint, now_s, Role};
 use serde_json::json;
 use uuid::Uuid;
@@ -96,7 +94,7 @@ async fn bad_tokens_are_refused_before_the_upgrade_with_a_reason() {
             Upgrade::Open(_) => panic!("{name}: the upgrade was accepted"),
         }
     }
-    let metrics = common::scrape(&relay).await;
+    let metrics = crate::common::scrape(&relay).await;
     assert!(metrics.contains("relay_auth_failures_total{reason=\"invalid_signature\"}"));
     relay.shutdown().await.unwrap();
 }
@@ -142,7 +140,7 @@ async fn a_refresh_under_sustained_traffic_keeps_the_session_open() {
     let traffic = {
         let (stop, url) = (stop.clone(), db.url.clone());
         tokio::spawn(async move {
-            let pg = common::connect(&url).await;
+            let pg = crate::common::connect(&url).await;
             while !stop.is_cancelled() {
                 insert_event(&pg, user, "app_open", json!({})).await;
                 tokio::time::sleep(Duration::from_millis(5)).await;

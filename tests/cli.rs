@@ -1,11 +1,9 @@
 //! The CLI: `migrate` is idempotent and names the failing file and statement; bad
 //! configuration is one line naming the key, exit 78; `token` mints a token the relay accepts.
 
-mod common;
-
 use std::process::Command;
 
-use common::{cluster, connect, TestDb, SECRET};
+use crate::common::{cluster, connect, TestDb, SECRET};
 use engagement_relay::auth::{Role, Verifier};
 use engagement_relay::config::{AuthConfig, Secret};
 

@@ -61,11 +61,7 @@ async fn dev_shows_live_events_and_ctrl_c_stops_everything() {
     }
     assert_eq!(types, ["ready", "insert"], "a live demo event arrives");
 
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    relay_testkit::sigint(child.id()).expect("SIGINT");
     let exit = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
@@ -85,9 +81,7 @@ struct StopOnPanic(u32);
 impl Drop for StopOnPanic {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let _ = Command::new("kill")
-                .args(["-INT", &self.0.to_string()])
-                .status();
+            let _ = relay_testkit::sigint(self.0);
         }
     }
 }

@@ -6,16 +6,14 @@
 //! (the relay and `doctor` refuse tables that do not exist); the last test shows the default
 //! `[[tables]]` failing only on tables that are missing, and passing once they exist.
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use common::{insert_event, TestDb, SECRET};
+use crate::common::{insert_event, TestDb, SECRET};
 use engagement_relay::config::{Config, Secret};
 use engagement_relay::doctor::{self, Options, Status};
-use engagement_relay::pgcluster::{Cluster, ClusterOptions};
 use engagement_relay::tables::TableConfig;
+use relay_testkit::pgcluster::{Cluster, ClusterOptions};
 use serde_json::{json, Value};
 
 /// `[[tables]]` with only `engagement_events` (insert, update).
@@ -282,7 +280,7 @@ async fn a_slot_lagging_past_max_lag_bytes_fails_the_slot_lag_check() {
     pg.batch_execute("SET synchronous_commit = on")
         .await
         .unwrap();
-    let user = common::create_user(&pg).await;
+    let user = crate::common::create_user(&pg).await;
     insert_event(&pg, user, "app_open", json!({})).await;
     pg.execute(
         "SELECT pg_logical_emit_message(false, 'doctor', 'lag')",
@@ -315,12 +313,9 @@ async fn a_slot_lagging_past_max_lag_bytes_fails_the_slot_lag_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_fails_connectivity_without_a_panic() {
-    // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port nobody listens on, held so that no other test's server takes it meanwhile.
+    let refusing = relay_testkit::refusing_port().expect("a refusing port");
+    let port = refusing.port();
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     let run = doctor(&url, "doctor_slot", EVENTS_ONLY, &["--json"]).await;
     let report = run.json();

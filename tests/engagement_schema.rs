@@ -4,13 +4,11 @@
 //! role manages everything), every CHECK and UNIQUE, the shared updated_at trigger, and the
 //! publication. Also the monitoring views of 20241212000000 (service role only).
 
-mod common;
-
-use common::sql::{
+use crate::common::sql::{
     act_as, assert_rejected, count, in_savepoint, insert_state, insert_transition, queue_message,
     strings,
 };
-use common::{create_user, TestDb};
+use crate::common::{create_user, TestDb};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 use uuid::Uuid;

@@ -1,16 +1,14 @@
 //! PostgreSQL restarted (fast, then immediate stop) under a steady insert load: the relay
 //! reconnects by itself, `/readyz` follows the stream, and clients that stay connected receive
 //! every committed row exactly once, in commit order, without reconnecting: native sessions and
-//! a Supabase Realtime channel alike. (Own test binary: it restarts this binary's cluster.)
-
-mod common;
+//! a Supabase Realtime channel alike. (On a cluster of its own: it restarts it.)
 
 use std::time::Duration;
 
-use common::workload::{assert_exact, committed, settle, Load, Record, Recorder};
-use common::{cluster, create_user, user_token, wait_until, TestDb};
-use engagement_relay::pgcluster::StopMode;
+use crate::common::workload::{assert_exact, committed, settle, Load, Record, Recorder};
+use crate::common::{create_user, private_cluster, user_token, wait_until, TestDb};
 use futures_util::{SinkExt, StreamExt};
+use relay_testkit::pgcluster::StopMode;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -25,7 +23,8 @@ async fn readyz(relay: &engagement_relay::Relay) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_clients_see_every_event_across_postgresql_restarts() {
-    let db = TestDb::new().await;
+    let cluster = private_cluster().await;
+    let db = TestDb::on(&cluster).await;
     let relay = db.relay().await;
     assert_eq!(readyz(&relay).await, 200);
     let pg = db.client().await;
@@ -49,7 +48,7 @@ async fn live_clients_see_every_event_across_postgresql_restarts() {
         for r in &recorders {
             assert!(r.wait(T, |rec| rec.seqs.len() >= before).await);
         }
-        let c = cluster().await;
+        let c = cluster.clone();
         tokio::task::spawn_blocking(move || c.stop(mode))
             .await
             .unwrap()
@@ -63,6 +62,7 @@ async fn live_clients_see_every_event_across_postgresql_restarts() {
             (503, Some("database_unavailable")),
             "{body}"
         );
+        let c = cluster.clone();
         tokio::task::spawn_blocking(move || c.restart_server())
             .await
             .unwrap()
@@ -81,7 +81,7 @@ async fn live_clients_see_every_event_across_postgresql_restarts() {
     for record in &records {
         assert_eq!(record.connects, 1, "never reconnected");
     }
-    let metrics = common::scrape(&relay).await;
+    let metrics = crate::common::scrape(&relay).await;
     assert!(metrics.contains("relay_replication_reconnects_total"));
     relay.shutdown().await.unwrap();
 }

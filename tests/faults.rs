@@ -1,17 +1,15 @@
 //! Fault tests: a steady insert load, clients that record every event, a fault, then per user
 //! the received sequence must equal the committed rows in commit order (no loss, no duplicate,
 //! no reordering). The relay runs as the real binary where it crashes or gets signals.
-//! PostgreSQL restarts are in `fault_pg_restart.rs` (they restart this binary's cluster).
-
-mod common;
+//! PostgreSQL restarts are in `fault_pg_restart.rs` (on a cluster of their own).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::process::RelayProcess;
-use common::workload::{settle, Load, Record, Recorder};
-use common::ws::{connect, Next};
-use common::{create_user, user_token, TestDb};
+use crate::common::process::{start_ready, RelayProcess, PROCESS_WAIT};
+use crate::common::workload::{settle, Load, Record, Recorder};
+use crate::common::ws::{connect, Next};
+use crate::common::{create_user, user_token, TestDb};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -51,8 +49,7 @@ impl Scenario {
     async fn start(env: &[(&str, &str)]) -> Scenario {
         let db = TestDb::new().await;
         let pg = db.client().await;
-        let relay = RelayProcess::start(&db, env).await;
-        relay.wait_ready().await;
+        let relay = start_ready(&db, env).await;
         let users = users(&pg, 3).await;
         let (addr, rx) = watch::channel(relay.addr);
         let recorders: Vec<Recorder> = users
@@ -75,9 +72,8 @@ impl Scenario {
 
     /// Starts another relay on the same slot; clients move to it once it is ready.
     async fn restart(&mut self, env: &[(&str, &str)]) {
-        let relay = RelayProcess::start(&self.db, env).await;
+        let relay = start_ready(&self.db, env).await;
         self.addr.send(relay.addr).unwrap();
-        relay.wait_ready().await;
         self.relay = Some(relay);
     }
 
@@ -128,14 +124,14 @@ async fn a_client_cut_mid_stream_resumes_with_its_cursor_and_misses_nothing() {
 async fn after_a_relay_sigkill_a_restarted_relay_rebuilds_the_window_from_its_slot() {
     let mut s = Scenario::start(&[]).await;
     wait_events(&s.recorders, 10).await;
-    s.relay.take().unwrap().kill();
+    s.relay.take().unwrap().kill().expect("SIGKILL");
     // Rows keep committing while no relay runs.
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.restart(&[]).await;
     let second = s.relay.as_ref().unwrap();
     // The log line is written just before readiness, by another thread.
     let logged = |p: &RelayProcess| p.message("replay window rebuilt").is_some();
-    common::wait_until("the rebuild is logged", T, || logged(second)).await;
+    crate::common::wait_until("the rebuild is logged", T, || logged(second)).await;
     for r in &s.recorders {
         let resumed = r.wait(T, |rec| rec.connects >= 2).await;
         assert!(resumed, "resumed on the new relay");
@@ -151,8 +147,7 @@ async fn after_a_relay_sigkill_a_restarted_relay_rebuilds_the_window_from_its_sl
 async fn a_slow_consumer_closed_with_4008_resumes_and_catches_up_while_a_fast_one_kept_up() {
     let db = TestDb::new().await;
     let pg = db.client().await;
-    let relay = RelayProcess::start(&db, &[("RELAY_LIMITS__SESSION_QUEUE", "64")]).await;
-    relay.wait_ready().await;
+    let relay = start_ready(&db, &[("RELAY_LIMITS__SESSION_QUEUE", "64")]).await;
     let user = create_user(&pg).await;
     let (_addr, rx) = watch::channel(relay.addr);
     let fast = Recorder::start(rx.clone(), user, true);
@@ -247,10 +242,12 @@ async fn connect_raw(
     relay: &engagement_relay::Relay,
     token: &str,
     since: &str,
-) -> common::ws::Client {
-    match common::ws::upgrade(relay, &format!("access_token={token}&since={since}"), None).await {
-        common::ws::Upgrade::Open(client) => *client,
-        common::ws::Upgrade::Refused(status, body) => panic!("refused {status}: {body}"),
+) -> crate::common::ws::Client {
+    match crate::common::ws::upgrade(relay, &format!("access_token={token}&since={since}"), None)
+        .await
+    {
+        crate::common::ws::Upgrade::Open(client) => *client,
+        crate::common::ws::Upgrade::Refused(status, body) => panic!("refused {status}: {body}"),
     }
 }
 
@@ -263,7 +260,13 @@ async fn sigterm_closes_sessions_with_1001_and_the_slot_holds_what_was_confirmed
     wait_events(&s.recorders, 40).await;
 
     // Mid-stream: every session gets 1001 after what was dispatched to it.
-    let (status, log) = s.relay.take().unwrap().terminate().await;
+    let (status, log) = s
+        .relay
+        .take()
+        .unwrap()
+        .terminate(PROCESS_WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "exit status {status}");
     for r in &s.recorders {
         let closed = r.wait(T, |rec| rec.closes.first() == Some(&1001)).await;

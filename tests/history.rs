@@ -2,12 +2,10 @@
 //! return every row exactly once while inserts continue, filters, the service role's
 //! `user_id=`, and a plan that uses the (user_id, "timestamp" DESC) index.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{create_user, service_token, user_token, TestDb};
+use crate::common::{create_user, service_token, user_token, TestDb};
 use engagement_relay::http::api::history::USER_PAGE_SQL;
 use serde_json::Value;
 use uuid::Uuid;
@@ -52,7 +50,8 @@ async fn pages_return_every_row_once_while_inserts_continue() {
     let writer = tokio::spawn(async move {
         let pg = engagement_relay::db::connect(&url).await.unwrap();
         for _ in 0..50 {
-            common::insert_event(&pg, me, "app_open", serde_json::json!({"new": true})).await;
+            crate::common::insert_event(&pg, me, "app_open", serde_json::json!({"new": true}))
+                .await;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });

@@ -2,12 +2,10 @@
 //! the history API), the relay refuses sessions past
 //! `server.max_sessions` with 503 until one ends, and a peer that stops answering pings is dropped.
 
-mod common;
-
 use std::time::Duration;
 
-use common::ws::{connect, upgrade, Upgrade};
-use common::{user_token, wait_until, TestDb};
+use crate::common::ws::{connect, upgrade, Upgrade};
+use crate::common::{user_token, wait_until, TestDb};
 use uuid::Uuid;
 
 const MINUTE: Duration = Duration::from_secs(60);

@@ -6,17 +6,15 @@
 //!
 //! Needs `prometheus` and `promtool` on PATH (Debian: `sudo apt-get install -y prometheus`).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::prometheus::{promtool_ok, repo, tool, Api, Prometheus, WAIT};
-use common::ws::{self, Next};
-use common::{create_user, insert_event, user_token, wait_until, wait_until_async, TestDb};
+use crate::common::prometheus::{promtool_ok, repo, tool, Api, Prometheus, WAIT};
+use crate::common::ws::{self, Next};
+use crate::common::{create_user, insert_event, user_token, wait_until, wait_until_async, TestDb};
 use serde_json::{json, Value};
 
 /// What the dashboard's `$__rate_interval` stands for here (Prometheus scrapes every second).
@@ -45,8 +43,9 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
     .expect("the dashboard is JSON");
 
     // A bounded max_slot_wal_keep_size, so that PostgreSQL reports the slot's safe_wal_size and
-    // the relay exports relay_slot_safe_wal_size_bytes (this binary's private cluster only).
-    let admin = common::connect(&common::cluster().await.url("postgres")).await;
+    // the relay exports relay_slot_safe_wal_size_bytes: on a cluster of this test's own.
+    let cluster = crate::common::private_cluster().await;
+    let admin = crate::common::connect(&cluster.url("postgres")).await;
     admin
         .batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1GB'")
         .await
@@ -64,7 +63,7 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
     })
     .await;
 
-    let db = TestDb::new().await;
+    let db = TestDb::on(&cluster).await;
     let relay = db.relay().await;
     let sql = db.client().await;
 
@@ -76,7 +75,7 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
     .await
     .expect("terminate the walsender");
     wait_until_async("the relay counted a reconnect", WAIT, || async {
-        common::scrape(&relay)
+        crate::common::scrape(&relay)
             .await
             .contains("relay_replication_reconnects_total")
     })
@@ -239,7 +238,7 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
         .iter()
         .map(|n| n.as_str().expect("name").to_string())
         .collect();
-    let exposed = exposed_names(&common::scrape(&relay).await);
+    let exposed = exposed_names(&crate::common::scrape(&relay).await);
     let mut expressions: Vec<(String, String)> = queries
         .iter()
         .map(|(panel, e)| (format!("dashboard panel {panel:?}"), substitute(e)))

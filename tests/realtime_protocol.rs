@@ -2,12 +2,10 @@
 //! channels per socket and several bindings per channel, `ids` naming exactly the matching
 //! bindings, refused bindings as `system` errors, leave and re-join.
 
-mod common;
-
 use std::time::Duration;
 
-use common::phoenix::{join, next, open};
-use common::{create_user, insert_event, user_token, TestDb};
+use crate::common::phoenix::{join, next, open};
+use crate::common::{create_user, insert_event, user_token, TestDb};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;

@@ -3,15 +3,13 @@
 //! transaction holds; `delete_user_data` erases one user's rows in every engagement table and
 //! counts them; only the service role may call either function or read the archive.
 
-mod common;
-
 use std::time::Duration;
 
-use common::sql::{
+use crate::common::sql::{
     act_as, assert_rejected, count, event_rows, in_savepoint, insert_event_at, insert_state,
     insert_transition, queue_message, strings,
 };
-use common::{create_user, TestDb};
+use crate::common::{create_user, TestDb};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 use uuid::Uuid;

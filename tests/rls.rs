@@ -3,10 +3,8 @@
 //! `anon` reads and inserts nothing; `service_role` inserts for anyone; concurrent sessions do
 //! not leak; a bad `event_type` and a future timestamp are rejected; deleting a user cascades.
 
-mod common;
-
-use common::sql::act_as;
-use common::{create_user, insert_event, TestDb};
+use crate::common::sql::act_as;
+use crate::common::{create_user, insert_event, TestDb};
 use engagement_relay::db::describe;
 use serde_json::json;
 use tokio_postgres::Client;
@@ -95,7 +93,7 @@ async fn concurrent_user_sessions_do_not_leak() {
     for u in users {
         let url = db.url.clone();
         tasks.push(tokio::spawn(async move {
-            let pg = common::connect(&url).await;
+            let pg = crate::common::connect(&url).await;
             for _ in 0..10 {
                 act_as(&pg, "authenticated", Some(u)).await;
                 assert_eq!(visible_owners(&pg).await, [u]);

@@ -4,13 +4,11 @@
 //! migrating again rebuilds exactly the same schema; each rollback can run twice and makes
 //! `migrate` re-apply its migration; the retention rollback keeps archived events.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use common::sql::{count, event_rows, insert_event_at, strings};
-use common::{cluster, connect, create_user, TestDb};
+use crate::common::sql::{count, event_rows, insert_event_at, strings};
+use crate::common::{cluster, connect, create_user, TestDb};
 use engagement_relay::db::migrate::{migrate, migrations};
 use tokio_postgres::Client;
 

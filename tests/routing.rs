@@ -1,12 +1,10 @@
 //! Routing promises: each user receives exactly their own rows, every session of a user is
 //! served, the service role receives all, `event_type` narrows; frames match PROTOCOL.md.
 
-mod common;
-
 use std::time::Duration;
 
-use common::ws::connect;
-use common::{create_user, insert_event, service_token, user_token, TestDb};
+use crate::common::ws::connect;
+use crate::common::{create_user, insert_event, service_token, user_token, TestDb};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(10);

@@ -2,12 +2,10 @@
 //! `@supabase/supabase-js` from `tests/js`, on Node): `postgres_changes` INSERT subscriptions on
 //! `public.engagement_events` work unchanged against the relay, in both protocol versions.
 
-mod common;
-
 use std::time::Duration;
 
-use common::node::NodeClient;
-use common::{create_user, insert_event, service_token, user_token, TestDb};
+use crate::common::node::NodeClient;
+use crate::common::{create_user, insert_event, service_token, user_token, TestDb};
 use engagement_relay::Relay;
 use serde_json::{json, Value};
 

@@ -4,13 +4,11 @@
 //! streamed tables; a custom entry routes by its own owner column; a misconfigured entry stops
 //! the relay with a message naming it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::phoenix::{join, next, open};
-use common::ws::{connect, upgrade, Upgrade};
-use common::{create_user, insert_event, user_token, TestDb};
+use crate::common::phoenix::{join, next, open};
+use crate::common::ws::{connect, upgrade, Upgrade};
+use crate::common::{create_user, insert_event, user_token, TestDb};
 use engagement_relay::event::Operation;
 use engagement_relay::tables::TableConfig;
 use futures_util::SinkExt;

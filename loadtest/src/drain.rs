@@ -120,7 +120,7 @@ async fn time_relay(url: &str, slot: &str, events: u64) -> anyhow::Result<f64> {
         extra: &[],
     })
     .await?;
-    let metrics = format!("http://{}/metrics", relay.metrics);
+    let metrics = format!("http://{}/metrics", relay.metrics_addr);
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let text = reqwest::get(&metrics).await?.text().await?;
@@ -138,6 +138,6 @@ async fn time_relay(url: &str, slot: &str, events: u64) -> anyhow::Result<f64> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    tokio::task::spawn_blocking(move || relay.stop()).await??;
+    relay.terminate(spawn::STOP).await?;
     Ok(seconds)
 }

@@ -10,8 +10,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use engagement_relay::auth::{mint, Role};
 use engagement_relay::db;
-use engagement_relay::dev::DEV_JWT_SECRET;
 use futures_util::StreamExt;
+use relay_testkit::demo::DEV_JWT_SECRET;
 use serde_json::{json, Value};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
@@ -110,7 +110,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         let copy = timed(args.events, || insert_copy(&pg, &users, args.events, size)).await?;
         println!("db batch {size:>5}: unnest INSERT {unnest:>6.0} rows/s, COPY BINARY {copy:>6.0} rows/s");
     }
-    tokio::task::spawn_blocking(move || relay.stop()).await??;
+    relay.terminate(spawn::STOP).await?;
     drop(cluster);
     Ok(())
 }

@@ -73,7 +73,7 @@ pub async fn insert_load(
             let sent_us = chrono::Utc::now().timestamp_micros();
             for k in 0..n {
                 let seq = (sent.owner.len() + k) as u64;
-                let (event_type, mut value) = engagement_relay::dev::demo_event();
+                let (event_type, mut value) = relay_testkit::demo::demo_event();
                 value["seq"] = seq.into();
                 value["sent_us"] = sent_us.into();
                 ids.push(users[next_user]);

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use engagement_relay::auth::{mint, Role};
-use engagement_relay::dev::DEV_JWT_SECRET;
+use relay_testkit::demo::DEV_JWT_SECRET;
 use tracing::info;
 
 use crate::report::Report;
@@ -111,13 +111,18 @@ struct SoakArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logging = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,tokio_postgres=warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if matches!(cli.command, Some(Command::Relay)) {
+        // The parent (`relay_testkit::RelayProcess`) reads the JSON log: `relay listening`.
+        logging.json().init();
+    } else {
+        logging.init();
+    }
     engagement_relay::limits::raise_nofile_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -167,7 +172,7 @@ async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
         })
         .await?;
         args.url = format!("ws://{}", relay.addr);
-        args.metrics_url = format!("http://{}/metrics", relay.metrics);
+        args.metrics_url = format!("http://{}/metrics", relay.metrics_addr);
         args.database_url = Some(url);
         args.jwt_secret = Some(DEV_JWT_SECRET.into());
         args.relay_pid = Some(relay.pid());
@@ -195,7 +200,7 @@ async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
         .await
         .map_err(|_| anyhow::anyhow!("the run exceeded its time bound ({bound:?})"))??;
     if let Some(child) = child {
-        tokio::task::spawn_blocking(move || child.stop()).await??;
+        child.terminate(spawn::STOP).await?;
     }
     println!("{}", report::summary(&report));
     if let Some(path) = &args.out {

@@ -7,7 +7,6 @@
 
 pub mod ack;
 pub mod pgoutput;
-pub mod pgoutput_writer;
 pub mod slot;
 pub mod stream;
 pub mod values;

@@ -9,7 +9,7 @@ use serde_json::json;
 #[path = "pgoutput_error_tests.rs"]
 mod errors;
 
-use super::super::pgoutput_writer::{
+use relay_testkit::pgoutput_writer::{
     insert as insert_msg, relation as relation_msg, MessageWriter as Msg,
     UNCHANGED_TOAST as UNCHANGED,
 };

@@ -1,7 +1,7 @@
-//! Test harness: one private PostgreSQL cluster per test binary (started on first use, stopped
-//! by a watchdog when the test process exits), a fresh database per test cloned from a migrated
-//! template, a relay per test on port 0, and real WebSocket clients.
-#![allow(dead_code)]
+//! Test harness: one shared private PostgreSQL cluster (started on first use, stopped by a
+//! watchdog when the test process exits) or a cluster of a test's own ([`private_cluster`]), a
+//! fresh database per test cloned from a migrated template, a relay per test on port 0, and real
+//! WebSocket clients. The cluster machinery itself is `relay_testkit::pgcluster`.
 
 pub mod node;
 pub mod phoenix;
@@ -12,13 +12,14 @@ pub mod workload;
 pub mod ws;
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use engagement_relay::auth::{mint, Role};
 use engagement_relay::config::{Config, Secret};
 use engagement_relay::db;
-use engagement_relay::pgcluster::{running_as_root, Cluster, ClusterOptions};
 use engagement_relay::Relay;
+use relay_testkit::pgcluster::{running_as_root, Cluster, ClusterOptions};
 use tokio::sync::OnceCell;
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -30,33 +31,45 @@ const TEMPLATE: &str = "relay_template";
 static CLUSTER: OnceCell<Cluster> = OnceCell::const_new();
 static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 
-/// The shared cluster, started (and the template database migrated) on first use.
+/// The shared cluster, started (and the template database migrated) on first use. Tests must
+/// not stop, restart or reconfigure it: they use [`private_cluster`] for that.
 pub async fn cluster() -> &'static Cluster {
     CLUSTER
         .get_or_init(|| async {
-            let cluster = tokio::task::spawn_blocking(|| {
-                Cluster::start(ClusterOptions {
-                    fast: true,
-                    ..ClusterOptions::default()
-                })
-            })
-            .await
-            .expect("cluster start task")
-            .unwrap_or_else(|e| panic!("cannot start a private PostgreSQL: {e}"));
+            let cluster = start_cluster().await;
             stop_with_this_process(&cluster);
-            let admin = connect(&cluster.url("postgres")).await;
-            admin
-                .batch_execute(&format!("CREATE DATABASE {TEMPLATE}"))
-                .await
-                .expect("create template");
-            let mut template = connect(&cluster.url(TEMPLATE)).await;
-            db::migrate::migrate(&mut template)
-                .await
-                .expect("migrations apply");
-            drop(template);
             cluster
         })
         .await
+}
+
+/// A cluster of the caller's own (with the migrated template), for tests that stop, restart or
+/// reconfigure PostgreSQL. Dropping the last `Arc` stops it and removes its files.
+pub async fn private_cluster() -> Arc<Cluster> {
+    Arc::new(start_cluster().await)
+}
+
+/// Starts a fast (non-durable) cluster and migrates the template database on it.
+async fn start_cluster() -> Cluster {
+    let cluster = tokio::task::spawn_blocking(|| {
+        Cluster::start(ClusterOptions {
+            fast: true,
+            ..ClusterOptions::default()
+        })
+    })
+    .await
+    .expect("cluster start task")
+    .unwrap_or_else(|e| panic!("cannot start a private PostgreSQL: {e}"));
+    let admin = connect(&cluster.url("postgres")).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {TEMPLATE}"))
+        .await
+        .expect("create template");
+    let mut template = connect(&cluster.url(TEMPLATE)).await;
+    db::migrate::migrate(&mut template)
+        .await
+        .expect("migrations apply");
+    cluster
 }
 
 /// Spawns a watchdog that stops the cluster and removes its files once this process is gone
@@ -104,9 +117,14 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Clones the migrated template into a new database.
+    /// Clones the migrated template of the shared cluster into a new database.
     pub async fn new() -> TestDb {
-        let cluster = cluster().await;
+        TestDb::on(cluster().await).await
+    }
+
+    /// Clones the migrated template of `cluster` (the shared one or a [`private_cluster`]) into
+    /// a new database.
+    pub async fn on(cluster: &Cluster) -> TestDb {
         let name = format!(
             "t{}_{}",
             std::process::id(),

@@ -2,7 +2,7 @@
 //! `promtool`, a server on loopback with a temporary TSDB scraping one target, and its HTTP API.
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -77,11 +77,12 @@ impl Prometheus {
              - targets: [\"{target}\"]\n",
         );
         fs::write(dir.join("prometheus.yml"), config).expect("write prometheus.yml");
-        // A free port can be taken between the probe and the bind: try a few.
+        // The port is free until released, then could be taken before Prometheus binds it: try a few.
         for _ in 0..3 {
-            let addr = free_port();
+            let port = relay_testkit::free_port().expect("a free port");
             let log = fs::File::create(dir.join("prometheus.log")).expect("log file");
-            let child = Command::new(bin)
+            let mut child = Command::new(bin);
+            child
                 .arg(format!(
                     "--config.file={}",
                     dir.join("prometheus.yml").display()
@@ -90,12 +91,13 @@ impl Prometheus {
                     "--storage.tsdb.path={}",
                     dir.join("data").display()
                 ))
-                .arg(format!("--web.listen-address={addr}"))
+                .arg(format!("--web.listen-address={}", port.addr()))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log file"))
-                .stderr(log)
-                .spawn()
-                .expect("spawn prometheus");
+                .stderr(log);
+            // Held until now: only the instant between release and Prometheus' bind is open.
+            let addr = port.release();
+            let child = child.spawn().expect("spawn prometheus");
             let mut prometheus = Prometheus {
                 child,
                 dir: dir.clone(),
@@ -150,12 +152,6 @@ impl Drop for Prometheus {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
 }
 
 /// Prometheus's HTTP API (`data` of successful answers; anything else fails the test).

@@ -68,7 +68,7 @@ pub async fn connect(relay: &Relay, token: &str, extra: &str) -> (Client, Value)
 pub enum Next {
     /// A JSON text frame.
     Json(Value),
-    /// A close frame with its code.
+    /// A close frame with its code and reason.
     Closed(u16, String),
     /// The connection ended without a close frame.
     Gone,
@@ -131,10 +131,15 @@ impl Client {
 
     /// Reads until a close frame; returns its code (skipping any events still queued).
     pub async fn close_code(&mut self, timeout: Duration) -> u16 {
+        self.close_frame(timeout).await.0
+    }
+
+    /// Reads until a close frame; returns its code and reason (skipping any events still queued).
+    pub async fn close_frame(&mut self, timeout: Duration) -> (u16, String) {
         loop {
             match self.next(timeout).await {
                 Next::Json(_) => continue,
-                Next::Closed(code, _) => return code,
+                Next::Closed(code, reason) => return (code, reason),
                 other => panic!("expected a close frame, got {other:?}"),
             }
         }

@@ -2,7 +2,6 @@
 //! root chowned to `postgres`), `initdb` and `pg_hba.conf`, a leftover server or
 //! stale pid file, the port to listen on, and [`dev_data_dir`].
 
-use std::net::TcpListener;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{absolute, Path, PathBuf};
 use std::process::Command;
@@ -10,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::{env, fs, io};
 
 use super::binaries::{euid, postgres_can};
-use super::{io_err, Cluster, ClusterError, StopMode, HOST};
+use super::{io_err, Cluster, ClusterError, StopMode};
 
 impl Cluster {
     /// Create (and as root chown/check) the dirs; stop a leftover server.
@@ -157,18 +156,6 @@ fn make_temp_root(as_root: bool) -> Result<PathBuf, ClusterError> {
             Err(e) => return Err(io_err(format!("creating {}", dir.display()))(e)),
         }
     }
-}
-
-pub(super) fn port_is_free(port: u16) -> bool {
-    TcpListener::bind((HOST, port)).is_ok()
-}
-
-pub(super) fn free_port() -> Result<u16, ClusterError> {
-    let listener = TcpListener::bind((HOST, 0)).map_err(io_err("binding 127.0.0.1:0"))?;
-    let addr = listener
-        .local_addr()
-        .map_err(io_err("reading the bound port"))?;
-    Ok(addr.port())
 }
 
 /// The port of the last start, from `postmaster.opts` (`… "-p" "54321" …`).

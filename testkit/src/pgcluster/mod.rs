@@ -13,9 +13,9 @@
 //!   `immediate`) and started again with this call's settings, so the port,
 //!   settings and log file are always the requested ones. A stale pid file is removed.
 //! * **Port**: `port: None` reuses a persistent dir's previous port (parsed from
-//!   `postmaster.opts`) when still free, else binds `127.0.0.1:0` for a free one;
-//!   an auto-chosen port that is taken by the time the server binds is replaced
-//!   (up to 5 attempts).
+//!   `postmaster.opts`) when still free, else a free one ([`crate::free_port`]); either
+//!   is held (bound here) until just before `pg_ctl start`, and one taken by the time
+//!   the server binds is replaced (up to 5 attempts).
 //! * **Files**: a temp cluster is the single dir `$TMPDIR/relay-pg-<pid>-<nanos>-<n>`
 //!   (data dir = socket dir; `rm -rf <data_dir>` removes everything). Persistent
 //!   dirs use the socket dir `/tmp/relay-pgsock-<euid>-<hash of data dir>` (short:
@@ -37,7 +37,9 @@ pub use binaries::{find_bin_dir, running_as_root};
 pub use datadir::dev_data_dir;
 
 use binaries::{euid, quiet_ok};
-use datadir::{cluster_dirs, free_port, port_is_free, previous_port};
+use datadir::{cluster_dirs, previous_port};
+
+use crate::net::{free_port, reserve_port, PortGuard};
 
 const HOST: &str = "127.0.0.1";
 const PORT_ATTEMPTS: u32 = 5;
@@ -198,14 +200,23 @@ impl Cluster {
         };
         cluster.prepare_dirs()?;
         cluster.init_if_needed(opts.fast)?;
-        let previous = previous_port(&cluster.data_dir).filter(|p| port_is_free(*p));
-        let mut port = match opts.port.or(previous) {
-            Some(port) => port,
-            None => free_port()?,
+        // An auto-chosen port stays reserved (bound by this process) until just before
+        // `pg_ctl start` binds it; the previous port of a persistent dir is preferred.
+        let (mut port, mut held) = match opts.port {
+            Some(port) => (port, None),
+            None => {
+                let previous = previous_port(&cluster.data_dir).and_then(|p| reserve_port(p).ok());
+                let guard = match previous {
+                    Some(guard) => guard,
+                    None => any_port()?,
+                };
+                (guard.port(), Some(guard))
+            }
         };
         let mut attempt = 1;
         loop {
             cluster.port = port;
+            drop(held.take());
             match cluster.start_server() {
                 Err(ClusterError::Command { log_tail, .. })
                     if opts.port.is_none()
@@ -213,7 +224,9 @@ impl Cluster {
                         && log_tail.contains("could not bind") =>
                 {
                     tracing::debug!(port, "port got taken; retrying with another");
-                    port = free_port()?;
+                    let guard = any_port()?;
+                    port = guard.port();
+                    held = Some(guard);
                     attempt += 1;
                 }
                 result => return result.map(|()| cluster),
@@ -316,6 +329,11 @@ impl Cluster {
         tracing::info!(port = self.port, dir = %self.data_dir.display(), "postgres started");
         Ok(())
     }
+}
+
+/// A free port on 127.0.0.1, held.
+fn any_port() -> Result<PortGuard, ClusterError> {
+    free_port().map_err(io_err("binding 127.0.0.1:0"))
 }
 
 impl Drop for Cluster {

@@ -1,6 +1,7 @@
-//! Writes pgoutput protocol-v1 messages: the inverse of [`super::pgoutput`], for tests,
-//! benchmarks and tools that need byte-exact messages without a server. Integers are
-//! big-endian, strings NUL-terminated (PostgreSQL docs, "Logical Replication Message Formats").
+//! Writes pgoutput protocol-v1 messages: the inverse of the relay's decoder
+//! (`engagement_relay::replication::pgoutput`), for tests, benchmarks and tools that need
+//! byte-exact messages without a server. Integers are big-endian, strings NUL-terminated
+//! (PostgreSQL docs, "Logical Replication Message Formats").
 
 /// Marks an unchanged TOASTed value in [`MessageWriter::tuple`] (written as `'u'`).
 pub const UNCHANGED_TOAST: &str = "\u{0}u";

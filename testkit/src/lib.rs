@@ -1,0 +1,28 @@
+//! Test and dev kit for engagement-relay, kept out of the production library.
+//!
+//! * [`pgcluster`]: private PostgreSQL clusters (`initdb` + `pg_ctl`) for `engagement-relay dev`,
+//!   the integration tests and the soak harness.
+//! * [`pgoutput_writer`]: byte-exact pgoutput messages without a server (decoder tests, benches).
+//! * [`RelayProcess`] (feature `process`): the relay binary as a child process, started on
+//!   port-0 listeners, waited for (`/readyz`), terminated with SIGTERM.
+//! * [`free_port`]: a loopback port that stays bound until it is handed on; [`refusing_port`]:
+//!   one that stays bound and refuses connections.
+//! * [`demo`]: the demo traffic's event shapes and the `dev` JWT secret.
+//!
+//! It does not depend on the `engagement_relay` library (the `engagement-relay` binary depends on
+//! it for `dev`), so it knows the relay only by its command line, environment and log.
+
+#![warn(missing_docs)]
+
+pub mod demo;
+mod net;
+pub mod pgcluster;
+pub mod pgoutput_writer;
+#[cfg(feature = "process")]
+mod process;
+mod signal;
+
+pub use net::{free_port, refusing_port, reserve_port, PortGuard, RefusingPort};
+#[cfg(feature = "process")]
+pub use process::{RelayLog, RelayProcess, RelayProcessError, StartOptions};
+pub use signal::{sigint, sigterm};

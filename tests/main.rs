@@ -1,0 +1,29 @@
+//! The integration tests, in one binary so that `common` (the harness) compiles once.
+//!
+//! Tests share one process: the private PostgreSQL cluster of [`common::cluster`] (each test has a
+//! database and slot of its own), and the process-global metrics recorder, so a test asserts on
+//! metrics its own relay must have produced, never on their absence. A test that stops, restarts
+//! or reconfigures PostgreSQL starts a cluster of its own ([`common::private_cluster`]).
+
+mod common;
+
+mod api;
+mod api_properties;
+mod auth;
+mod cli;
+mod dev;
+mod doctor;
+mod engagement_schema;
+mod fault_pg_restart;
+mod faults;
+mod history;
+mod http;
+mod prometheus;
+mod realtime_protocol;
+mod replication;
+mod retention;
+mod rls;
+mod rollback;
+mod routing;
+mod supabase_compat;
+mod tables;
