@@ -131,9 +131,9 @@ pub async fn run(config: &Config, options: &Options) -> Report {
     db.one(MIGRATIONS, server::migrations).await;
     db.one(PUBLICATION, |c| schema::publication(c, config))
         .await;
-    for t in &config.tables {
+    for (i, t) in config.tables.iter().enumerate() {
         let id = |kind| table_check_id(kind, &t.schema, &t.table);
-        db.one(&id("table"), |c| schema::table(c, t)).await;
+        db.one(&id("table"), |c| schema::table(c, i, t)).await;
         db.one(&id("rls"), |c| security::rls(c, t)).await;
         db.one(&id("indexes"), |c| security::indexes(c, t)).await;
     }

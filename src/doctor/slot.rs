@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 
 use super::report::{format_bytes, Check};
 use super::{literal, Options, SLOT, SLOT_LAG, SLOT_RETAINED};
+use crate::catalog::{LOGICAL_SLOT, PLUGIN};
 use crate::replication::stream::APPLICATION_NAME;
 
 /// One row of `pg_replication_slots` with byte distances from `pg_current_wal_lsn()`.
@@ -108,7 +109,7 @@ pub(super) fn evaluate(slot: &str, facts: Option<&SlotFacts>, options: &Options)
 fn evaluate_state(slot: &str, f: &SlotFacts) -> Check {
     let drop = format!("SELECT pg_drop_replication_slot({});", literal(slot));
     let plugin = f.plugin.as_deref().unwrap_or("none");
-    if f.slot_type != "logical" || plugin != "pgoutput" || f.temporary {
+    if f.slot_type != LOGICAL_SLOT || plugin != PLUGIN || f.temporary {
         let temporary = if f.temporary { "temporary " } else { "" };
         return Check::fail(
             SLOT,
