@@ -94,7 +94,10 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     let shutdown = CancellationToken::new();
     let stream_stop = CancellationToken::new();
     let sessions_stop = CancellationToken::new();
-    let router = Arc::new(Router::new(config.limits.session_queue, &config.replay));
+    let router = Arc::new(Router::new(
+        config.limits.session_queue.get(),
+        &config.replay,
+    ));
     let status = Arc::new(StreamStatus::default());
     let sessions = TaskTracker::new();
     let state = AppState {
@@ -102,7 +105,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         tables: tables.clone(),
         verifier: Arc::new(Verifier::new(&config.auth)),
         limits: config.limits.clone(),
-        max_sessions: config.server.max_sessions,
+        max_sessions: config.server.max_sessions.get(),
         status: status.clone(),
         shutdown: sessions_stop.clone(),
         sessions: sessions.clone(),

@@ -34,7 +34,7 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::db::describe;
 
-pub use report::{format_bytes, parse_bytes, Check, Report, Status, Summary};
+pub use report::{format_bytes, Check, Report, Status, Summary};
 
 /// Id of the connection check.
 pub const CONNECTIVITY: &str = "connectivity";
@@ -150,7 +150,7 @@ pub async fn run(config: &Config, options: &Options) -> Report {
     })
     .await;
     db.one(CONNECTIONS, |c| {
-        server::connections(c, config.ingest.pool_size)
+        server::connections(c, config.ingest.pool_size.get())
     })
     .await;
     Report { checks: db.checks }
