@@ -396,13 +396,25 @@ impl Config {
             }
         }
         let config: Config = figment.extract().map_err(|e| {
-            // One line per error; figment already names the key and the source.
-            let first = e
-                .into_iter()
-                .next()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            ConfigError(first.replace('\n', " "))
+            // One line, key first (`limits.session_queue: invalid value …`), then where the
+            // value came from.
+            let first = e.into_iter().next().map(|e| {
+                let source = e.metadata.as_ref().map(|m| match &m.source {
+                    Some(source) => format!(" ({} {source})", m.name),
+                    None => format!(" ({})", m.name),
+                });
+                if e.path.is_empty() {
+                    e.to_string()
+                } else {
+                    format!(
+                        "{}: {}{}",
+                        e.path.join("."),
+                        e.kind,
+                        source.unwrap_or_default()
+                    )
+                }
+            });
+            ConfigError(first.unwrap_or_default().replace('\n', " "))
         })?;
         config.validate()?;
         Ok(config)

@@ -4,8 +4,8 @@
 
 use tokio_postgres::types::Type;
 
-use super::facts::{Facts, Publication, TableFacts};
-use super::{Mismatch, LOGICAL};
+use super::facts::{Facts, Publication, SlotKind, TableFacts};
+use super::{Mismatch, LOGICAL, LOGICAL_SLOT, PLUGIN};
 use crate::event::Operation;
 use crate::tables::TableConfig;
 
@@ -119,6 +119,24 @@ pub fn row_filters<'a>(p: &'a Publication, tables: &[TableConfig]) -> Vec<(usize
             Some((i, filter))
         })
         .collect()
+}
+
+/// The existing slot `name` must be a permanent logical pgoutput slot of this database.
+pub fn slot(name: &str, kind: &SlotKind) -> Result<(), Mismatch> {
+    if kind.slot_type != LOGICAL_SLOT || kind.plugin.as_deref() != Some(PLUGIN) || kind.temporary {
+        return Err(Mismatch::SlotNotPgoutput {
+            slot: name.to_string(),
+            slot_type: kind.slot_type.clone(),
+            plugin: kind.plugin.clone(),
+            temporary: kind.temporary,
+        });
+    }
+    if !kind.same_database {
+        return Err(Mismatch::SlotInOtherDatabase {
+            slot: name.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// What start-up requires, in the order it reports: `wal_level`, the publication, then per

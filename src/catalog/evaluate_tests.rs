@@ -150,3 +150,41 @@ fn row_filters_are_reported_per_entry() {
     p.tables[2].row_filter = Some("(x > 1)".into());
     assert_eq!(row_filters(&p, &tables), [(2, "(x > 1)")]);
 }
+
+#[test]
+fn an_existing_slot_must_be_a_permanent_logical_pgoutput_slot_of_this_database() {
+    let ours = SlotKind {
+        slot_type: "logical".into(),
+        plugin: Some("pgoutput".into()),
+        temporary: false,
+        same_database: true,
+    };
+    assert_eq!(slot("s", &ours), Ok(()));
+    let physical = SlotKind {
+        slot_type: "physical".into(),
+        plugin: None,
+        ..ours.clone()
+    };
+    let err = slot("s", &physical).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "replication slot `s` exists but is a physical slot with plugin none; the relay needs \
+         a permanent logical pgoutput slot: choose another `database.slot` or drop it"
+    );
+    let temporary = SlotKind {
+        temporary: true,
+        ..ours.clone()
+    };
+    assert!(slot("s", &temporary)
+        .unwrap_err()
+        .to_string()
+        .contains("temporary logical slot"));
+    let elsewhere = SlotKind {
+        same_database: false,
+        ..ours
+    };
+    assert!(matches!(
+        slot("s", &elsewhere),
+        Err(Mismatch::SlotInOtherDatabase { .. })
+    ));
+}

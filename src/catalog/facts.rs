@@ -68,6 +68,19 @@ impl TableFacts {
     }
 }
 
+/// What kind of slot `pg_replication_slots` holds under the configured name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotKind {
+    /// `slot_type`: `logical` or `physical`.
+    pub slot_type: String,
+    /// `plugin`: the output plugin of a logical slot.
+    pub plugin: Option<String>,
+    /// `temporary`: dropped when its session ends.
+    pub temporary: bool,
+    /// The slot's database is the connected one.
+    pub same_database: bool,
+}
+
 /// Everything start-up judges, read in one pass ([`super::query_facts`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Facts {

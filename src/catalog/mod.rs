@@ -1,6 +1,6 @@
 //! What the database must provide for the relay to stream, checked the same way at start-up
-//! and by `doctor`: `wal_level`, the publication, and each `[[tables]]` entry's table, owner
-//! column and place in the publication.
+//! and by `doctor`: `wal_level`, the publication, each `[[tables]]` entry's table, owner
+//! column and place in the publication, and the kind of an existing replication slot.
 //!
 //! Three steps, each its own file: [`query`] reads [`facts`] from the catalog (parameterized
 //! SQL, no judgement), [`evaluate`] judges them (pure, unit-tested) and returns
@@ -21,7 +21,7 @@ use crate::db::describe;
 use crate::event::Operation;
 use crate::tables::{Column, Tables};
 
-pub use facts::{ColumnFacts, Facts, Publication, Published, TableFacts};
+pub use facts::{ColumnFacts, Facts, Publication, Published, SlotKind, TableFacts};
 
 /// The `wal_level` logical decoding needs.
 pub const LOGICAL: &str = "logical";
@@ -124,6 +124,30 @@ pub enum Mismatch {
         /// `owner_column`.
         column: String,
     },
+    /// `database.slot` exists but is not a permanent logical pgoutput slot.
+    #[error(
+        "replication slot `{slot}` exists but is a {} slot with plugin {}; the relay needs a \
+         permanent logical pgoutput slot: choose another `database.slot` or drop it",
+        slot_words(.slot_type, *.temporary), .plugin.as_deref().unwrap_or("none")
+    )]
+    SlotNotPgoutput {
+        /// `database.slot`.
+        slot: String,
+        /// `slot_type`.
+        slot_type: String,
+        /// The output plugin, if any.
+        plugin: Option<String>,
+        /// Whether it is temporary.
+        temporary: bool,
+    },
+    /// `database.slot` belongs to another database (slot names are cluster-wide).
+    #[error(
+        "replication slot `{slot}` belongs to another database; choose another `database.slot`"
+    )]
+    SlotInOtherDatabase {
+        /// `database.slot`.
+        slot: String,
+    },
     /// The publication does not publish an operation the entry streams.
     #[error(
         "tables[{entry}].operations: publication `{publication}` does not publish {}s: ALTER \
@@ -137,6 +161,15 @@ pub enum Mismatch {
         /// The operation not published.
         operation: Operation,
     },
+}
+
+/// `temporary logical`, `physical`, …: a slot's kind in words.
+fn slot_words(slot_type: &str, temporary: bool) -> String {
+    if temporary {
+        format!("temporary {slot_type}")
+    } else {
+        slot_type.to_string()
+    }
 }
 
 /// Why [`check`] failed.

@@ -7,7 +7,7 @@
 
 use tokio_postgres::Client;
 
-use super::facts::{ColumnFacts, Publication, Published, TableFacts};
+use super::facts::{ColumnFacts, Publication, Published, SlotKind, TableFacts};
 
 type Result<T> = std::result::Result<T, tokio_postgres::Error>;
 
@@ -97,5 +97,23 @@ pub async fn table(c: &Client, schema: &str, table: &str) -> Result<Option<Table
         columns,
         can_select: row.get(1),
         user: row.get(2),
+    }))
+}
+
+/// The kind of the replication slot `name`; `None` when there is none.
+pub async fn slot_kind(c: &Client, name: &str) -> Result<Option<SlotKind>> {
+    let row = c
+        .query_opt(
+            "SELECT slot_type, plugin::text, temporary, \
+                    coalesce(database = current_database(), false) \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(row.map(|r| SlotKind {
+        slot_type: r.get(0),
+        plugin: r.get(1),
+        temporary: r.get(2),
+        same_database: r.get(3),
     }))
 }

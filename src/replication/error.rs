@@ -37,27 +37,6 @@ pub enum ReplicationError {
     /// A query on the SQL connection failed (transient).
     #[error("{}", describe(.0))]
     Query(#[source] tokio_postgres::Error),
-    /// `database.slot` exists but is not a logical pgoutput slot (definite).
-    #[error(
-        "replication slot `{slot}` exists but is a {slot_type} slot with plugin {plugin:?}; the \
-         relay needs a logical pgoutput slot: choose another `database.slot` or drop it"
-    )]
-    SlotNotPgoutput {
-        /// `database.slot`.
-        slot: String,
-        /// `slot_type`: `logical` or `physical`.
-        slot_type: String,
-        /// The slot's output plugin, if any.
-        plugin: Option<String>,
-    },
-    /// `database.slot` belongs to another database (definite).
-    #[error(
-        "replication slot `{slot}` belongs to another database; choose another `database.slot`"
-    )]
-    SlotInOtherDatabase {
-        /// `database.slot`.
-        slot: String,
-    },
     /// The slot could not be created for want of a privilege or a free slot (definite).
     #[error("cannot create replication slot `{slot}`: {} ({remedy})", describe(.source))]
     CreateSlot {
@@ -122,12 +101,9 @@ impl ReplicationError {
             | E::HistoryLost(_)
             | E::Ended
             | E::RowOutsideTransaction => ErrorKind::Transient,
-            E::Url(_)
-            | E::SlotNotPgoutput { .. }
-            | E::SlotInOtherDatabase { .. }
-            | E::CreateSlot { .. }
-            | E::SlotInvalidated(_)
-            | E::Decode(_) => ErrorKind::Definite,
+            E::Url(_) | E::CreateSlot { .. } | E::SlotInvalidated(_) | E::Decode(_) => {
+                ErrorKind::Definite
+            }
         }
     }
 

@@ -15,7 +15,7 @@ use crate::metrics as m;
 use crate::db::describe;
 
 use super::ReplicationError;
-use crate::catalog::{LOGICAL_SLOT, PLUGIN};
+use crate::catalog::{self, CatalogError, PLUGIN};
 use crate::config::DatabaseConfig;
 use crate::tables::Tables;
 
@@ -72,30 +72,11 @@ pub async fn server_is_stopping(db: &DatabaseConfig) -> bool {
 }
 
 async fn ensure_slot(client: &Client, slot: &str) -> Result<(), ReplicationError> {
-    let row = client
-        .query_opt(
-            "SELECT plugin, slot_type, database = current_database() \
-             FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
+    let kind = catalog::query::slot_kind(client, slot)
         .await
         .map_err(ReplicationError::Query)?;
-    if let Some(row) = row {
-        let plugin: Option<String> = row.get(0);
-        let slot_type: String = row.get(1);
-        let same_db: Option<bool> = row.get(2);
-        if slot_type != LOGICAL_SLOT || plugin.as_deref() != Some(PLUGIN) {
-            return Err(ReplicationError::SlotNotPgoutput {
-                slot: slot.to_string(),
-                slot_type,
-                plugin,
-            });
-        }
-        if same_db != Some(true) {
-            return Err(ReplicationError::SlotInOtherDatabase {
-                slot: slot.to_string(),
-            });
-        }
+    if let Some(kind) = kind {
+        catalog::evaluate::slot(slot, &kind).map_err(CatalogError::from)?;
         return Ok(());
     }
     match client
