@@ -51,7 +51,7 @@ pub enum ReplicationError {
     /// recreates it.
     #[error("replication slot `{0}` has no confirmed position (dropped meanwhile?)")]
     NoConfirmedPosition(String),
-    /// The replication connection failed; [`classify`] chose the kind.
+    /// The replication connection failed; the kind follows the server's answer.
     #[error("{source}")]
     Stream {
         /// Transient, or definite for refused authentication and a missing publication.
