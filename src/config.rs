@@ -507,7 +507,7 @@ impl Config {
         if self.ingest.max_body_bytes < 1024 {
             return fail("ingest.max_body_bytes", "must be at least 1024");
         }
-        crate::tables::validate(&self.tables).map_err(ConfigError)
+        crate::tables::validate(&self.tables).map_err(|e| ConfigError(e.to_string()))
     }
 }
 

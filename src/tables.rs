@@ -79,11 +79,63 @@ pub fn default_tables() -> Vec<TableConfig> {
 /// The engagement message queue (seed story 1.1, ADR-003): service-only, never streamed.
 pub const SERVICE_ONLY: (&str, &str) = ("public", "engagement_message_queue");
 
-/// Checks the `[[tables]]` entries; the error names the entry's key, e.g.
+/// A `[[tables]]` entry the configuration refuses; `Display` names the entry's key, e.g.
 /// `tables[1].owner_column: must be 1–63 characters …`.
-pub fn validate(tables: &[TableConfig]) -> Result<(), String> {
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TablesError {
+    /// No entry at all.
+    #[error("tables: at least one [[tables]] entry is needed")]
+    Empty,
+    /// `schema`, `table` or `owner_column` is not a PostgreSQL identifier.
+    #[error("tables[{entry}].{key}: must be 1–63 characters (a PostgreSQL identifier)")]
+    Name {
+        /// Index of the entry.
+        entry: usize,
+        /// `schema`, `table` or `owner_column`.
+        key: &'static str,
+    },
+    /// `operations` is empty.
+    #[error("tables[{entry}].operations: list at least one of \"insert\", \"update\"")]
+    NoOperation {
+        /// Index of the entry.
+        entry: usize,
+    },
+    /// `operations` lists one twice.
+    #[error("tables[{entry}].operations: lists an operation twice")]
+    RepeatedOperation {
+        /// Index of the entry.
+        entry: usize,
+    },
+    /// The entry names the service-only queue ([`SERVICE_ONLY`]).
+    #[error(
+        "tables[{entry}]: {table} is service-only (its rows hold delivery addresses) and is \
+         never streamed"
+    )]
+    ServiceOnly {
+        /// Index of the entry.
+        entry: usize,
+        /// `schema.table`.
+        table: String,
+    },
+    /// An earlier entry names the same table.
+    #[error("tables[{entry}]: {table} is already configured by tables[{first}]")]
+    Repeated {
+        /// Index of the entry.
+        entry: usize,
+        /// `schema.table`.
+        table: String,
+        /// Index of the earlier entry.
+        first: usize,
+    },
+}
+
+/// Checks the `[[tables]]` entries.
+///
+/// Errors: the first [`TablesError`].
+pub fn validate(tables: &[TableConfig]) -> Result<(), TablesError> {
     if tables.is_empty() {
-        return Err("tables: at least one [[tables]] entry is needed".into());
+        return Err(TablesError::Empty);
     }
     for (i, t) in tables.iter().enumerate() {
         for (key, name) in [
@@ -92,34 +144,30 @@ pub fn validate(tables: &[TableConfig]) -> Result<(), String> {
             ("owner_column", &t.owner_column),
         ] {
             if name.is_empty() || name.len() > 63 || name.contains('\0') {
-                return Err(format!(
-                    "tables[{i}].{key}: must be 1–63 characters (a PostgreSQL identifier)"
-                ));
+                return Err(TablesError::Name { entry: i, key });
             }
         }
         if t.operations.is_empty() {
-            return Err(format!(
-                "tables[{i}].operations: list at least one of \"insert\", \"update\""
-            ));
+            return Err(TablesError::NoOperation { entry: i });
         }
         if (1..t.operations.len()).any(|k| t.operations[..k].contains(&t.operations[k])) {
-            return Err(format!("tables[{i}].operations: lists an operation twice"));
+            return Err(TablesError::RepeatedOperation { entry: i });
         }
         if (t.schema.as_str(), t.table.as_str()) == SERVICE_ONLY {
-            return Err(format!(
-                "tables[{i}]: {} is service-only (its rows hold delivery addresses) and is never \
-                 streamed",
-                t.qualified()
-            ));
+            return Err(TablesError::ServiceOnly {
+                entry: i,
+                table: t.qualified(),
+            });
         }
         if let Some(j) = tables[..i]
             .iter()
             .position(|o| o.schema == t.schema && o.table == t.table)
         {
-            return Err(format!(
-                "tables[{i}]: {} is already configured by tables[{j}]",
-                t.qualified()
-            ));
+            return Err(TablesError::Repeated {
+                entry: i,
+                table: t.qualified(),
+                first: j,
+            });
         }
     }
     Ok(())
@@ -289,37 +337,41 @@ mod tests {
     #[test]
     fn bad_entries_name_their_key() {
         assert!(validate(&default_tables()).is_ok());
-        assert!(validate(&[]).unwrap_err().starts_with("tables:"));
+        assert_eq!(validate(&[]), Err(TablesError::Empty));
         let mut tables = default_tables();
         tables[1].owner_column.clear();
         assert!(validate(&tables)
             .unwrap_err()
+            .to_string()
             .starts_with("tables[1].owner_column"));
         let mut tables = default_tables();
         tables[2].operations.clear();
         assert!(validate(&tables)
             .unwrap_err()
+            .to_string()
             .starts_with("tables[2].operations"));
         let mut tables = default_tables();
         tables[0].operations = vec![Operation::Insert, Operation::Insert];
         assert!(validate(&tables)
             .unwrap_err()
+            .to_string()
             .starts_with("tables[0].operations"));
         let mut tables = default_tables();
         tables[0].operations = vec![Operation::Insert, Operation::Update, Operation::Insert];
         assert!(validate(&tables)
             .unwrap_err()
+            .to_string()
             .starts_with("tables[0].operations"));
         let mut tables = default_tables();
         tables[1].table = "engagement_message_queue".into();
-        let err = validate(&tables).unwrap_err();
+        let err = validate(&tables).unwrap_err().to_string();
         assert!(
             err.starts_with("tables[1]:") && err.contains("never"),
             "{err}"
         );
         let mut tables = default_tables();
         tables.push(tables[0].clone());
-        let err = validate(&tables).unwrap_err();
+        let err = validate(&tables).unwrap_err().to_string();
         assert!(
             err.starts_with("tables[3]:") && err.contains("tables[0]"),
             "{err}"
