@@ -5,9 +5,16 @@
 //! `RELAY_<SECTION>__<KEY>` (for example `RELAY_LIMITS__SESSION_QUEUE=4096`), plus the short
 //! aliases `RELAY_DATABASE_URL`, `RELAY_JWT_SECRET`, `RELAY_LISTEN` and `RELAY_METRICS_LISTEN`.
 //! Every error names the key it is about, on one line.
+//!
+//! Types carry the rules where they can: durations are humantime strings (`250ms`, `5m`), byte
+//! sizes an integer or an IEC size (`512MiB`, [`bytes`]), and counts where zero means nothing
+//! are `NonZero*`.
+
+pub mod bytes;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::Path;
 use std::time::Duration;
 
@@ -108,14 +115,14 @@ pub struct ServerConfig {
     /// Address of the WebSocket and HTTP listener (`server.listen`, default `0.0.0.0:4000`).
     pub listen: SocketAddr,
     /// Most concurrent WebSocket sessions; further upgrades get HTTP 503 (default 100,000).
-    pub max_sessions: usize,
+    pub max_sessions: NonZeroUsize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: ([0, 0, 0, 0], 4000).into(),
-            max_sessions: 100_000,
+            max_sessions: nonzero(100_000),
         }
     }
 }
@@ -201,9 +208,12 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Events queued per session before it is closed as a slow consumer (4008); default 1024.
-    pub session_queue: usize,
-    /// Largest client frame accepted, in bytes; larger frames close the session with 1008.
+    /// Events queued per session before it is closed as a slow consumer (4008); default 1024,
+    /// at most 1048576.
+    pub session_queue: NonZeroUsize,
+    /// Largest client frame accepted, in bytes (an integer or e.g. `64KiB`, the default; at
+    /// least 256); larger frames close the session with 1008.
+    #[serde(deserialize_with = "bytes::deserialize")]
     pub max_client_frame_bytes: usize,
     /// Interval between server pings (default `20s`).
     #[serde(with = "humantime_serde")]
@@ -217,7 +227,7 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            session_queue: 1024,
+            session_queue: nonzero(1024),
             max_client_frame_bytes: 64 * 1024,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
@@ -241,8 +251,9 @@ pub struct ReplayConfig {
     /// Most events kept, whatever their age (default 1,000,000).
     pub max_events: usize,
     /// Most bytes kept, estimated per event from its frame size ([`crate::event::Event::approx_bytes`],
-    /// calibrated against RSS); default 536870912 (512 MiB: a 5-minute window up to ~500
-    /// events/s of ~500-byte rows).
+    /// calibrated against RSS); an integer or e.g. `512MiB` (the default: a 5-minute window up
+    /// to ~500 events/s of ~500-byte rows).
+    #[serde(deserialize_with = "bytes::deserialize")]
     pub max_bytes: usize,
 }
 
@@ -260,40 +271,42 @@ impl Default for ReplayConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
-    /// Most events in one request (default 5,000); more is a 413.
-    pub max_batch: usize,
-    /// Largest request body in bytes (default 8388608, 8 MiB); more is a 413.
+    /// Most events in one request (default 5,000, at most 100,000); more is a 413.
+    pub max_batch: NonZeroUsize,
+    /// Largest request body in bytes, an integer or e.g. `8MiB` (the default; at least 1024);
+    /// more is a 413.
+    #[serde(deserialize_with = "bytes::deserialize")]
     pub max_body_bytes: usize,
     /// Events older than this are refused (RFC 3339, default `2020-01-01T00:00:00Z`).
     pub oldest_timestamp: chrono::DateTime<chrono::Utc>,
     /// SQL connections of the API's pool (default 8); the replication stream has its own.
-    pub pool_size: usize,
+    pub pool_size: NonZeroUsize,
     /// How long a request waits for a pooled connection before a 503 (default `5s`).
     #[serde(with = "humantime_serde")]
     pub pool_timeout: Duration,
     /// API requests per second per user (`sub`), sustained (default 10)...
-    pub user_rate: u32,
+    pub user_rate: NonZeroU32,
     /// ...with bursts of this many (default 20); beyond, HTTP 429 with `Retry-After`.
-    pub user_burst: u32,
+    pub user_burst: NonZeroU32,
     /// API requests per second per service-role token (default 50)...
-    pub key_rate: u32,
+    pub key_rate: NonZeroU32,
     /// ...with bursts of this many (default 100).
-    pub key_burst: u32,
+    pub key_burst: NonZeroU32,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
-            max_batch: 5_000,
+            max_batch: nonzero(5_000),
             max_body_bytes: 8 << 20,
             oldest_timestamp: chrono::DateTime::from_timestamp(1_577_836_800, 0)
                 .unwrap_or_default(),
-            pool_size: 8,
+            pool_size: nonzero(8),
             pool_timeout: Duration::from_secs(5),
-            user_rate: 10,
-            user_burst: 20,
-            key_rate: 50,
-            key_burst: 100,
+            user_rate: nonzero32(10),
+            user_burst: nonzero32(20),
+            key_rate: nonzero32(50),
+            key_burst: nonzero32(100),
         }
     }
 }
@@ -383,13 +396,25 @@ impl Config {
             }
         }
         let config: Config = figment.extract().map_err(|e| {
-            // One line per error; figment already names the key and the source.
-            let first = e
-                .into_iter()
-                .next()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            ConfigError(first.replace('\n', " "))
+            // One line, key first (`limits.session_queue: invalid value …`), then where the
+            // value came from.
+            let first = e.into_iter().next().map(|e| {
+                let source = e.metadata.as_ref().map(|m| match &m.source {
+                    Some(source) => format!(" ({} {source})", m.name),
+                    None => format!(" ({})", m.name),
+                });
+                if e.path.is_empty() {
+                    e.to_string()
+                } else {
+                    format!(
+                        "{}: {}{}",
+                        e.path.join("."),
+                        e.kind,
+                        source.unwrap_or_default()
+                    )
+                }
+            });
+            ConfigError(first.unwrap_or_default().replace('\n', " "))
         })?;
         config.validate()?;
         Ok(config)
@@ -431,7 +456,7 @@ impl Config {
                 return fail(key, "must be 1–63 characters of a-z, 0-9 and _");
             }
         }
-        if !(1..=MAX_SESSION_QUEUE).contains(&self.limits.session_queue) {
+        if self.limits.session_queue.get() > MAX_SESSION_QUEUE {
             return fail("limits.session_queue", "must be between 1 and 1048576");
         }
         for (key, value) in [
@@ -476,30 +501,24 @@ impl Config {
         if self.database.status_interval.is_zero() {
             return fail("database.status_interval", "must be above 0");
         }
-        if self.ingest.max_batch == 0 || self.ingest.max_batch > 100_000 {
+        if self.ingest.max_batch.get() > 100_000 {
             return fail("ingest.max_batch", "must be between 1 and 100000");
-        }
-        for (key, value) in [
-            ("ingest.user_rate", self.ingest.user_rate),
-            ("ingest.user_burst", self.ingest.user_burst),
-            ("ingest.key_rate", self.ingest.key_rate),
-            ("ingest.key_burst", self.ingest.key_burst),
-        ] {
-            if value == 0 {
-                return fail(key, "must be at least 1");
-            }
-        }
-        if self.ingest.pool_size == 0 {
-            return fail("ingest.pool_size", "must be at least 1");
         }
         if self.ingest.max_body_bytes < 1024 {
             return fail("ingest.max_body_bytes", "must be at least 1024");
         }
-        if self.server.max_sessions == 0 {
-            return fail("server.max_sessions", "must be at least 1");
-        }
-        crate::tables::validate(&self.tables).map_err(ConfigError)
+        crate::tables::validate(&self.tables).map_err(|e| ConfigError(e.to_string()))
     }
+}
+
+/// `n` as a default count (never zero; 1 if it were).
+fn nonzero(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// `n` as a default rate (never zero; 1 if it were).
+fn nonzero32(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
 /// `RELAY_SECTION__KEY` variables plus the documented short aliases.
@@ -517,68 +536,4 @@ fn env_provider() -> Env {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(dir: &Path, text: &str) -> std::path::PathBuf {
-        let path = dir.join("config.toml");
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    #[test]
-    fn the_documented_config_file_loads_and_matches_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-        let overrides = Overrides {
-            jwt_secret: Some("s".into()),
-            ..Default::default()
-        };
-        let config = Config::load(&path, true, &overrides).unwrap();
-        let defaults = Config::default();
-        assert_eq!(config.server.listen, defaults.server.listen);
-        assert_eq!(config.limits.session_queue, defaults.limits.session_queue);
-        assert_eq!(config.database.slot, defaults.database.slot);
-        assert_eq!(config.shutdown.grace, defaults.shutdown.grace);
-        assert_eq!(config.tables, defaults.tables);
-    }
-
-    #[test]
-    fn a_bad_value_is_one_line_naming_the_key() {
-        let dir = std::env::temp_dir().join(format!("relay-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = write(
-            &dir,
-            "[server]\nlisten = \"nowhere\"\n[auth]\njwt_secret = \"x\"\n",
-        );
-        let err = Config::load(&path, true, &Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("server.listen"), "{err}");
-        assert!(!err.contains('\n'));
-        let path = write(
-            &dir,
-            "[limits]\nsession_queue = 0\n[auth]\njwt_secret = \"x\"\n",
-        );
-        let err = Config::load(&path, true, &Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("limits.session_queue"), "{err}");
-        let path = write(&dir, "[limits]\nsesion_queue = 3\n");
-        let err = Config::load(&path, true, &Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("sesion_queue"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_missing_secret_names_the_key() {
-        let config = Config::load(Path::new("/nonexistent.toml"), false, &Overrides::default());
-        let err = config
-            .unwrap()
-            .require_jwt_secret()
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("auth.jwt_secret"), "{err}");
-    }
-}
+mod tests;

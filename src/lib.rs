@@ -8,6 +8,7 @@
 //! [`start`] runs the whole daemon in-process (tests bind port 0); `src/main.rs` is the CLI.
 
 pub mod auth;
+pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod doctor;

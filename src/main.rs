@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use engagement_relay::auth::{mint, Role};
-use engagement_relay::config::{Config, LogFormat, Overrides};
+use engagement_relay::config::{bytes, Config, LogFormat, Overrides};
 use engagement_relay::{db, doctor, start};
 use relay_testkit::pgcluster;
 use tokio_util::sync::CancellationToken;
@@ -73,11 +73,11 @@ enum Command {
         json: bool,
         /// `slot_lag` fails above this many bytes of WAL not yet confirmed by the slot and
         /// warns above half of it (plain bytes or KiB/MiB/GiB/TiB).
-        #[arg(long, default_value = "1GiB", value_parser = doctor::parse_bytes)]
+        #[arg(long, default_value = "1GiB", value_parser = bytes::parse)]
         max_lag_bytes: u64,
         /// `slot_retained` fails above this many bytes of WAL kept for the slot and warns
         /// above half of it.
-        #[arg(long, default_value = "4GiB", value_parser = doctor::parse_bytes)]
+        #[arg(long, default_value = "4GiB", value_parser = bytes::parse)]
         max_retained_bytes: u64,
         /// `long_transactions` warns about transactions open longer than this.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]

@@ -16,6 +16,7 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::replication::{self, ReplicationContext, ReplicationError, StreamStatus};
+
 use crate::router::Router;
 use crate::tables::Tables;
 
@@ -38,12 +39,23 @@ pub enum RelayError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The database cannot be streamed from (definite replication error).
+    /// The database cannot be streamed from (a definite replication error).
     #[error("replication: {0}")]
-    Replication(String),
+    Replication(#[from] ReplicationError),
+    /// A bound listener's address could not be read.
+    #[error("cannot read the address of {key}: {source}")]
+    LocalAddr {
+        /// The config key of the listener.
+        key: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A task panicked or was aborted.
     #[error("internal: {0}")]
-    Internal(String),
+    Task(#[from] tokio::task::JoinError),
+    /// Graceful shutdown took longer than `shutdown.grace` and was forced.
+    #[error("graceful shutdown exceeded shutdown.grace ({0:?}); forced")]
+    ShutdownTimeout(std::time::Duration),
 }
 
 /// A running relay. Drop does not stop it: call [`Relay::shutdown`].
@@ -66,20 +78,14 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     metrics::gauge!(crate::metrics::REPLAY_WINDOW).set(config.replay.window.as_secs_f64());
     let tables = Arc::new(Tables::new(&config.tables));
     match replication::preflight(&config.database, &tables).await {
-        Ok(_) => {}
-        Err(ReplicationError::Definite(why)) => return Err(RelayError::Replication(why)),
-        Err(ReplicationError::Transient(why)) => {
-            warn!("database not reachable yet ({why}); the relay will keep retrying")
-        }
+        Ok(()) => {}
+        Err(e) if e.is_definite() => return Err(e.into()),
+        Err(e) => warn!("database not reachable yet ({e}); the relay will keep retrying"),
     }
     let server = bind("server.listen", config.server.listen).await?;
     let metrics = bind("metrics.listen", config.metrics.listen).await?;
-    let server_addr = server
-        .local_addr()
-        .map_err(|e| RelayError::Internal(e.to_string()))?;
-    let metrics_addr = metrics
-        .local_addr()
-        .map_err(|e| RelayError::Internal(e.to_string()))?;
+    let server_addr = local_addr("server.listen", &server)?;
+    let metrics_addr = local_addr("metrics.listen", &metrics)?;
 
     // `shutdown` is the request; the supervisor below then stops the stream first
     // (`stream_stop`), and only then the sessions and servers (`sessions_stop`), so events
@@ -87,7 +93,10 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     let shutdown = CancellationToken::new();
     let stream_stop = CancellationToken::new();
     let sessions_stop = CancellationToken::new();
-    let router = Arc::new(Router::new(config.limits.session_queue, &config.replay));
+    let router = Arc::new(Router::new(
+        config.limits.session_queue.get(),
+        &config.replay,
+    ));
     let status = Arc::new(StreamStatus::default());
     let sessions = TaskTracker::new();
     let state = AppState {
@@ -95,7 +104,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         tables: tables.clone(),
         verifier: Arc::new(Verifier::new(&config.auth)),
         limits: config.limits.clone(),
-        session_permits: http::session_permits(config.server.max_sessions),
+        session_permits: http::session_permits(config.server.max_sessions.get()),
         status: status.clone(),
         shutdown: sessions_stop.clone(),
         sessions: sessions.clone(),
@@ -163,11 +172,9 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         };
         let result = match tokio::time::timeout(grace, drain).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(RelayError::Replication(e.to_string())),
-            Ok(Err(join)) => Err(RelayError::Internal(join.to_string())),
-            Err(_) => Err(RelayError::Internal(format!(
-                "graceful shutdown exceeded shutdown.grace ({grace:?}); forced"
-            ))),
+            Ok(Ok(Err(e))) => Err(RelayError::Replication(e)),
+            Ok(Err(join)) => Err(RelayError::Task(join)),
+            Err(_) => Err(RelayError::ShutdownTimeout(grace)),
         };
         info!("relay stopped");
         result
@@ -186,6 +193,12 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, RelayE
     TcpListener::bind(addr)
         .await
         .map_err(|source| RelayError::Bind { key, addr, source })
+}
+
+fn local_addr(key: &'static str, listener: &TcpListener) -> Result<SocketAddr, RelayError> {
+    listener
+        .local_addr()
+        .map_err(|source| RelayError::LocalAddr { key, source })
 }
 
 impl Relay {
@@ -229,9 +242,7 @@ impl Relay {
 
     /// Waits until the relay stops (shutdown requested, or a definite replication error).
     pub async fn wait(self) -> Result<(), RelayError> {
-        self.task
-            .await
-            .map_err(|e| RelayError::Internal(e.to_string()))?
+        self.task.await?
     }
 
     /// Stops gracefully: sessions get 1001, the final LSN is acknowledged, within

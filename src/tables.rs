@@ -7,18 +7,17 @@
 //! `engagement_events`, new `engagement_state_transitions`, changed `user_engagement_states`.
 //! `engagement_message_queue` is service-only and never streamed.
 //!
-//! At every connect the relay reads the configured tables' columns from the catalog
-//! ([`Tables::load`]): a missing table, a missing or non-`uuid` owner column, or a table the
-//! publication does not carry stops it with a message naming the `[[tables]]` entry.
+//! At every connect the catalog check ([`crate::catalog::check`]) reads the configured tables'
+//! columns into [`Tables`]: a missing table, a missing or non-`uuid` owner column, or a table
+//! the publication does not carry stops the relay with a message naming the `[[tables]]` entry.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
 
 use serde::Deserialize;
-use tokio_postgres::Client;
 
 use crate::event::Operation;
-use crate::replication::pgoutput::{oid, Relation};
+use crate::replication::pgoutput::Relation;
 
 /// One `[[tables]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -80,11 +79,63 @@ pub fn default_tables() -> Vec<TableConfig> {
 /// The engagement message queue (seed story 1.1, ADR-003): service-only, never streamed.
 pub const SERVICE_ONLY: (&str, &str) = ("public", "engagement_message_queue");
 
-/// Checks the `[[tables]]` entries; the error names the entry's key, e.g.
+/// A `[[tables]]` entry the configuration refuses; `Display` names the entry's key, e.g.
 /// `tables[1].owner_column: must be 1–63 characters …`.
-pub fn validate(tables: &[TableConfig]) -> Result<(), String> {
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TablesError {
+    /// No entry at all.
+    #[error("tables: at least one [[tables]] entry is needed")]
+    Empty,
+    /// `schema`, `table` or `owner_column` is not a PostgreSQL identifier.
+    #[error("tables[{entry}].{key}: must be 1–63 characters (a PostgreSQL identifier)")]
+    Name {
+        /// Index of the entry.
+        entry: usize,
+        /// `schema`, `table` or `owner_column`.
+        key: &'static str,
+    },
+    /// `operations` is empty.
+    #[error("tables[{entry}].operations: list at least one of \"insert\", \"update\"")]
+    NoOperation {
+        /// Index of the entry.
+        entry: usize,
+    },
+    /// `operations` lists one twice.
+    #[error("tables[{entry}].operations: lists an operation twice")]
+    RepeatedOperation {
+        /// Index of the entry.
+        entry: usize,
+    },
+    /// The entry names the service-only queue ([`SERVICE_ONLY`]).
+    #[error(
+        "tables[{entry}]: {table} is service-only (its rows hold delivery addresses) and is \
+         never streamed"
+    )]
+    ServiceOnly {
+        /// Index of the entry.
+        entry: usize,
+        /// `schema.table`.
+        table: String,
+    },
+    /// An earlier entry names the same table.
+    #[error("tables[{entry}]: {table} is already configured by tables[{first}]")]
+    Repeated {
+        /// Index of the entry.
+        entry: usize,
+        /// `schema.table`.
+        table: String,
+        /// Index of the earlier entry.
+        first: usize,
+    },
+}
+
+/// Checks the `[[tables]]` entries.
+///
+/// Errors: the first [`TablesError`].
+pub fn validate(tables: &[TableConfig]) -> Result<(), TablesError> {
     if tables.is_empty() {
-        return Err("tables: at least one [[tables]] entry is needed".into());
+        return Err(TablesError::Empty);
     }
     for (i, t) in tables.iter().enumerate() {
         for (key, name) in [
@@ -93,34 +144,30 @@ pub fn validate(tables: &[TableConfig]) -> Result<(), String> {
             ("owner_column", &t.owner_column),
         ] {
             if name.is_empty() || name.len() > 63 || name.contains('\0') {
-                return Err(format!(
-                    "tables[{i}].{key}: must be 1–63 characters (a PostgreSQL identifier)"
-                ));
+                return Err(TablesError::Name { entry: i, key });
             }
         }
         if t.operations.is_empty() {
-            return Err(format!(
-                "tables[{i}].operations: list at least one of \"insert\", \"update\""
-            ));
+            return Err(TablesError::NoOperation { entry: i });
         }
         if (1..t.operations.len()).any(|k| t.operations[..k].contains(&t.operations[k])) {
-            return Err(format!("tables[{i}].operations: lists an operation twice"));
+            return Err(TablesError::RepeatedOperation { entry: i });
         }
         if (t.schema.as_str(), t.table.as_str()) == SERVICE_ONLY {
-            return Err(format!(
-                "tables[{i}]: {} is service-only (its rows hold delivery addresses) and is never \
-                 streamed",
-                t.qualified()
-            ));
+            return Err(TablesError::ServiceOnly {
+                entry: i,
+                table: t.qualified(),
+            });
         }
         if let Some(j) = tables[..i]
             .iter()
             .position(|o| o.schema == t.schema && o.table == t.table)
         {
-            return Err(format!(
-                "tables[{i}]: {} is already configured by tables[{j}]",
-                t.qualified()
-            ));
+            return Err(TablesError::Repeated {
+                entry: i,
+                table: t.qualified(),
+                first: j,
+            });
         }
     }
     Ok(())
@@ -167,7 +214,7 @@ pub type Column = (String, u32);
 #[derive(Debug)]
 pub struct Tables {
     entries: Vec<TableConfig>,
-    /// `schema.table` → columns in attribute order; filled by [`Tables::load`].
+    /// `schema.table` → columns in attribute order; filled by [`Tables::set_columns`].
     columns: RwLock<HashMap<(String, String), Vec<Column>>>,
 }
 
@@ -216,7 +263,7 @@ impl Tables {
         )
     }
 
-    /// The columns of `schema.table` (empty until [`Tables::load`] has read them).
+    /// The columns of `schema.table` (empty until the catalog check has read them).
     pub fn columns(&self, schema: &str, table: &str) -> Vec<Column> {
         let columns = self.columns.read().unwrap_or_else(|e| e.into_inner());
         columns
@@ -225,128 +272,11 @@ impl Tables {
             .unwrap_or_default()
     }
 
-    /// Reads every configured table's columns from the catalog and checks that the table
-    /// exists, its owner column exists and is a `uuid`, and `publication` carries the table and
-    /// its operations.
-    ///
-    /// Errors: `Ok(Err(text))` names the `[[tables]]` entry and the fix; `Err` is a failed query.
-    pub async fn load(
-        &self,
-        client: &Client,
-        publication: &str,
-    ) -> Result<Result<(), String>, tokio_postgres::Error> {
-        let mut loaded = HashMap::new();
-        for (i, t) in self.entries.iter().enumerate() {
-            let rows = client
-                .query(
-                    "SELECT a.attname::text, a.atttypid::oid::int8 \
-                     FROM pg_catalog.pg_attribute a \
-                     JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                     WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') \
-                       AND a.attnum > 0 AND NOT a.attisdropped \
-                     ORDER BY a.attnum",
-                    &[&t.schema, &t.table],
-                )
-                .await?;
-            let columns: Vec<Column> = rows
-                .iter()
-                .map(|r| (r.get(0), r.get::<_, i64>(1) as u32))
-                .collect();
-            if let Some(problem) = check(i, t, &columns, client, publication).await? {
-                return Ok(Err(problem));
-            }
-            loaded.insert((t.schema.clone(), t.table.clone()), columns);
-        }
-        *self.columns.write().unwrap_or_else(|e| e.into_inner()) = loaded;
-        Ok(Ok(()))
+    /// Replaces the columns of every table (`schema.table` → columns in attribute order), as
+    /// the catalog check ([`crate::catalog::check`]) read them at connect.
+    pub fn set_columns(&self, columns: HashMap<(String, String), Vec<Column>>) {
+        *self.columns.write().unwrap_or_else(|e| e.into_inner()) = columns;
     }
-}
-
-/// What is wrong with entry `i`, if anything.
-async fn check(
-    i: usize,
-    t: &TableConfig,
-    columns: &[Column],
-    client: &Client,
-    publication: &str,
-) -> Result<Option<String>, tokio_postgres::Error> {
-    let name = t.qualified();
-    if columns.is_empty() {
-        return Ok(Some(format!(
-            "tables[{i}]: table {name} does not exist: run `engagement-relay migrate`, or remove \
-             the entry from [[tables]]"
-        )));
-    }
-    match columns.iter().find(|(c, _)| *c == t.owner_column) {
-        None => {
-            return Ok(Some(format!(
-                "tables[{i}].owner_column: {name} has no column `{}`",
-                t.owner_column
-            )))
-        }
-        Some((_, type_oid)) if *type_oid != oid::UUID => {
-            return Ok(Some(format!(
-                "tables[{i}].owner_column: {name}.{} must be a uuid (it is compared with the JWT \
-                 sub)",
-                t.owner_column
-            )))
-        }
-        Some(_) => {}
-    }
-    let published = client
-        .query_opt(
-            "SELECT p.pubinsert, p.pubupdate FROM pg_catalog.pg_publication p \
-             JOIN pg_catalog.pg_publication_tables pt ON pt.pubname = p.pubname \
-             WHERE p.pubname = $1 AND pt.schemaname = $2 AND pt.tablename = $3",
-            &[&publication, &t.schema, &t.table],
-        )
-        .await?;
-    let Some(row) = published else {
-        return Ok(Some(format!(
-            "tables[{i}]: publication `{publication}` does not carry {name}: run \
-             `engagement-relay migrate` or ALTER PUBLICATION {publication} ADD TABLE {name}"
-        )));
-    };
-    let (insert, update): (bool, bool) = (row.get(0), row.get(1));
-    // PostgreSQL 15+ publications may carry a column list; without the owner column every row
-    // would reach the service role only.
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await?
-        .get(0);
-    if version >= 150_000 {
-        let columns: Option<Vec<String>> = client
-            .query_one(
-                "SELECT attnames::text[] FROM pg_catalog.pg_publication_tables \
-                 WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
-                &[&publication, &t.schema, &t.table],
-            )
-            .await?
-            .get(0);
-        if columns.is_some_and(|c| !c.contains(&t.owner_column)) {
-            return Ok(Some(format!(
-                "tables[{i}].owner_column: publication `{publication}` carries a column list of \
-                 {name} without `{}`: ALTER PUBLICATION {publication} SET TABLE {name} (or add \
-                 the column to the list)",
-                t.owner_column
-            )));
-        }
-    }
-    for op in &t.operations {
-        let carried = match op {
-            Operation::Insert => insert,
-            Operation::Update => update,
-        };
-        if !carried {
-            return Ok(Some(format!(
-                "tables[{i}].operations: publication `{publication}` does not publish {}s: \
-                 ALTER PUBLICATION {publication} SET (publish = 'insert, update')",
-                op.as_str()
-            )));
-        }
-    }
-    Ok(None)
 }
 
 #[cfg(test)]
@@ -407,37 +337,41 @@ mod tests {
     #[test]
     fn bad_entries_name_their_key() {
         assert!(validate(&default_tables()).is_ok());
-        assert!(validate(&[]).unwrap_err().starts_with("tables:"));
+        assert_eq!(validate(&[]), Err(TablesError::Empty));
         let mut tables = default_tables();
         tables[1].owner_column.clear();
         assert!(validate(&tables)
             .unwrap_err()
+            .to_string()
             .starts_with("tables[1].owner_column"));
         let mut tables = default_tables();
         tables[2].operations.clear();
         assert!(validate(&tables)
             .unwrap_err()
+            .to_string()
             .starts_with("tables[2].operations"));
         let mut tables = default_tables();
         tables[0].operations = vec![Operation::Insert, Operation::Insert];
         assert!(validate(&tables)
             .unwrap_err()
+            .to_string()
             .starts_with("tables[0].operations"));
         let mut tables = default_tables();
         tables[0].operations = vec![Operation::Insert, Operation::Update, Operation::Insert];
         assert!(validate(&tables)
             .unwrap_err()
+            .to_string()
             .starts_with("tables[0].operations"));
         let mut tables = default_tables();
         tables[1].table = "engagement_message_queue".into();
-        let err = validate(&tables).unwrap_err();
+        let err = validate(&tables).unwrap_err().to_string();
         assert!(
             err.starts_with("tables[1]:") && err.contains("never"),
             "{err}"
         );
         let mut tables = default_tables();
         tables.push(tables[0].clone());
-        let err = validate(&tables).unwrap_err();
+        let err = validate(&tables).unwrap_err().to_string();
         assert!(
             err.starts_with("tables[3]:") && err.contains("tables[0]"),
             "{err}"

@@ -172,7 +172,7 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
     let db = TestDb::new().await;
     let relay = db
         .relay_with(|c| {
-            c.ingest.max_batch = 3;
+            c.ingest.max_batch = std::num::NonZero::new(3).unwrap();
             c.ingest.max_body_bytes = 4096;
         })
         .await;
@@ -227,8 +227,8 @@ async fn past_the_rate_limit_requests_get_429_with_retry_after() {
     let db = TestDb::new().await;
     let relay = db
         .relay_with(|c| {
-            c.ingest.user_rate = 1;
-            c.ingest.user_burst = 2;
+            c.ingest.user_rate = std::num::NonZero::new(1).unwrap();
+            c.ingest.user_burst = std::num::NonZero::new(2).unwrap();
         })
         .await;
     let pg = db.client().await;

@@ -125,8 +125,8 @@ async fn generated_requests_never_get_a_5xx_or_an_undocumented_status() {
     let db = TestDb::new().await;
     let relay = db
         .relay_with(|c| {
-            c.ingest.user_rate = 1_000_000;
-            c.ingest.user_burst = 1_000_000;
+            c.ingest.user_rate = std::num::NonZero::new(1_000_000).unwrap();
+            c.ingest.user_burst = std::num::NonZero::new(1_000_000).unwrap();
         })
         .await;
     let pg = db.client().await;

@@ -30,7 +30,9 @@ async fn healthz_is_ok_and_a_plain_get_on_the_realtime_socket_is_426() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_past_max_sessions_get_503() {
     let db = TestDb::new().await;
-    let relay = db.relay_with(|c| c.server.max_sessions = 2).await;
+    let relay = db
+        .relay_with(|c| c.server.max_sessions = std::num::NonZero::new(2).unwrap())
+        .await;
     let token = user_token(Uuid::new_v4(), MINUTE);
     let a = connect(&relay, &token, "").await;
     let _b = connect(&relay, &token, "").await;

@@ -65,7 +65,9 @@ async fn without_a_replay_window_the_confirmed_flush_lsn_reaches_delivered_event
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_closed_with_4008_while_a_fast_one_keeps_up() {
     let db = TestDb::new().await;
-    let relay = db.relay_with(|c| c.limits.session_queue = 64).await;
+    let relay = db
+        .relay_with(|c| c.limits.session_queue = std::num::NonZero::new(64).unwrap())
+        .await;
     let pg = db.client().await;
     let user = create_user(&pg).await;
     let token = user_token(user, HOUR);

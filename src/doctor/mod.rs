@@ -34,7 +34,7 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::db::describe;
 
-pub use report::{format_bytes, parse_bytes, Check, Report, Status, Summary};
+pub use report::{format_bytes, Check, Report, Status, Summary};
 
 /// Id of the connection check.
 pub const CONNECTIVITY: &str = "connectivity";
@@ -131,9 +131,9 @@ pub async fn run(config: &Config, options: &Options) -> Report {
     db.one(MIGRATIONS, server::migrations).await;
     db.one(PUBLICATION, |c| schema::publication(c, config))
         .await;
-    for t in &config.tables {
+    for (i, t) in config.tables.iter().enumerate() {
         let id = |kind| table_check_id(kind, &t.schema, &t.table);
-        db.one(&id("table"), |c| schema::table(c, t)).await;
+        db.one(&id("table"), |c| schema::table(c, i, t)).await;
         db.one(&id("rls"), |c| security::rls(c, t)).await;
         db.one(&id("indexes"), |c| security::indexes(c, t)).await;
     }
@@ -150,7 +150,7 @@ pub async fn run(config: &Config, options: &Options) -> Report {
     })
     .await;
     db.one(CONNECTIONS, |c| {
-        server::connections(c, config.ingest.pool_size)
+        server::connections(c, config.ingest.pool_size.get())
     })
     .await;
     Report { checks: db.checks }

@@ -211,36 +211,6 @@ pub fn format_bytes(bytes: u64) -> String {
     }
 }
 
-/// Parses a byte count for a CLI flag: plain bytes (`1048576`) or a number with an IEC suffix
-/// (`KiB`, `MiB`, `GiB`, `TiB`; e.g. `1GiB`, `512 MiB`).
-///
-/// Errors: a one-line message naming the accepted forms.
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a byte count (e.g. 1048576, 512MiB, 1GiB)"))?;
-    let shift = match unit.trim() {
-        "" | "B" => 0,
-        "KiB" => 10,
-        "MiB" => 20,
-        "GiB" => 30,
-        "TiB" => 40,
-        other => {
-            return Err(format!(
-                "`{other}` is not a unit: use B, KiB, MiB, GiB or TiB (powers of 1024)"
-            ))
-        }
-    };
-    number
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("`{text}` is too large"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,13 +291,6 @@ mod tests {
 
     #[test]
     fn byte_counts_read_and_print_in_powers_of_1024() {
-        assert_eq!(parse_bytes("1"), Ok(1));
-        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_bytes(" 512 MiB "), Ok(512 << 20));
-        assert!(parse_bytes("1GB").unwrap_err().contains("GiB"));
-        assert!(parse_bytes("-1").is_err());
-        assert!(parse_bytes("").is_err());
-        assert!(parse_bytes("99999999TiB").is_err());
         assert_eq!(format_bytes(512), "512 B");
         assert_eq!(format_bytes(1536), "1.5 KiB");
         assert_eq!(format_bytes(1 << 30), "1.0 GiB");

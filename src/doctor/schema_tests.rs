@@ -1,8 +1,25 @@
 //! Unit tests of the schema evaluations (no database).
 
 use super::*;
+use crate::catalog::{ColumnFacts, Published};
 use crate::doctor::Status;
 use crate::tables::default_tables;
+use tokio_postgres::types::Type;
+
+fn facts_with_owner(ty: Option<&Type>) -> TableFacts {
+    TableFacts {
+        columns: ty
+            .map(|ty| ColumnFacts {
+                name: "user_id".into(),
+                type_oid: ty.oid(),
+                type_name: ty.name().into(),
+            })
+            .into_iter()
+            .collect(),
+        can_select: true,
+        user: "relay".into(),
+    }
+}
 
 fn events() -> TableConfig {
     default_tables().remove(0)
@@ -94,30 +111,22 @@ fn a_column_list_without_the_owner_fails_and_a_row_filter_warns() {
 #[test]
 fn a_table_needs_a_uuid_owner_column_it_may_read() {
     let t = events();
-    let ok = TableFacts {
-        owner_type: Some("uuid".into()),
-        can_select: true,
-        user: "relay".into(),
-    };
-    let c = evaluate_table(&t, Some(&ok));
+    let ok = facts_with_owner(Some(&Type::UUID));
+    let c = evaluate_table(0, &t, Some(&ok));
     assert_eq!(c.status, Status::Pass);
     assert_eq!(c.id, "table:public.engagement_events");
-    assert_eq!(evaluate_table(&t, None).status, Status::Fail);
-    let text = TableFacts {
-        owner_type: Some("text".into()),
-        ..ok.clone()
-    };
-    assert!(evaluate_table(&t, Some(&text)).detail.contains("is text"));
-    let none = TableFacts {
-        owner_type: None,
-        ..ok.clone()
-    };
-    assert_eq!(evaluate_table(&t, Some(&none)).status, Status::Fail);
+    assert_eq!(evaluate_table(0, &t, None).status, Status::Fail);
+    let text = facts_with_owner(Some(&Type::TEXT));
+    assert!(evaluate_table(0, &t, Some(&text))
+        .detail
+        .contains("is text"));
+    let none = facts_with_owner(None);
+    assert_eq!(evaluate_table(0, &t, Some(&none)).status, Status::Fail);
     let denied = TableFacts {
         can_select: false,
         ..ok
     };
-    let c = evaluate_table(&t, Some(&denied));
+    let c = evaluate_table(0, &t, Some(&denied));
     assert_eq!(
         c.fix.unwrap(),
         "GRANT SELECT ON public.engagement_events TO relay;"

@@ -17,6 +17,7 @@ use super::{
     CONNECTIONS, LONG_TRANSACTIONS, MAX_SLOT_WAL_KEEP_SIZE, MIGRATIONS, REPLICATION_ROLE,
     REPLICATION_SLOTS, SERVER_VERSION, WAL_LEVEL, WAL_SENDERS,
 };
+use crate::catalog::{evaluate, query};
 use crate::db::describe;
 
 type Result<T> = std::result::Result<T, tokio_postgres::Error>;
@@ -71,13 +72,13 @@ pub(super) fn evaluate_role(user: &str, superuser: bool, replication: bool) -> C
 /// `SHOW wal_level` must be `logical`
 /// (<https://www.postgresql.org/docs/15/runtime-config-wal.html#GUC-WAL-LEVEL>).
 pub(super) async fn wal_level(c: &Client) -> Result<Check> {
-    let level: String = c.query_one("SHOW wal_level", &[]).await?.get(0);
-    Ok(evaluate_wal_level(&level))
+    Ok(evaluate_wal_level(&query::wal_level(c).await?))
 }
 
-/// `wal_level` (`minimal`, `replica` or `logical`): only `logical` lets a slot decode.
+/// `wal_level` (`minimal`, `replica` or `logical`): only `logical` lets a slot decode
+/// ([`evaluate::wal_level`]).
 pub fn evaluate_wal_level(level: &str) -> Check {
-    if level == "logical" {
+    if evaluate::wal_level(level).is_ok() {
         Check::pass(WAL_LEVEL, "wal_level = logical")
     } else {
         Check::fail(

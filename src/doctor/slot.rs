@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 
 use super::report::{format_bytes, Check};
 use super::{literal, Options, SLOT, SLOT_LAG, SLOT_RETAINED};
+use crate::catalog::{evaluate, Mismatch, SlotKind};
 use crate::replication::stream::APPLICATION_NAME;
 
 /// One row of `pg_replication_slots` with byte distances from `pg_current_wal_lsn()`.
@@ -107,8 +108,15 @@ pub(super) fn evaluate(slot: &str, facts: Option<&SlotFacts>, options: &Options)
 
 fn evaluate_state(slot: &str, f: &SlotFacts) -> Check {
     let drop = format!("SELECT pg_drop_replication_slot({});", literal(slot));
-    let plugin = f.plugin.as_deref().unwrap_or("none");
-    if f.slot_type != "logical" || plugin != "pgoutput" || f.temporary {
+    let kind = SlotKind {
+        slot_type: f.slot_type.clone(),
+        plugin: f.plugin.clone(),
+        temporary: f.temporary,
+        same_database: f.same_database,
+    };
+    let judged = evaluate::slot(slot, &kind);
+    if let Err(Mismatch::SlotNotPgoutput { .. }) = judged {
+        let plugin = f.plugin.as_deref().unwrap_or("none");
         let temporary = if f.temporary { "temporary " } else { "" };
         return Check::fail(
             SLOT,
@@ -119,7 +127,7 @@ fn evaluate_state(slot: &str, f: &SlotFacts) -> Check {
             format!("choose another database.slot, or {drop}"),
         );
     }
-    if !f.same_database {
+    if judged.is_err() {
         return Check::fail(
             SLOT,
             format!("slot {slot} belongs to another database"),

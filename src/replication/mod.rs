@@ -6,6 +6,7 @@
 //! missing, authentication failed).
 
 pub mod ack;
+mod error;
 pub mod pgoutput;
 pub mod slot;
 pub mod stream;
@@ -26,16 +27,7 @@ use crate::metrics as m;
 use crate::router::Router;
 use crate::tables::Tables;
 
-/// A replication failure, sorted by what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReplicationError {
-    /// Reconnect after a backoff.
-    #[error("{0}")]
-    Transient(String),
-    /// Stop the relay: retrying cannot help until someone changes something.
-    #[error("{0}")]
-    Definite(String),
-}
+pub use error::{ErrorKind, ReplicationError};
 
 /// Whether the stream is connected and the replay window rebuilt, for `/readyz`, the upgrade
 /// routes and the `relay_replication_connected` gauge.
@@ -116,7 +108,7 @@ pub struct ReplicationContext {
 /// Checks the database once (wal_level, publication, slot). Used at start so a misconfigured
 /// database stops the relay with a clear message before it listens.
 ///
-/// Errors: [`ReplicationError::Definite`] on misconfiguration; transient when unreachable.
+/// Errors: [`ErrorKind::Definite`] on misconfiguration; transient when unreachable.
 pub async fn preflight(config: &DatabaseConfig, tables: &Tables) -> Result<(), ReplicationError> {
     let client = slot::connect(config.url.expose()).await?;
     slot::prepare(&client, config, tables).await
@@ -140,8 +132,8 @@ pub async fn run(ctx: ReplicationContext) -> Result<(), ReplicationError> {
             Err(e) => e,
         };
         ctx.status.set_disconnected(&e.to_string());
-        if let ReplicationError::Definite(why) = &e {
-            error!("replication stopped: {why}");
+        if e.is_definite() {
+            error!("replication stopped: {e}");
             return Err(e);
         }
         if started.elapsed() > ctx.config.reconnect_max {

@@ -1,6 +1,6 @@
 //! Slot lifecycle over an ordinary SQL connection: checks that logical decoding can work
-//! (`wal_level`, the publication), creates the permanent pgoutput slot when it is missing, and
-//! watches how much WAL the slot retains.
+//! (the catalog check: `wal_level`, the publication, the tables), creates the permanent
+//! pgoutput slot when it is missing, and watches how much WAL the slot retains.
 
 use std::time::Duration;
 
@@ -15,29 +15,22 @@ use crate::metrics as m;
 use crate::db::describe;
 
 use super::ReplicationError;
+use crate::catalog::{self, CatalogError, PLUGIN};
 use crate::config::DatabaseConfig;
 use crate::tables::Tables;
 
 /// Opens an SQL connection to `database.url` (the connection task runs in the background).
 ///
-/// Errors: definite for refused credentials or a missing database, else transient.
+/// Errors: [`ReplicationError::Connect`]; definite for refused credentials or a missing
+/// database, else transient.
 pub async fn connect(url: &str) -> Result<Client, ReplicationError> {
-    crate::db::connect(url).await.map_err(|e| {
-        let why = format!("cannot connect to PostgreSQL: {}", describe(&e));
-        // Wrong credentials or a missing database do not fix themselves.
-        let definite = e
-            .code()
-            .is_some_and(|c| c.code().starts_with("28") || *c == SqlState::INVALID_CATALOG_NAME);
-        if definite {
-            ReplicationError::Definite(why)
-        } else {
-            ReplicationError::Transient(why)
-        }
-    })
+    crate::db::connect(url)
+        .await
+        .map_err(ReplicationError::Connect)
 }
 
-/// Checks `wal_level = logical`, the publication and the `[[tables]]` (loading their columns,
-/// [`Tables::load`]), then creates the slot if missing.
+/// The catalog check ([`crate::catalog::check`]: `wal_level`, the publication, the
+/// `[[tables]]`, whose columns it loads into `tables`), then creates the slot if missing.
 ///
 /// Errors: definite when the server is misconfigured (with what to change), transient when the
 /// connection fails mid-way.
@@ -46,52 +39,7 @@ pub async fn prepare(
     db: &DatabaseConfig,
     tables: &Tables,
 ) -> Result<(), ReplicationError> {
-    let wal_level: String = client
-        .query_one("SHOW wal_level", &[])
-        .await
-        .map_err(transient)?
-        .get(0);
-    if wal_level != "logical" {
-        return Err(ReplicationError::Definite(format!(
-            "wal_level is `{wal_level}`, but logical replication needs `logical`: run \
-             `ALTER SYSTEM SET wal_level = logical;` and restart PostgreSQL"
-        )));
-    }
-    let publication = client
-        .query_opt(
-            "SELECT pubinsert FROM pg_publication WHERE pubname = $1",
-            &[&db.publication],
-        )
-        .await
-        .map_err(transient)?;
-    match publication {
-        None => {
-            return Err(ReplicationError::Definite(format!(
-                "publication `{}` does not exist in this database: run `engagement-relay migrate` \
-                 (or CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update'))",
-                db.publication,
-                db.publication,
-                tables
-                    .entries()
-                    .iter()
-                    .map(|t| t.qualified())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )))
-        }
-        Some(row) if !row.get::<_, bool>(0) => {
-            return Err(ReplicationError::Definite(format!(
-                "publication `{}` does not publish inserts: ALTER PUBLICATION {} SET (publish = 'insert, update')",
-                db.publication, db.publication
-            )))
-        }
-        Some(_) => {}
-    }
-    tables
-        .load(client, &db.publication)
-        .await
-        .map_err(transient)?
-        .map_err(ReplicationError::Definite)?;
+    crate::catalog::check(client, &db.publication, tables).await?;
     ensure_slot(client, &db.slot).await
 }
 
@@ -108,13 +56,10 @@ pub async fn confirmed_lsn(db: &DatabaseConfig) -> Result<u64, ReplicationError>
             &[&db.slot],
         )
         .await
-        .map_err(transient)?;
+        .map_err(ReplicationError::Query)?;
     match row.and_then(|r| r.get::<_, Option<i64>>(0)) {
         Some(lsn) if lsn > 0 => Ok(lsn as u64),
-        _ => Err(ReplicationError::Transient(format!(
-            "replication slot `{}` has no confirmed position (dropped meanwhile?)",
-            db.slot
-        ))),
+        _ => Err(ReplicationError::NoConfirmedPosition(db.slot.clone())),
     }
 }
 
@@ -127,35 +72,17 @@ pub async fn server_is_stopping(db: &DatabaseConfig) -> bool {
 }
 
 async fn ensure_slot(client: &Client, slot: &str) -> Result<(), ReplicationError> {
-    let row = client
-        .query_opt(
-            "SELECT plugin, slot_type, database = current_database() \
-             FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
+    let kind = catalog::query::slot_kind(client, slot)
         .await
-        .map_err(transient)?;
-    if let Some(row) = row {
-        let plugin: Option<String> = row.get(0);
-        let slot_type: String = row.get(1);
-        let same_db: Option<bool> = row.get(2);
-        if slot_type != "logical" || plugin.as_deref() != Some("pgoutput") {
-            return Err(ReplicationError::Definite(format!(
-                "replication slot `{slot}` exists but is a {slot_type} slot with plugin {plugin:?}; \
-                 the relay needs a logical pgoutput slot: choose another `database.slot` or drop it"
-            )));
-        }
-        if same_db != Some(true) {
-            return Err(ReplicationError::Definite(format!(
-                "replication slot `{slot}` belongs to another database; choose another `database.slot`"
-            )));
-        }
+        .map_err(ReplicationError::Query)?;
+    if let Some(kind) = kind {
+        catalog::evaluate::slot(slot, &kind).map_err(CatalogError::from)?;
         return Ok(());
     }
     match client
         .execute(
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&slot],
+            "SELECT pg_create_logical_replication_slot($1, $2)",
+            &[&slot, &PLUGIN],
         )
         .await
     {
@@ -166,18 +93,20 @@ async fn ensure_slot(client: &Client, slot: &str) -> Result<(), ReplicationError
         // Another relay created it between the check and here.
         Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => Ok(()),
         Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
-            Err(ReplicationError::Definite(format!(
-                "cannot create replication slot `{slot}`: {} (the database user needs the REPLICATION attribute)",
-                describe(&e)
-            )))
+            Err(ReplicationError::CreateSlot {
+                slot: slot.to_string(),
+                remedy: "the database user needs the REPLICATION attribute",
+                source: e,
+            })
         }
         Err(e) if e.code() == Some(&SqlState::CONFIGURATION_LIMIT_EXCEEDED) => {
-            Err(ReplicationError::Definite(format!(
-                "cannot create replication slot `{slot}`: {} (raise max_replication_slots)",
-                describe(&e)
-            )))
+            Err(ReplicationError::CreateSlot {
+                slot: slot.to_string(),
+                remedy: "raise max_replication_slots",
+                source: e,
+            })
         }
-        Err(e) => Err(transient(e)),
+        Err(e) => Err(ReplicationError::Query(e)),
     }
 }
 
@@ -216,8 +145,4 @@ pub async fn watch(db: DatabaseConfig, every: Duration, stop: CancellationToken)
             Err(e) => debug!("slot watch: {}", describe(&e)),
         }
     }
-}
-
-fn transient(e: tokio_postgres::Error) -> ReplicationError {
-    ReplicationError::Transient(describe(&e))
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 use pgwire_replication::{
-    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, SslMode, TlsConfig,
+    Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, SslMode, TlsConfig,
 };
 use tokio_postgres::config::Host;
 use tracing::{info, warn};
@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use tokio::time::{sleep_until, Instant};
 
 use super::ack::AckPolicy;
+use super::error::classify;
 use super::pgoutput::{pg_epoch_to_unix_us, Change, Decoder};
 use super::{ReplicationContext, ReplicationError};
 use crate::event::{history_id, now_unix_us, Cursor, Event, Operation};
@@ -37,11 +38,7 @@ const SESSION_OPTIONS: &str =
 /// Errors: definite when the URL has no usable host.
 pub fn replication_config(ctx: &ReplicationContext) -> Result<ReplicationConfig, ReplicationError> {
     let db = &ctx.config;
-    let url: tokio_postgres::Config = db
-        .url
-        .expose()
-        .parse()
-        .map_err(|e| ReplicationError::Definite(format!("database.url: {e}")))?;
+    let url: tokio_postgres::Config = db.url.expose().parse().map_err(ReplicationError::Url)?;
     let host = match url.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         Some(Host::Unix(path)) => path.to_string_lossy().into_owned(),
@@ -155,9 +152,7 @@ pub async fn stream(
                 // What was streamed no longer lines up with the slot: start over from the
                 // slot, and close the sessions so clients resume (and learn what is missing).
                 *progress = Progress::new();
-                return Err(ReplicationError::Transient(format!(
-                    "{why}: restarting the stream and the replay window from the slot"
-                )));
+                return Err(ReplicationError::HistoryLost(why));
             }
             // Report again what this relay confirmed (never less than the slot holds: a lower
             // report would move the slot back).
@@ -197,11 +192,7 @@ pub async fn stream(
         };
         let event = match event {
             Ok(Some(event)) => event,
-            Ok(None) => {
-                return Err(ReplicationError::Transient(
-                    "replication stream ended".into(),
-                ))
-            }
+            Ok(None) => return Err(ReplicationError::Ended),
             Err(e) => return Err(classify(e)),
         };
         match event {
@@ -395,18 +386,14 @@ fn decode(
     tx: Option<&mut Transaction>,
     data: &[u8],
 ) -> Result<Option<Event>, ReplicationError> {
-    let change = decoder.decode(data).map_err(|e| {
-        ReplicationError::Definite(format!("cannot decode a pgoutput message: {e}"))
-    })?;
+    let change = decoder.decode(data).map_err(ReplicationError::Decode)?;
     let (operation, relation, record) = match change {
         Change::Insert { relation, new } => (Operation::Insert, relation, new),
         Change::Update { relation, new, .. } => (Operation::Update, relation, new),
         _ => return Ok(None),
     };
     let Some(tx) = tx else {
-        return Err(ReplicationError::Transient(
-            "protocol: a row change arrived outside a transaction".into(),
-        ));
+        return Err(ReplicationError::RowOutsideTransaction);
     };
     let cursor = Cursor {
         lsn: tx.lsn,
@@ -427,26 +414,4 @@ fn decode(
         (relation, owner_column),
         record,
     )))
-}
-
-/// Sorts a crate error into reconnect-and-retry or stop.
-fn classify(e: PgWireError) -> ReplicationError {
-    let text = e.to_string();
-    match &e {
-        PgWireError::Server(msg)
-            if msg.contains("publication") && msg.contains("does not exist") =>
-        {
-            ReplicationError::Definite(text)
-        }
-        PgWireError::Auth(_) => ReplicationError::Definite(text),
-        // The slot lost WAL it needed (max_slot_wal_keep_size): events are gone for good.
-        PgWireError::Server(msg)
-            if msg.contains("invalidated") || msg.contains("can no longer get changes") =>
-        {
-            ReplicationError::Definite(format!(
-                "{text}: the slot must be dropped and recreated (events in the gap are lost)"
-            ))
-        }
-        _ => ReplicationError::Transient(text),
-    }
 }

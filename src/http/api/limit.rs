@@ -27,11 +27,7 @@ pub struct Limits {
 impl Limits {
     /// Limits from `ingest.user_rate`/`user_burst` and `ingest.key_rate`/`key_burst`.
     pub fn new(config: &IngestConfig) -> Limits {
-        let quota = |rate: u32, burst: u32| {
-            let rate = NonZeroU32::new(rate.max(1)).unwrap_or(NonZeroU32::MIN);
-            let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
-            Quota::per_second(rate).allow_burst(burst)
-        };
+        let quota = |rate: NonZeroU32, burst| Quota::per_second(rate).allow_burst(burst);
         Limits {
             users: DefaultKeyedRateLimiter::keyed(quota(config.user_rate, config.user_burst)),
             keys: DefaultKeyedRateLimiter::keyed(quota(config.key_rate, config.key_burst)),

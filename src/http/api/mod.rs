@@ -48,7 +48,7 @@ pub fn pool(config: &Config) -> Result<Pool, ConfigError> {
     );
     let wait = Some(config.ingest.pool_timeout);
     Pool::builder(manager)
-        .max_size(config.ingest.pool_size)
+        .max_size(config.ingest.pool_size.get())
         .timeouts(Timeouts {
             wait,
             create: wait,
@@ -159,7 +159,7 @@ pub async fn post_batch(
             "the batch endpoint needs a service_role token",
         ));
     }
-    let events = events_of(json_body(body)?, false, state.ingest.max_batch)?;
+    let events = events_of(json_body(body)?, false, state.ingest.max_batch.get())?;
     ingest(&state, &headers, &principal, events).await
 }
 
@@ -178,6 +178,6 @@ pub async fn post_events(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let principal = caller(&state, &headers)?;
-    let events = events_of(json_body(body)?, true, state.ingest.max_batch)?;
+    let events = events_of(json_body(body)?, true, state.ingest.max_batch.get())?;
     ingest(&state, &headers, &principal, events).await
 }

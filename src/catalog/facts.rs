@@ -1,0 +1,94 @@
+//! What the catalog says, as plain data: the output of [`super::query`] and the input of
+//! [`super::evaluate`]. Built by hand in unit tests.
+
+/// `pg_publication`'s operation flags and the tables the publication carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Publication {
+    /// `pubinsert`.
+    pub insert: bool,
+    /// `pubupdate`.
+    pub update: bool,
+    /// `pubdelete`.
+    pub delete: bool,
+    /// `pubtruncate`.
+    pub truncate: bool,
+    /// One entry per row of `pg_publication_tables` for the publication.
+    pub tables: Vec<Published>,
+}
+
+impl Publication {
+    /// The entry for `schema.table`, if the publication carries it.
+    pub fn table(&self, schema: &str, table: &str) -> Option<&Published> {
+        self.tables
+            .iter()
+            .find(|t| t.schema == schema && t.table == table)
+    }
+}
+
+/// One row of `pg_publication_tables`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
+    /// `schemaname`.
+    pub schema: String,
+    /// `tablename`.
+    pub table: String,
+    /// The column list (`attnames`, PostgreSQL ≥ 15; `None` before, and when the publication
+    /// carries every column).
+    pub columns: Option<Vec<String>>,
+    /// The row filter (`rowfilter`, PostgreSQL ≥ 15), if any.
+    pub row_filter: Option<String>,
+}
+
+/// One column of a table, from `pg_attribute`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnFacts {
+    /// `attname`.
+    pub name: String,
+    /// `atttypid`: the type OID, as pgoutput's relation messages carry it.
+    pub type_oid: u32,
+    /// `format_type(atttypid, atttypmod)`, e.g. `uuid`, `character varying(20)`.
+    pub type_name: String,
+}
+
+/// What the catalog says about one configured table (an ordinary or partitioned table).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableFacts {
+    /// Its live columns in attribute order.
+    pub columns: Vec<ColumnFacts>,
+    /// `has_table_privilege(…, 'SELECT')` for the connected user.
+    pub can_select: bool,
+    /// The connected user (`current_user`), for fix lines.
+    pub user: String,
+}
+
+impl TableFacts {
+    /// The column named `name`, if any.
+    pub fn column(&self, name: &str) -> Option<&ColumnFacts> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// What kind of slot `pg_replication_slots` holds under the configured name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotKind {
+    /// `slot_type`: `logical` or `physical`.
+    pub slot_type: String,
+    /// `plugin`: the output plugin of a logical slot.
+    pub plugin: Option<String>,
+    /// `temporary`: dropped when its session ends.
+    pub temporary: bool,
+    /// The slot's database is the connected one.
+    pub same_database: bool,
+}
+
+/// Everything start-up judges, read in one pass ([`super::query_facts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// `SHOW wal_level`.
+    pub wal_level: String,
+    /// The configured publication, `None` when it does not exist.
+    pub publication: Option<Publication>,
+    /// One entry per `[[tables]]` entry, in configuration order; `None` when the table does not
+    /// exist.
+    pub tables: Vec<Option<TableFacts>>,
+}

@@ -1,0 +1,98 @@
+//! Unit tests of loading and validating the configuration.
+
+use super::*;
+
+fn write(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn the_documented_config_file_loads_and_matches_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let overrides = Overrides {
+        jwt_secret: Some("s".into()),
+        ..Default::default()
+    };
+    let config = Config::load(&path, true, &overrides).unwrap();
+    let defaults = Config::default();
+    assert_eq!(config.server.listen, defaults.server.listen);
+    assert_eq!(config.limits.session_queue, defaults.limits.session_queue);
+    assert_eq!(config.database.slot, defaults.database.slot);
+    assert_eq!(config.shutdown.grace, defaults.shutdown.grace);
+    assert_eq!(config.tables, defaults.tables);
+}
+
+#[test]
+fn a_bad_value_is_one_line_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("relay-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = write(
+        &dir,
+        "[server]\nlisten = \"nowhere\"\n[auth]\njwt_secret = \"x\"\n",
+    );
+    let err = Config::load(&path, true, &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.listen"), "{err}");
+    assert!(!err.contains('\n'));
+    let path = write(
+        &dir,
+        "[limits]\nsession_queue = 0\n[auth]\njwt_secret = \"x\"\n",
+    );
+    let err = Config::load(&path, true, &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("limits.session_queue"), "{err}");
+    let path = write(&dir, "[limits]\nsesion_queue = 3\n");
+    let err = Config::load(&path, true, &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sesion_queue"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_missing_secret_names_the_key() {
+    let config = Config::load(Path::new("/nonexistent.toml"), false, &Overrides::default());
+    let err = config
+        .unwrap()
+        .require_jwt_secret()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("auth.jwt_secret"), "{err}");
+}
+
+#[test]
+fn byte_sizes_take_iec_units_or_plain_integers_and_counts_refuse_zero() {
+    let dir = std::env::temp_dir().join(format!("relay-config-bytes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let load = |text: &str| {
+        Config::load(&write(&dir, text), true, &Overrides::default()).map_err(|e| e.to_string())
+    };
+    let config = load(
+        "[replay]\nmax_bytes = \"1GiB\"\n[ingest]\nmax_body_bytes = 4096\n\
+         [limits]\nmax_client_frame_bytes = \"1.5 KiB\"\n",
+    )
+    .unwrap();
+    assert_eq!(config.replay.max_bytes, 1 << 30);
+    assert_eq!(config.ingest.max_body_bytes, 4096);
+    assert_eq!(config.limits.max_client_frame_bytes, 1536);
+    let err = load("[replay]\nmax_bytes = \"512MB\"\n").unwrap_err();
+    assert!(
+        err.contains("replay.max_bytes") && err.contains("MiB") && !err.contains('\n'),
+        "{err}"
+    );
+    let err = load("[ingest]\nmax_body_bytes = \"lots\"\n").unwrap_err();
+    assert!(err.contains("ingest.max_body_bytes"), "{err}");
+    let err = load("[limits]\nmax_client_frame_bytes = \"100B\"\n").unwrap_err();
+    assert!(err.contains("limits.max_client_frame_bytes"), "{err}");
+    for key in ["max_batch", "pool_size", "user_rate", "key_burst"] {
+        let err = load(&format!("[ingest]\n{key} = 0\n")).unwrap_err();
+        assert!(err.contains(&format!("ingest.{key}")), "{err}");
+    }
+    let err = load("[server]\nmax_sessions = 0\n").unwrap_err();
+    assert!(err.contains("server.max_sessions"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
