@@ -201,7 +201,7 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Events queued per session before it is closed as a slow consumer (4008); default 1024.
+    /// Events queued per session before it is closed as a slow consumer (4008); default 8192.
     pub session_queue: usize,
     /// Largest client frame accepted, in bytes; larger frames close the session with 1008.
     pub max_client_frame_bytes: usize,
@@ -217,7 +217,7 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            session_queue: 1024,
+            session_queue: 8192,
             max_client_frame_bytes: 64 * 1024,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),

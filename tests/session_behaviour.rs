@@ -71,7 +71,10 @@ impl Session {
                 format!("ws://{addr}/realtime/v1/websocket?apikey={token}&vsn=2.0.0")
             }
         };
-        let ws = tokio_tungstenite::connect_async(url).await.expect("upgrade").0;
+        let ws = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("upgrade")
+            .0;
         let mut session = Session { ws, endpoint };
         match endpoint {
             Endpoint::Native => {
@@ -84,7 +87,10 @@ impl Session {
                 let join = common::phoenix::join(TOPIC, "1", token, json!([binding]));
                 session.send(Message::text(join)).await;
                 let reply = session.control().await;
-                assert_eq!((&reply[3], &reply[4]["status"]), (&json!("phx_reply"), &json!("ok")));
+                assert_eq!(
+                    (&reply[3], &reply[4]["status"]),
+                    (&json!("phx_reply"), &json!("ok"))
+                );
                 let system = session.control().await;
                 assert_eq!(system[4]["message"], "Subscribed to PostgreSQL", "{system}");
             }
@@ -129,7 +135,10 @@ impl Session {
     async fn control(&mut self) -> Value {
         match self.next(T).await {
             Got::Control(v) => v,
-            other => panic!("{:?}: expected a control frame, got {other:?}", self.endpoint),
+            other => panic!(
+                "{:?}: expected a control frame, got {other:?}",
+                self.endpoint
+            ),
         }
     }
 
@@ -139,7 +148,11 @@ impl Session {
         while rows.len() < n {
             match self.next(T).await {
                 Got::Row(r) => rows.push(r),
-                other => panic!("{:?}: {} of {n} rows, then {other:?}", self.endpoint, rows.len()),
+                other => panic!(
+                    "{:?}: {} of {n} rows, then {other:?}",
+                    self.endpoint,
+                    rows.len()
+                ),
             }
         }
         rows
@@ -162,7 +175,10 @@ impl Session {
             let heartbeat = json!([null, "hb", "phoenix", "heartbeat", {}]).to_string();
             self.send(Message::text(heartbeat)).await;
             let reply = self.control().await;
-            assert_eq!((&reply[1], &reply[4]["status"]), (&json!("hb"), &json!("ok")));
+            assert_eq!(
+                (&reply[1], &reply[4]["status"]),
+                (&json!("hb"), &json!("ok"))
+            );
         }
     }
 }
@@ -181,8 +197,15 @@ async fn insert_rows(pg: &tokio_postgres::Client, user: Uuid, n: i32, pad: i32) 
 
 /// The `i` of each row, which must be 1..=n in order.
 fn assert_in_order(endpoint: Endpoint, rows: &[Value], n: usize) {
-    let is: Vec<u64> = rows.iter().map(|r| r["value"]["i"].as_u64().unwrap()).collect();
-    assert_eq!(is, (1..=n as u64).collect::<Vec<_>>(), "{endpoint:?}: every row, in order");
+    let is: Vec<u64> = rows
+        .iter()
+        .map(|r| r["value"]["i"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        is,
+        (1..=n as u64).collect::<Vec<_>>(),
+        "{endpoint:?}: every row, in order"
+    );
 }
 
 /// The value of the sample named exactly `name` (with labels) in an exposition, or 0.

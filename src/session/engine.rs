@@ -498,7 +498,9 @@ fn on_read_error(e: &axum::Error) -> End {
             CLOSE_INVALID_DATA,
             "a text frame was not valid UTF-8",
         )),
-        Some(WsError::Protocol(p)) => End::Close(Close::new(CLOSE_POLICY, format!("bad frame: {p}"))),
+        Some(WsError::Protocol(p)) => {
+            End::Close(Close::new(CLOSE_POLICY, format!("bad frame: {p}")))
+        }
         _ => End::Gone("the connection failed"),
     }
 }

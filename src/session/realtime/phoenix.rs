@@ -157,7 +157,14 @@ pub fn change_frame(
         let null = RawValue::NULL;
         let data = serde_json::from_str::<&RawValue>(&data).unwrap_or(null);
         let payload = Payload { ids, data };
-        to_frame(vsn, join_ref, &Value::Null, topic, "postgres_changes", payload)
+        to_frame(
+            vsn,
+            join_ref,
+            &Value::Null,
+            topic,
+            "postgres_changes",
+            payload,
+        )
     })
 }
 
