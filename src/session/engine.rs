@@ -23,20 +23,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use metrics::{counter, histogram, Counter, Histogram};
 use tokio::time::{sleep_until, Instant};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+pub use super::subscriptions::{Key, Subscriptions};
 use super::{Close, SessionContext, CLOSE_INVALID_DATA, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_SLOW};
-use crate::auth::{now_s, Principal};
-use crate::event::{now_unix_us, Cursor, Event};
-use crate::filter::Interest;
+use crate::auth::now_s;
+use crate::event::{now_unix_us, Event};
 use crate::metrics as m;
-use crate::router::{Replay, Router, Ticket};
 
 /// An encoded text frame, shared between the sessions that write the same bytes.
 pub type Frame = Utf8Bytes;
@@ -136,98 +133,6 @@ pub trait Protocol: Send {
     fn on_expired(&mut self, cutoff: i64, subs: &mut Subscriptions) -> Outcome;
 }
 
-/// Identifies one router subscription of a session.
-pub type Key = u64;
-
-/// A session's router subscriptions and their merged queues. Dropping it unsubscribes them.
-pub struct Subscriptions {
-    router: Arc<Router>,
-    /// Cancelled by the router when any of these queues fills (shared by all of them).
-    overflow: CancellationToken,
-    streams: StreamMap<Key, ReceiverStream<Arc<Event>>>,
-    tickets: Vec<(Key, Ticket)>,
-    next: Key,
-}
-
-impl Subscriptions {
-    /// No subscriptions yet, on `router`.
-    pub fn new(router: Arc<Router>) -> Subscriptions {
-        Subscriptions {
-            router,
-            overflow: CancellationToken::new(),
-            streams: StreamMap::new(),
-            tickets: Vec::new(),
-            next: 0,
-        }
-    }
-
-    /// Subscribes under `principal` ([`Router::subscribe`]); returns its key, the position
-    /// it starts after, and with `since` what it missed.
-    pub fn subscribe(
-        &mut self,
-        principal: &Principal,
-        interest: Interest,
-        since: Option<Cursor>,
-    ) -> (Key, Cursor, Option<Replay>) {
-        let sub = self
-            .router
-            .subscribe(principal, interest, self.overflow.clone(), since);
-        let key = self.next;
-        self.next += 1;
-        self.streams.insert(key, ReceiverStream::new(sub.rx));
-        self.tickets.push((key, sub.ticket));
-        (key, sub.position, sub.replay)
-    }
-
-    /// Ends subscription `key` (a no-op for an unknown key); what it had queued is dropped.
-    pub fn unsubscribe(&mut self, key: Key) {
-        self.streams.remove(&key);
-        if let Some(at) = self.tickets.iter().position(|(k, _)| *k == key) {
-            let (_, ticket) = self.tickets.swap_remove(at);
-            self.router.unsubscribe(ticket);
-        }
-    }
-
-    /// Ends every subscription, dropping what they had queued.
-    pub fn clear(&mut self) {
-        self.streams.clear();
-        for (_, ticket) in self.tickets.drain(..) {
-            self.router.unsubscribe(ticket);
-        }
-    }
-
-    /// Waits for at least one event, then takes what else is ready, up to `limit` in all.
-    /// Returns how many were added to `out` (0 only when every queue was dropped). Cancel-safe.
-    async fn recv_many(&mut self, out: &mut Vec<(Key, Arc<Event>)>, limit: usize) -> usize {
-        let Some(first) = self.streams.next().await else {
-            return 0;
-        };
-        out.push(first);
-        let mut n = 1;
-        while n < limit {
-            match self.streams.next().now_or_never() {
-                Some(Some(item)) => out.push(item),
-                _ => break,
-            }
-            n += 1;
-        }
-        n
-    }
-
-    /// Takes everything queued now.
-    fn drain(&mut self, out: &mut Vec<(Key, Arc<Event>)>) {
-        while let Some(Some(item)) = self.streams.next().now_or_never() {
-            out.push(item);
-        }
-    }
-}
-
-impl Drop for Subscriptions {
-    fn drop(&mut self) {
-        self.clear();
-    }
-}
-
 /// Frames to write before the loop starts (the native `ready`, a resume's replay and its
 /// `recovered`).
 #[derive(Debug, Default)]
@@ -311,7 +216,7 @@ impl<P: Protocol> Engine<'_, P> {
     /// The loop; returns how the session ends.
     async fn serve(&mut self) -> End {
         let ctx = self.ctx;
-        let overflow = self.subs.overflow.clone();
+        let overflow = self.subs.overflow();
         let mut ping = tokio::time::interval(ctx.limits.ping_interval);
         ping.reset();
         let mut deadline = self.expiry_deadline();
@@ -333,7 +238,7 @@ impl<P: Protocol> Engine<'_, P> {
                 // PRIORITY 6: ping, and drop a peer that stopped answering.
                 _ = ping.tick() => self.handle_ping().await,
                 // PRIORITY 7: queued events, a batch per wake-up.
-                n = self.subs.recv_many(&mut self.batch, BATCH), if !self.subs.streams.is_empty() => {
+                n = self.subs.recv_many(&mut self.batch, BATCH), if !self.subs.is_empty() => {
                     self.handle_events(n, &overflow).await
                 }
             };
@@ -377,7 +282,7 @@ impl<P: Protocol> Engine<'_, P> {
 
     async fn handle_expiry(&mut self) -> Option<End> {
         let cutoff = now_s().saturating_sub(self.leeway_s);
-        if !self.protocol.expires_at().is_some_and(|exp| exp <= cutoff) {
+        if self.protocol.expires_at().is_none_or(|exp| exp > cutoff) {
             // The capped wait elapsed, or a refresh moved the expiry: re-armed by the loop.
             return None;
         }
@@ -477,14 +382,21 @@ impl<P: Protocol> Engine<'_, P> {
 
     /// When the earliest token runs out (with the leeway), at most [`EXPIRY_CAP`] away.
     fn expiry_deadline(&self) -> Instant {
-        let cap = EXPIRY_CAP.as_secs() as i64;
-        let left = self.protocol.expires_at().map_or(cap, |exp| {
-            exp.saturating_add(self.leeway_s)
-                .saturating_sub(now_s())
-                .clamp(0, cap)
-        });
-        Instant::now() + Duration::from_secs(left as u64)
+        let wait = expiry_wait(self.protocol.expires_at(), self.leeway_s, now_s());
+        Instant::now() + wait
     }
+}
+
+/// How long until a token expiring at `exp` (Unix seconds; `None`: no token) runs out at
+/// `now`, with `leeway_s` seconds of grace; never longer than [`EXPIRY_CAP`], zero when past.
+fn expiry_wait(exp: Option<i64>, leeway_s: i64, now: i64) -> Duration {
+    let cap = EXPIRY_CAP.as_secs() as i64;
+    let left = exp.map_or(cap, |exp| {
+        exp.saturating_add(leeway_s)
+            .saturating_sub(now)
+            .clamp(0, cap)
+    });
+    Duration::from_secs(left as u64)
 }
 
 /// A read error: an oversized frame closes with 1009, a text frame that is not UTF-8 with 1007
@@ -603,6 +515,35 @@ fn truncate(mut reason: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_expiry_waits_are_capped_alike_for_every_protocol() {
+        let day = EXPIRY_CAP;
+        assert_eq!(
+            expiry_wait(Some(1_000 + 60), 0, 1_000),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            expiry_wait(Some(1_000 + 60), 5, 1_000),
+            Duration::from_secs(65)
+        );
+        assert_eq!(
+            expiry_wait(Some(900), 0, 1_000),
+            Duration::ZERO,
+            "already past"
+        );
+        assert_eq!(expiry_wait(Some(i64::MAX), 0, 1_000), day, "capped");
+        assert_eq!(
+            expiry_wait(Some(1_000 + 400 * 86_400), 0, 1_000),
+            day,
+            "capped"
+        );
+        assert_eq!(
+            expiry_wait(None, 0, 1_000),
+            day,
+            "no token: re-checked daily"
+        );
+    }
 
     #[test]
     fn close_reasons_are_cut_on_a_char_boundary() {

@@ -17,6 +17,7 @@
 pub mod engine;
 pub mod native;
 pub mod realtime;
+pub mod subscriptions;
 
 pub use native::run_native;
 pub use realtime::phoenix;
