@@ -237,11 +237,12 @@ async fn sigterm_delivers_what_is_queued_then_closes_1001() {
     })
     .await;
     let stop = tokio::spawn(relay.terminate());
-    for session in &mut sessions {
+    let readers = sessions.into_iter().map(|mut session| async move {
         let rows = session.rows(N).await;
         assert_in_order(session.endpoint, &rows, N);
         assert_eq!(session.close_code().await, 1001, "{:?}", session.endpoint);
-    }
+    });
+    futures_util::future::join_all(readers).await;
     let (status, _) = stop.await.unwrap();
     assert!(status.success(), "exit status {status}");
 }

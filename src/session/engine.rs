@@ -219,8 +219,8 @@ impl<P: Protocol> Engine<'_, P> {
         let overflow = self.subs.overflow();
         let mut ping = tokio::time::interval(ctx.limits.ping_interval);
         ping.reset();
-        let mut deadline = self.expiry_deadline();
-        let expiry = sleep_until(deadline);
+        let mut armed_for = self.protocol.expires_at();
+        let expiry = sleep_until(self.expiry_deadline());
         tokio::pin!(expiry);
         loop {
             let step = tokio::select! {
@@ -245,13 +245,12 @@ impl<P: Protocol> Engine<'_, P> {
             if let Some(end) = step {
                 return end;
             }
-            // A refresh, a join or a leave may have moved the earliest expiry.
-            let next = self.expiry_deadline();
-            if next != deadline {
-                deadline = next;
-                expiry.as_mut().reset(deadline);
-            } else if expiry.is_elapsed() {
-                expiry.as_mut().reset(deadline);
+            // A refresh, a join or a leave may have moved the earliest expiry; a capped wait
+            // that elapsed is re-armed.
+            let exp = self.protocol.expires_at();
+            if exp != armed_for || expiry.is_elapsed() {
+                armed_for = exp;
+                expiry.as_mut().reset(self.expiry_deadline());
             }
         }
     }
