@@ -40,8 +40,9 @@ pub type Frame = Utf8Bytes;
 
 /// Most events written per flush.
 pub const BATCH: usize = 256;
-/// How long one control write (replies, ping, close frame, close echo) may take before the
-/// peer is treated as gone.
+/// How long the close frame (or the echo of the client's), a refusal, or one batch of opening
+/// frames may take to leave before the peer is treated as gone. Writes inside the loop (events,
+/// replies, pings) are bounded by `limits.idle_timeout` instead, and give way to an overflow.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a session may take on shutdown to write what is still queued for it.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -167,6 +168,7 @@ pub async fn run<P: Protocol>(
         ws,
         ctx,
         protocol,
+        overflow: subs.overflow(),
         subs,
         delivery: Delivery::new(),
         batch: Vec::with_capacity(BATCH),
@@ -200,6 +202,8 @@ struct Engine<'a, P> {
     ctx: &'a SessionContext,
     protocol: P,
     subs: Subscriptions,
+    /// Cancelled by the router when one of `subs`' queues fills.
+    overflow: CancellationToken,
     delivery: Delivery,
     /// Events taken from the queues, not yet encoded.
     batch: Vec<(Key, Arc<Event>)>,
@@ -216,7 +220,7 @@ impl<P: Protocol> Engine<'_, P> {
     /// The loop; returns how the session ends.
     async fn serve(&mut self) -> End {
         let ctx = self.ctx;
-        let overflow = self.subs.overflow();
+        let overflow = self.overflow.clone();
         let mut ping = tokio::time::interval(ctx.limits.ping_interval);
         ping.reset();
         let mut armed_for = self.protocol.expires_at();
@@ -239,7 +243,7 @@ impl<P: Protocol> Engine<'_, P> {
                 _ = ping.tick() => self.handle_ping().await,
                 // PRIORITY 7: queued events, a batch per wake-up.
                 n = self.subs.recv_many(&mut self.batch, BATCH), if !self.subs.is_empty() => {
-                    self.handle_events(n, &overflow).await
+                    self.handle_events(n).await
                 }
             };
             if let Some(end) = step {
@@ -303,19 +307,26 @@ impl<P: Protocol> Engine<'_, P> {
     }
 
     async fn handle_ping(&mut self) -> Option<End> {
-        if self.last_seen.elapsed() > self.ctx.limits.idle_timeout {
+        let idle = self.ctx.limits.idle_timeout;
+        if self.last_seen.elapsed() > idle {
             return Some(End::Gone("the peer stopped answering pings"));
         }
-        let ping = async { self.ws.send(Message::Ping(Default::default())).await };
-        match tokio::time::timeout(CLOSE_TIMEOUT, ping).await {
-            Ok(Ok(())) => None,
-            _ => Some(End::Gone("the peer did not take a ping")),
+        // Behind a socket full of events the ping waits its turn; should a queue overflow
+        // meanwhile, the 4008 must not be lost to the ping's timeout.
+        let ping = tokio::time::timeout(idle, self.ws.send(Message::Ping(Default::default())));
+        tokio::select! {
+            biased;
+            _ = self.overflow.cancelled() => Some(End::Close(Close::slow())),
+            sent = ping => match sent {
+                Ok(Ok(())) => None,
+                _ => Some(End::Gone("the peer did not take a ping")),
+            },
         }
     }
 
     /// Encodes and writes a batch of `n` events. An overflow while writing ends the session at
     /// once; a shutdown lets the batch finish (bounded), then the loop drains the rest.
-    async fn handle_events(&mut self, n: usize, overflow: &CancellationToken) -> Option<End> {
+    async fn handle_events(&mut self, n: usize) -> Option<End> {
         if n == 0 {
             // Every queue was dropped: the router overflowed them (PRIORITY 2 says so next).
             return None;
@@ -332,7 +343,7 @@ impl<P: Protocol> Engine<'_, P> {
             tokio::pin!(write);
             tokio::select! {
                 biased;
-                _ = overflow.cancelled() => return Some(End::Close(Close::slow())),
+                _ = self.overflow.cancelled() => return Some(End::Close(Close::slow())),
                 r = &mut write => r,
                 _ = shutdown.cancelled() => match tokio::time::timeout(DRAIN_TIMEOUT, &mut write).await {
                     Ok(r) => r,
@@ -370,9 +381,17 @@ impl<P: Protocol> Engine<'_, P> {
         Ok(())
     }
 
-    /// Writes a protocol's replies, then returns its close.
+    /// Writes a protocol's replies (unless a queue overflows meanwhile: then 4008), then
+    /// returns its close.
     async fn apply(&mut self, outcome: Outcome) -> Option<End> {
-        if let Err(e) = send_frames(&mut self.ws, &outcome.frames, CLOSE_TIMEOUT).await {
+        let idle = self.ctx.limits.idle_timeout;
+        let write = send_frames(&mut self.ws, &outcome.frames, idle);
+        let written = tokio::select! {
+            biased;
+            _ = self.overflow.cancelled() => return Some(End::Close(Close::slow())),
+            written = write => written,
+        };
+        if let Err(e) = written {
             debug!(error = %e, "a reply could not be written");
             return Some(End::Gone("the peer did not take a reply"));
         }
