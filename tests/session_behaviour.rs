@@ -7,7 +7,8 @@
 //! transaction at the default queue size; an oversized client frame closes with 1009; an
 //! unreadable frame is answered (native: `error` then 1008; Realtime: a `phx_reply` error, the
 //! socket stays); an idle peer is dropped; an expired token ends the session (native, 4001) or
-//! its channel (Realtime). Assertions are about what arrives, never about how fast.
+//! its channel (Realtime); a restarted stream closes with 1012. Assertions are about what
+//! arrives, never about how fast.
 
 mod common;
 
@@ -419,6 +420,51 @@ async fn an_expired_token_ends_the_session_or_its_channel() {
             relay.router().session_counts() == (0, 0)
         })
         .await;
+    }
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_stream_closes_with_1012() {
+    let db = TestDb::new().await;
+    // Slow reconnects leave time to move the slot meanwhile.
+    let relay = db
+        .relay_with(|c| {
+            c.database.reconnect_min = Duration::from_secs(3);
+            c.database.reconnect_max = Duration::from_secs(3);
+        })
+        .await;
+    let pg = db.client().await;
+    let user = create_user(&pg).await;
+    let token = user_token(user, HOUR);
+    let mut sessions = Vec::new();
+    for endpoint in BOTH {
+        sessions.push(Session::open(relay.server_addr(), endpoint, &token).await);
+    }
+    pg.execute(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1",
+        &[&db.name],
+    )
+    .await
+    .unwrap();
+    let free = "SELECT NOT active FROM pg_replication_slots WHERE slot_name = $1";
+    wait_until_async("the walsender exits", T, || async {
+        pg.query_one(free, &[&db.name]).await.unwrap().get(0)
+    })
+    .await;
+    // As if another relay had streamed and confirmed a row while this one was away.
+    pg.batch_execute("SET synchronous_commit = on")
+        .await
+        .unwrap();
+    insert_rows(&pg, user, 1, 0).await;
+    pg.execute(
+        "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
+        &[&db.name],
+    )
+    .await
+    .unwrap();
+    for session in &mut sessions {
+        assert_eq!(session.close_code().await, 1012, "{:?}", session.endpoint);
     }
     relay.shutdown().await.unwrap();
 }
