@@ -208,11 +208,11 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Events queued per session before it is closed as a slow consumer (4008); default 1024,
-    /// at most 1048576.
+    /// Events queued per session before it is closed as a slow consumer (4008); default 8192
+    /// (one maximal ingest batch arrives as one burst), at most 1048576.
     pub session_queue: NonZeroUsize,
     /// Largest client frame accepted, in bytes (an integer or e.g. `64KiB`, the default; at
-    /// least 256); larger frames close the session with 1008.
+    /// least 256); larger frames close the session with 1009 ("message too big").
     #[serde(deserialize_with = "bytes::deserialize")]
     pub max_client_frame_bytes: usize,
     /// Interval between server pings (default `20s`).
@@ -227,7 +227,7 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            session_queue: nonzero(1024),
+            session_queue: nonzero(8192),
             max_client_frame_bytes: 64 * 1024,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),

@@ -1,6 +1,6 @@
 //! Auth promises: refused upgrades get 401/403 with a JSON reason before the handshake; an
 //! expiring token closes the session with 4001 unless refreshed; a refresh may not change
-//! identity (4003); malformed frames close with 1008.
+//! identity (4003); malformed frames close with 1008, oversized ones with 1009.
 
 use std::time::Duration;
 
@@ -179,7 +179,7 @@ async fn a_bad_refresh_closes_with_4003_for_another_identity_and_4001_when_inval
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_and_oversized_frames_close_with_1008() {
+async fn malformed_frames_close_with_1008_and_oversized_ones_with_1009() {
     let db = TestDb::new().await;
     let relay = db
         .relay_with(|c| c.limits.max_client_frame_bytes = 1024)
@@ -190,6 +190,10 @@ async fn malformed_and_oversized_frames_close_with_1008() {
     assert_eq!(client.close_code(T).await, 1008);
     let (mut client, _) = connect(&relay, &token, "").await;
     client.send_text(&"x".repeat(4096)).await;
-    assert_eq!(client.close_code(T).await, 1008);
+    assert_eq!(
+        client.close_code(T).await,
+        1009,
+        "message too big (RFC 6455 §7.4.1)"
+    );
     relay.shutdown().await.unwrap();
 }

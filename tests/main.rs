@@ -25,5 +25,6 @@ mod retention;
 mod rls;
 mod rollback;
 mod routing;
+mod session_behaviour;
 mod supabase_compat;
 mod tables;

@@ -1,14 +1,142 @@
-//! Native protocol frames (`/v1/events`, PROTOCOL.md "Native protocol").
+//! The native protocol (`/v1/events`, README "Native protocol") as an engine [`Protocol`]: one
+//! subscription per socket, optionally resumed after a `since` cursor.
 //!
-//! Server → client control frames (`ready`, `recovered`, `error`) are built here; event frames are encoded
-//! once per event in [`crate::event`]. Client → server: only `access_token`.
+//! Server → client control frames (`ready`, `recovered`, `error`) are built here; event frames
+//! are encoded once per event in [`crate::event`]. Client → server: only `access_token`.
 
-use axum::extract::ws::Utf8Bytes;
+use std::sync::Arc;
+
+use axum::extract::ws::{Utf8Bytes, WebSocket};
+use metrics::counter;
 use serde::{Deserialize, Serialize};
+use tracing::debug;
 use uuid::Uuid;
 
-use crate::auth::Principal;
-use crate::event::Cursor;
+use super::engine::{self, Frame, Key, Opening, Outcome, Protocol, Subscriptions, Unreadable};
+use super::{
+    refresh, Close, RefreshError, SessionContext, CLOSE_IDENTITY, CLOSE_POLICY, CLOSE_TOKEN,
+};
+use crate::auth::{Principal, Verifier};
+use crate::event::{Cursor, Event, InvalidCursor};
+use crate::filter::Interest;
+use crate::metrics as m;
+
+/// Runs a native-protocol session until it closes. `interest` narrows the events; `since`
+/// (the `since` query parameter, parsed) resumes after that cursor: the missed events, then a
+/// `recovered` frame, then live events. A malformed cursor gets an `error` frame and 1008.
+pub async fn run_native(
+    ws: WebSocket,
+    ctx: SessionContext,
+    principal: Principal,
+    interest: Interest,
+    since: Option<Result<Cursor, InvalidCursor>>,
+) {
+    let session_id = Uuid::new_v4().to_string();
+    let since = match since.transpose() {
+        Ok(since) => since,
+        Err(e) => {
+            let text = error("invalid_cursor", &format!("since: {e}"));
+            let close = Close::new(CLOSE_POLICY, "invalid cursor");
+            return engine::refuse(ws, vec![text], close, &session_id).await;
+        }
+    };
+    let mut subs = Subscriptions::new(ctx.router.clone());
+    let (_, position, replay) = subs.subscribe(&principal, interest, since);
+    debug!(session_id, user_id = ?principal.user_id, role = principal.role.as_str(), "session opened");
+    // With `since`, the client holds everything up to its cursor; otherwise the stream starts
+    // after the subscription's position.
+    let mut opening = Opening {
+        frames: vec![ready(&session_id, &principal, since.unwrap_or(position))],
+        replayed: 0,
+    };
+    let mut skip = None;
+    if let (Some(since), Some(replay)) = (since, replay) {
+        opening
+            .frames
+            .extend(replay.events.iter().map(|e| e.native_frame()));
+        opening.replayed = replay.events.len();
+        // A `since` ahead of this relay's position (another relay issued it): live events up
+        // to it are ones the client already has.
+        let cursor = match replay.complete && since > position {
+            true => {
+                skip = Some(since);
+                since
+            }
+            false => position,
+        };
+        opening
+            .frames
+            .push(recovered(replay.complete, replay.events.len(), cursor));
+    }
+    let protocol = Native {
+        verifier: ctx.verifier.clone(),
+        principal,
+        skip,
+    };
+    engine::run(ws, &ctx, protocol, subs, opening, &session_id).await;
+}
+
+/// A native session's protocol state.
+struct Native {
+    verifier: Arc<Verifier>,
+    principal: Principal,
+    /// Live events at or before this cursor are dropped (the client has them).
+    skip: Option<Cursor>,
+}
+
+impl Protocol for Native {
+    fn encode(&mut self, _key: Key, event: &Event) -> Option<Frame> {
+        match self.skip {
+            Some(skip) if event.cursor <= skip => None,
+            _ => Some(event.native_frame()),
+        }
+    }
+
+    fn on_text(&mut self, text: &str, _subs: &mut Subscriptions) -> Outcome {
+        let access_token = match parse_client_frame(text) {
+            Ok(ClientFrame::AccessToken { access_token }) => access_token,
+            Err(reason) => {
+                let frame = error("malformed_frame", &reason);
+                return Outcome::close(Some(frame), Close::new(CLOSE_POLICY, reason));
+            }
+        };
+        match refresh(&self.verifier, &mut self.principal, &access_token) {
+            Ok(()) => Outcome::nothing(),
+            Err(e @ RefreshError::IdentityChanged) => Outcome::close(
+                Some(error("identity_changed", &e.to_string())),
+                Close::new(CLOSE_IDENTITY, "token identity changed"),
+            ),
+            Err(RefreshError::Invalid(e)) => {
+                counter!(m::AUTH_FAILURES, "reason" => e.code()).increment(1);
+                Outcome::close(
+                    Some(error(e.code(), &e.to_string())),
+                    Close::new(CLOSE_TOKEN, "invalid token"),
+                )
+            }
+        }
+    }
+
+    fn on_unreadable(&mut self, what: Unreadable) -> Outcome {
+        Outcome::close(
+            Some(error("malformed_frame", what.describe())),
+            Close::new(CLOSE_POLICY, what.describe()),
+        )
+    }
+
+    fn expires_at(&self) -> Option<i64> {
+        Some(self.principal.expires_at)
+    }
+
+    fn on_expired(&mut self, _cutoff: i64, _subs: &mut Subscriptions) -> Outcome {
+        Outcome::close(
+            Some(error(
+                "token_expired",
+                "the access token expired; reconnect with a fresh token",
+            )),
+            Close::new(CLOSE_TOKEN, "token expired"),
+        )
+    }
+}
 
 /// `{"type":"ready","session_id","user_id","role","cursor"}`: the first frame of a session.
 pub fn ready(session_id: &str, principal: &Principal, cursor: Cursor) -> Utf8Bytes {

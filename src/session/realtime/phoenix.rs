@@ -4,6 +4,8 @@
 //! `vsn=2.0.0` arrays `[join_ref,ref,topic,event,payload]`.
 
 use axum::extract::ws::Utf8Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::event::{Event, Operation};
@@ -83,21 +85,58 @@ pub fn decode(text: &str, vsn: Vsn) -> Result<Message, String> {
     })
 }
 
+/// A message as `vsn=1.0.0` sends it: `{topic, event, payload, ref, join_ref}`.
+#[derive(Serialize)]
+struct V1<'a, P: Serialize> {
+    topic: &'a str,
+    event: &'a str,
+    payload: P,
+    #[serde(rename = "ref")]
+    msg_ref: &'a Value,
+    join_ref: &'a Value,
+}
+
+/// Serializes a message of either version; `payload` may embed pre-encoded JSON
+/// ([`RawValue`]), which is copied as is.
+fn to_frame<P: Serialize>(
+    vsn: Vsn,
+    join_ref: &Value,
+    msg_ref: &Value,
+    topic: &str,
+    event: &str,
+    payload: P,
+) -> String {
+    // Serializing JSON values, strings and already-valid raw JSON cannot fail.
+    match vsn {
+        Vsn::V2 => serde_json::to_string(&(join_ref, msg_ref, topic, event, payload)),
+        Vsn::V1 => serde_json::to_string(&V1 {
+            topic,
+            event,
+            payload,
+            msg_ref,
+            join_ref,
+        }),
+    }
+    .unwrap_or_default()
+}
+
 /// Encodes a message for the client.
 pub fn encode(msg: &Message, vsn: Vsn) -> Utf8Bytes {
-    let value = match vsn {
-        Vsn::V2 => json!([msg.join_ref, msg.msg_ref, msg.topic, msg.event, msg.payload]),
-        Vsn::V1 => json!({
-            "topic": msg.topic, "event": msg.event, "payload": msg.payload,
-            "ref": msg.msg_ref, "join_ref": msg.join_ref,
-        }),
-    };
-    value.to_string().into()
+    to_frame(
+        vsn,
+        &msg.join_ref,
+        &msg.msg_ref,
+        &msg.topic,
+        &msg.event,
+        &msg.payload,
+    )
+    .into()
 }
 
 /// The `postgres_changes` frame of `event` for one channel and its matching binding `ids`.
 /// Built once per (version, topic, join_ref, ids) and shared through the event's cache, so a
-/// thousand sockets of one user joined the same way cost one encoding.
+/// thousand sockets of one user joined the same way cost one encoding. The `data` object is
+/// encoded once per event and embedded as raw JSON.
 pub fn change_frame(
     event: &Event,
     vsn: Vsn,
@@ -105,19 +144,27 @@ pub fn change_frame(
     join_ref: &Value,
     ids: &[u64],
 ) -> Utf8Bytes {
+    #[derive(Serialize)]
+    struct Payload<'a> {
+        ids: &'a [u64],
+        data: &'a RawValue,
+    }
     let key = format!("phx{}|{topic}|{join_ref}|{ids:?}", vsn as u8);
     event.encoded(&key, |event| {
         let data = event.encoded("phx-data", change_data);
-        let ids = serde_json::to_string(ids).unwrap_or_default();
-        let topic = Value::from(topic);
-        match vsn {
-            Vsn::V2 => format!(
-                "[{join_ref},null,{topic},\"postgres_changes\",{{\"ids\":{ids},\"data\":{data}}}]"
-            ),
-            Vsn::V1 => format!(
-                "{{\"topic\":{topic},\"event\":\"postgres_changes\",\"payload\":{{\"ids\":{ids},\"data\":{data}}},\"ref\":null,\"join_ref\":{join_ref}}}"
-            ),
-        }
+        // `change_data` wrote it with serde_json, so it parses; should it not, the frame
+        // carries `null` rather than broken JSON.
+        let null = RawValue::NULL;
+        let data = serde_json::from_str::<&RawValue>(&data).unwrap_or(null);
+        let payload = Payload { ids, data };
+        to_frame(
+            vsn,
+            join_ref,
+            &Value::Null,
+            topic,
+            "postgres_changes",
+            payload,
+        )
     })
 }
 
@@ -174,6 +221,10 @@ mod tests {
         for vsn in [Vsn::V1, Vsn::V2] {
             assert_eq!(decode(&encode(&msg, vsn), vsn).unwrap(), msg);
         }
+        assert_eq!(
+            &*encode(&msg, Vsn::V1),
+            r#"{"topic":"realtime:room","event":"phx_join","payload":{"config":{}},"ref":"2","join_ref":"1"}"#
+        );
         assert!(decode("{}", Vsn::V2).is_err());
         assert!(decode("[1,2,3]", Vsn::V2).is_err());
         assert!(decode("[null,null,5,\"e\",{}]", Vsn::V2).is_err());
