@@ -240,7 +240,7 @@ pub struct ReplayConfig {
     pub window: Duration,
     /// Most events kept, whatever their age (default 1,000,000).
     pub max_events: usize,
-    /// Most bytes kept, estimated per event from its frame size ([`crate::event::Event::approx_bytes`],
+    /// Most bytes kept, estimated per event from its frame size ([`crate::model::Event::approx_bytes`],
     /// calibrated against RSS); default 536870912 (512 MiB: a 5-minute window up to ~500
     /// events/s of ~500-byte rows).
     pub max_bytes: usize,

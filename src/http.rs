@@ -27,9 +27,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Principal, Verifier};
 use crate::config::{IngestConfig, LimitsConfig};
-use crate::event::Cursor;
 use crate::filter::Interest;
 use crate::metrics as m;
+use crate::model::Cursor;
 use crate::replication::StreamStatus;
 use crate::router::Router;
 use crate::session::phoenix::Vsn;

@@ -1,7 +1,7 @@
 //! engagement-relay: streams new `engagement_events` rows from a PostgreSQL logical replication
 //! slot (pgoutput) to the WebSocket sessions whose JWT `sub` is the row's `user_id`.
 //!
-//! Pipeline (ARCHITECTURE.md): [`replication`] decodes the slot into [`event::Event`]s, the
+//! Pipeline (ARCHITECTURE.md): [`replication`] decodes the slot into [`model::Event`]s, the
 //! [`router::Router`] offers each to the bounded queues of its receivers, and each
 //! [`session`] task writes the shared, once-encoded frames to its socket.
 //!
@@ -13,11 +13,11 @@ pub mod config;
 pub mod db;
 pub mod dev;
 pub mod doctor;
-pub mod event;
 pub mod filter;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod model;
 pub mod pgcluster;
 mod relay;
 pub mod replay;

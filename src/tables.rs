@@ -17,8 +17,8 @@ use std::sync::RwLock;
 use serde::Deserialize;
 use tokio_postgres::Client;
 
-use crate::event::Operation;
-use crate::replication::pgoutput::{oid, Relation};
+use crate::model::Operation;
+use crate::model::{oid, Relation};
 
 /// One `[[tables]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -20,8 +20,8 @@ use uuid::Uuid;
 use super::ingest::act_as;
 use super::ApiError;
 use crate::auth::{Principal, Role};
-use crate::event::format_unix_us;
 use crate::http::AppState;
+use crate::model::format_unix_us;
 
 /// Largest page.
 pub const MAX_LIMIT: i64 = 1000;

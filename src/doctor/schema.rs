@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 use super::report::Check;
 use super::{ident, qualified, table_check_id, MESSAGE_QUEUE, PUBLICATION};
 use crate::config::Config;
-use crate::event::Operation;
+use crate::model::Operation;
 use crate::tables::TableConfig;
 
 type Result<T> = std::result::Result<T, tokio_postgres::Error>;

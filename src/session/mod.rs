@@ -21,9 +21,9 @@ use tracing::{debug, info};
 
 use crate::auth::{now_s, AuthError, Principal, Verifier};
 use crate::config::LimitsConfig;
-use crate::event::{now_unix_us, Cursor, Event, InvalidCursor};
 use crate::filter::Interest;
 use crate::metrics as m;
+use crate::model::{now_unix_us, Cursor, Event, InvalidCursor};
 use crate::router::{Router, Subscription};
 use crate::tables::Tables;
 
@@ -152,7 +152,7 @@ async fn replay(
         }
         let write = async {
             for event in chunk {
-                ws.feed(Message::Text(event.native_frame())).await?;
+                ws.feed(native_text(event)).await?;
             }
             ws.flush().await
         };
@@ -292,6 +292,12 @@ fn drop_seen(batch: &mut Vec<Arc<Event>>, skip: Option<Cursor>) {
     }
 }
 
+/// The event's native frame as a text message. The model keeps frames as `Bytes`; this checks
+/// them as UTF-8 (they are JSON the relay wrote, so it always is) without copying.
+fn native_text(event: &Event) -> Message {
+    Message::Text(Utf8Bytes::try_from(event.native_frame()).unwrap_or_default())
+}
+
 /// Writes every queued frame, flushes once, then records delivery latency and empties `batch`.
 async fn write_batch(
     ws: &mut WebSocket,
@@ -302,7 +308,7 @@ async fn write_batch(
         return Ok(());
     }
     for event in batch.iter() {
-        ws.feed(Message::Text(event.native_frame())).await?;
+        ws.feed(native_text(event)).await?;
     }
     ws.flush().await?;
     delivery.record(batch);

@@ -1,14 +1,14 @@
 //! Native protocol frames (`/v1/events`, PROTOCOL.md "Native protocol").
 //!
 //! Server → client control frames (`ready`, `recovered`, `error`) are built here; event frames are encoded
-//! once per event in [`crate::event`]. Client → server: only `access_token`.
+//! once per event in [`crate::model`]. Client → server: only `access_token`.
 
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::auth::Principal;
-use crate::event::Cursor;
+use crate::model::Cursor;
 
 /// `{"type":"ready","session_id","user_id","role","cursor"}`: the first frame of a session.
 pub fn ready(session_id: &str, principal: &Principal, cursor: Cursor) -> Utf8Bytes {

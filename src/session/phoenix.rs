@@ -6,8 +6,8 @@
 use axum::extract::ws::Utf8Bytes;
 use serde_json::{json, Value};
 
-use crate::event::{Event, Operation};
-use crate::replication::pgoutput::type_name;
+use crate::model::type_name;
+use crate::model::{Event, Operation};
 
 /// Serializer version, chosen per connection by the `vsn` query parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +106,9 @@ pub fn change_frame(
     ids: &[u64],
 ) -> Utf8Bytes {
     let key = format!("phx{}|{topic}|{join_ref}|{ids:?}", vsn as u8);
-    event.encoded(&key, |event| {
+    let frame = event.encoded(&key, |event| {
         let data = event.encoded("phx-data", change_data);
+        let data = String::from_utf8_lossy(&data);
         let ids = serde_json::to_string(ids).unwrap_or_default();
         let topic = Value::from(topic);
         match vsn {
@@ -118,7 +119,9 @@ pub fn change_frame(
                 "{{\"topic\":{topic},\"event\":\"postgres_changes\",\"payload\":{{\"ids\":{ids},\"data\":{data}}},\"ref\":null,\"join_ref\":{join_ref}}}"
             ),
         }
-    })
+    });
+    // The event's encodings are built from Strings: the check cannot fail.
+    Utf8Bytes::try_from(frame).unwrap_or_default()
 }
 
 /// `data` of a `postgres_changes` payload: `schema`, `table`, `commit_timestamp` (UTC,
@@ -135,19 +138,24 @@ fn change_data(event: &Event) -> String {
     let commit = chrono::DateTime::from_timestamp_micros(event.commit_time_us)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default();
-    let mut data = json!({
+    // `record` is the row's JSON from the native frame, embedded as it is (not re-serialized).
+    let head = json!({
         "schema": event.relation.schema,
         "table": event.relation.name,
         "commit_timestamp": commit,
         "type": supabase_type(event.operation),
         "columns": columns,
-        "record": event.record,
-        "errors": null,
-    });
-    if event.operation == Operation::Update {
-        data["old_record"] = json!({});
-    }
-    data.to_string()
+    })
+    .to_string();
+    let head = head.strip_suffix('}').unwrap_or(&head);
+    let old_record = match event.operation {
+        Operation::Update => ",\"old_record\":{}",
+        Operation::Insert => "",
+    };
+    format!(
+        "{head},\"record\":{},\"errors\":null{old_record}}}",
+        event.record_json()
+    )
 }
 
 /// `INSERT` / `UPDATE`, as Supabase names the change types.

@@ -22,8 +22,8 @@ use tracing::debug;
 use super::phoenix::{self, Message, Vsn};
 use super::{finish, send, Close, Delivery, SessionContext, CLOSE_GOING_AWAY, CLOSE_SLOW};
 use crate::auth::{now_s, AuthError, Principal};
-use crate::event::{Event, Operation};
 use crate::filter::{Filter, Interest};
+use crate::model::{Event, Operation};
 use crate::router::Ticket;
 use crate::tables::{Column, Selection, Tables};
 
@@ -58,10 +58,7 @@ impl Binding {
         );
         kind_ok
             && self.tables.contains(&event.relation)
-            && self
-                .filter
-                .as_ref()
-                .is_some_and(|f| f.matches(&event.record))
+            && self.filter.as_ref().is_some_and(|f| f.matches(event))
     }
 }
 
