@@ -250,7 +250,7 @@ pub struct ReplayConfig {
     pub window: Duration,
     /// Most events kept, whatever their age (default 1,000,000).
     pub max_events: usize,
-    /// Most bytes kept, estimated per event from its frame size ([`crate::event::Event::approx_bytes`],
+    /// Most bytes kept, estimated per event from its frame size ([`crate::model::Event::approx_bytes`],
     /// calibrated against RSS); an integer or e.g. `512MiB` (the default: a 5-minute window up
     /// to ~500 events/s of ~500-byte rows).
     #[serde(deserialize_with = "bytes::deserialize")]

@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use crate::replication::pgoutput::{oid, text_to_json, type_name, Record};
+use crate::model::{oid, text_to_json, type_name, Event, Record};
 use crate::tables::Selection;
 
 /// A comparison operator.
@@ -144,9 +144,15 @@ impl Filter {
         Ok(Filter { conditions })
     }
 
-    /// True when every condition holds for `record`.
-    pub fn matches(&self, record: &Record) -> bool {
-        self.conditions.iter().all(|c| c.matches(record))
+    /// True when every condition holds for the row of `event`. Only the filtered columns are
+    /// decoded from the event's frame ([`Event::select`]).
+    pub fn matches(&self, event: &Event) -> bool {
+        if self.conditions.is_empty() {
+            return true;
+        }
+        let columns: Vec<&str> = self.conditions.iter().map(|c| c.column.as_str()).collect();
+        let record = event.select(&columns);
+        self.conditions.iter().all(|c| c.matches(&record))
     }
 }
 
@@ -190,7 +196,7 @@ pub struct Interest {
 
 impl Interest {
     /// Whether `event` is of a wanted table and event type.
-    pub fn matches(&self, event: &crate::event::Event) -> bool {
+    pub fn matches(&self, event: &Event) -> bool {
         let table_ok = self
             .tables
             .as_ref()
@@ -198,9 +204,8 @@ impl Interest {
         table_ok
             && self.event_types.as_ref().is_none_or(|types| {
                 event
-                    .event_type
-                    .as_deref()
-                    .is_some_and(|t| types.iter().any(|w| &**w == t))
+                    .event_type()
+                    .is_some_and(|t| types.iter().any(|w| **w == *t))
             })
     }
 }
@@ -311,17 +316,19 @@ mod tests {
         ("note", oid::TEXT),
     ];
 
-    fn record() -> Record {
-        json!({"id": "a,b", "user_id": U1, "timestamp": "2026-11-20T12:00:00.500000Z",
+    fn event() -> Event {
+        let record = json!({"id": "a,b", "user_id": U1, "timestamp": "2026-11-20T12:00:00.500000Z",
                "event_type": "goal_complete", "value": {"k": 1}, "is_deleted": false, "n": 5,
-               "note": null})
-        .as_object()
-        .cloned()
-        .unwrap()
+               "note": null});
+        let record = record.as_object().cloned().unwrap();
+        let relation = crate::model::Relation::fixture();
+        let operation = crate::model::Operation::Insert;
+        let cursor = crate::model::Cursor::default();
+        Event::new(cursor, 0, operation, (relation, "user_id"), record)
     }
 
     fn check(filter: &str) -> bool {
-        Filter::parse(filter, COLUMNS).unwrap().matches(&record())
+        Filter::parse(filter, COLUMNS).unwrap().matches(&event())
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! engagement-relay: streams new `engagement_events` rows from a PostgreSQL logical replication
 //! slot (pgoutput) to the WebSocket sessions whose JWT `sub` is the row's `user_id`.
 //!
-//! Pipeline (ARCHITECTURE.md): [`replication`] decodes the slot into [`event::Event`]s, the
-//! [`router::Router`] offers each to the bounded queues of its receivers, and each
+//! Pipeline (docs/ARCHITECTURE.md): [`replication`] decodes the slot into [`model::Event`]s and
+//! hands them to a [`replication::Dispatch`]: the [`router::Router`] offers each to the bounded queues of its receivers, and each
 //! [`session`] task writes the shared, once-encoded frames to its socket.
 //!
 //! [`start`] runs the whole daemon in-process (tests bind port 0); `src/main.rs` is the CLI.
@@ -12,11 +12,11 @@ pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod doctor;
-pub mod event;
 pub mod filter;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod model;
 mod relay;
 pub mod replay;
 pub mod replication;

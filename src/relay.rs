@@ -116,7 +116,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         config: config.database.clone(),
         replay_window: config.replay.window,
         tables: tables.clone(),
-        router: router.clone(),
+        dispatch: router.clone(),
         status: status.clone(),
         shutdown: stream_stop.clone(),
     }));

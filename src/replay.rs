@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::config::ReplayConfig;
-use crate::event::{Cursor, Event};
+use crate::model::{Cursor, Event};
 
 /// Events older than this many positions behind the newest lose their cached Supabase
 /// encodings: every live session has long written them by then.
@@ -111,8 +111,8 @@ pub fn after(events: &VecDeque<Arc<Event>>, since: Cursor) -> impl Iterator<Item
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Operation;
-    use crate::replication::pgoutput::Relation;
+    use crate::model::Operation;
+    use crate::model::Relation;
     use std::time::Duration;
 
     fn event(lsn: u64, commit_time_us: i64) -> Arc<Event> {

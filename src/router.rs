@@ -29,10 +29,11 @@ use uuid::Uuid;
 
 use crate::auth::{Principal, Role};
 use crate::config::ReplayConfig;
-use crate::event::{now_unix_us, Cursor, Event};
 use crate::filter::Interest;
 use crate::metrics as m;
+use crate::model::{now_unix_us, Cursor, Event};
 use crate::replay::{self, Window};
+use crate::replication::Dispatch;
 
 /// The router's side of a session.
 #[derive(Debug)]
@@ -400,6 +401,34 @@ impl Router {
     }
 }
 
+/// The router is the relay's destination for the replication task: rows go to sessions and
+/// the replay window; what the window holds bounds what PostgreSQL may recycle.
+impl Dispatch for Router {
+    fn begin(&self, history: u32, lsn: u64) {
+        Router::begin(self, history, lsn);
+    }
+
+    fn dispatch(&self, event: Arc<Event>) {
+        Router::dispatch(self, event);
+    }
+
+    fn note_wal_end(&self, lsn: u64) {
+        Router::note_wal_end(self, lsn);
+    }
+
+    fn maintain(&self, now_us: i64) {
+        Router::maintain(self, now_us);
+    }
+
+    fn oldest_lsn(&self) -> Option<u64> {
+        Router::oldest_lsn(self)
+    }
+
+    fn evicted_lsn(&self) -> u64 {
+        Router::evicted_lsn(self)
+    }
+}
+
 /// A lock that survives poisoning (a panicked holder cannot leave the state inconsistent:
 /// every critical section is a push, a retain, a pop or a read).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -409,8 +438,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Operation;
-    use crate::replication::pgoutput::Relation;
+    use crate::model::Operation;
+    use crate::model::Relation;
     use serde_json::json;
 
     const HISTORY: u32 = 7;

@@ -16,8 +16,8 @@ use std::sync::RwLock;
 
 use serde::Deserialize;
 
-use crate::event::Operation;
-use crate::replication::pgoutput::Relation;
+use crate::model::Operation;
+use crate::model::Relation;
 
 /// One `[[tables]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -18,6 +18,7 @@ mod fault_pg_restart;
 mod faults;
 mod history;
 mod http;
+mod module_cycles;
 mod prometheus;
 mod realtime_protocol;
 mod replication;

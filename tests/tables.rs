@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::common::phoenix::{join, next, open};
 use crate::common::ws::{connect, upgrade, Upgrade};
 use crate::common::{create_user, insert_event, user_token, TestDb};
-use engagement_relay::event::Operation;
+use engagement_relay::model::Operation;
 use engagement_relay::tables::TableConfig;
 use futures_util::SinkExt;
 use serde_json::{json, Value};

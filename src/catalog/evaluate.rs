@@ -6,7 +6,7 @@ use tokio_postgres::types::Type;
 
 use super::facts::{Facts, Publication, SlotKind, TableFacts};
 use super::{Mismatch, LOGICAL, LOGICAL_SLOT, PLUGIN};
-use crate::event::Operation;
+use crate::model::Operation;
 use crate::tables::TableConfig;
 
 /// `wal_level` must be [`LOGICAL`] for a slot to decode.

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use tokio_postgres::Client;
 
 use crate::db::describe;
-use crate::event::Operation;
+use crate::model::Operation;
 use crate::tables::{Column, Tables};
 
 pub use facts::{ColumnFacts, Facts, Publication, Published, SlotKind, TableFacts};

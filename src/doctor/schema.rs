@@ -15,7 +15,7 @@ use super::report::Check;
 use super::{ident, qualified, table_check_id, MESSAGE_QUEUE, PUBLICATION};
 use crate::catalog::{evaluate, query, Mismatch, Publication, TableFacts};
 use crate::config::Config;
-use crate::event::Operation;
+use crate::model::Operation;
 use crate::tables::{TableConfig, SERVICE_ONLY};
 
 type Result<T> = std::result::Result<T, tokio_postgres::Error>;

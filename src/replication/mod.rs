@@ -1,16 +1,16 @@
-//! The replication task: owns the slot, decodes pgoutput, hands rows to the router, and
-//! reconnects with capped exponential backoff and jitter after any connection loss.
+//! The replication task: owns the slot, decodes pgoutput, hands rows to a [`Dispatch`] (the
+//! router, or another destination), and reconnects with capped exponential backoff and jitter after any connection loss.
 //!
 //! Errors are either transient (reconnect: the server restarted, the network dropped) or
 //! definite (stop with a clear message: `wal_level` is not `logical`, the publication is
 //! missing, authentication failed).
 
 pub mod ack;
+pub mod dispatch;
 mod error;
 pub mod pgoutput;
 pub mod slot;
 pub mod stream;
-pub mod values;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,9 +24,9 @@ use tracing::{error, warn};
 
 use crate::config::DatabaseConfig;
 use crate::metrics as m;
-use crate::router::Router;
 use crate::tables::Tables;
 
+pub use dispatch::Dispatch;
 pub use error::{ErrorKind, ReplicationError};
 
 /// Whether the stream is connected and the replay window rebuilt, for `/readyz`, the upgrade
@@ -98,7 +98,7 @@ pub struct ReplicationContext {
     /// Which tables and operations are streamed, routed by which column.
     pub tables: Arc<Tables>,
     /// Where decoded rows go.
-    pub router: Arc<Router>,
+    pub dispatch: Arc<dyn Dispatch>,
     /// Shared with `/readyz`.
     pub status: Arc<StreamStatus>,
     /// Cancelled on shutdown: the task acknowledges its final LSN and returns.

@@ -6,6 +6,8 @@
 use super::*;
 use serde_json::json;
 
+use crate::model::oid;
+
 #[path = "pgoutput_error_tests.rs"]
 mod errors;
 

@@ -19,10 +19,10 @@ use tokio::time::{sleep_until, Instant};
 
 use super::ack::AckPolicy;
 use super::error::classify;
-use super::pgoutput::{pg_epoch_to_unix_us, Change, Decoder};
+use super::pgoutput::{Change, Decoder};
 use super::{ReplicationContext, ReplicationError};
-use crate::event::{history_id, now_unix_us, Cursor, Event, Operation};
 use crate::metrics as m;
+use crate::model::{history_id, now_unix_us, pg_epoch_to_unix_us, Cursor, Event, Operation};
 use crate::tables::Tables;
 
 /// `application_name` of the relay's replication connection, as `pg_stat_activity` and
@@ -184,7 +184,7 @@ pub async fn stream(
             }
             _ = sleep_until(closing.unwrap_or_else(Instant::now)), if closing.is_some() => break,
             _ = tick.tick() => {
-                ctx.router.maintain(now_unix_us());
+                ctx.dispatch.maintain(now_unix_us());
                 advance(&client, ctx, progress);
                 continue;
             }
@@ -227,7 +227,7 @@ pub async fn stream(
                     replication_latency
                         .record((now_unix_us() - event.commit_time_us).max(0) as f64 / 1e6);
                 }
-                ctx.router.dispatch(Arc::new(event));
+                ctx.dispatch.dispatch(Arc::new(event));
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 progress.open = None;
@@ -251,7 +251,7 @@ pub async fn stream(
                 ..
             } => {
                 wal_end = wal_end.max(end.as_u64());
-                ctx.router.note_wal_end(wal_end);
+                ctx.dispatch.note_wal_end(wal_end);
                 if tx.is_none() && end.as_u64() > progress.dispatched {
                     progress.dispatched = end.as_u64();
                     progress.ack.record(now_unix_us(), progress.dispatched);
@@ -285,7 +285,7 @@ fn begin(
     slot_lsn: u64,
     target: u64,
 ) {
-    ctx.router.begin(history, slot_lsn);
+    ctx.dispatch.begin(history, slot_lsn);
     *progress = Progress {
         dispatched: slot_lsn,
         open: None,
@@ -308,8 +308,8 @@ fn advance(client: &ReplicationClient, ctx: &ReplicationContext, progress: &mut 
         .ack
         .confirmable(
             now_unix_us(),
-            ctx.router.oldest_lsn(),
-            ctx.router.evicted_lsn(),
+            ctx.dispatch.oldest_lsn(),
+            ctx.dispatch.evicted_lsn(),
         )
         .min(progress.dispatched);
     if confirmable > progress.confirmed {

@@ -32,11 +32,18 @@ use tracing::{debug, info};
 pub use super::subscriptions::{Key, Subscriptions};
 use super::{Close, SessionContext, CLOSE_INVALID_DATA, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_SLOW};
 use crate::auth::now_s;
-use crate::event::{now_unix_us, Event};
 use crate::metrics as m;
+use crate::model::{now_unix_us, Event};
 
 /// An encoded text frame, shared between the sessions that write the same bytes.
 pub type Frame = Utf8Bytes;
+
+/// An event's encoded bytes (the model keeps frames as [`bytes::Bytes`]) as a text frame,
+/// without copying. The check for UTF-8 cannot fail for JSON the relay wrote from `String`s;
+/// should it, the frame is empty rather than invalid.
+pub fn text_frame(bytes: bytes::Bytes) -> Frame {
+    Utf8Bytes::try_from(bytes).unwrap_or_default()
+}
 
 /// Most events written per flush.
 pub const BATCH: usize = 256;

@@ -2,7 +2,7 @@
 //! subscription per socket, optionally resumed after a `since` cursor.
 //!
 //! Server → client control frames (`ready`, `recovered`, `error`) are built here; event frames
-//! are encoded once per event in [`crate::event`]. Client → server: only `access_token`.
+//! are encoded once per event in [`crate::model`]. Client → server: only `access_token`.
 
 use std::sync::Arc;
 
@@ -12,14 +12,16 @@ use serde::{Deserialize, Serialize};
 use tracing::debug;
 use uuid::Uuid;
 
-use super::engine::{self, Frame, Key, Opening, Outcome, Protocol, Subscriptions, Unreadable};
+use super::engine::{
+    self, text_frame, Frame, Key, Opening, Outcome, Protocol, Subscriptions, Unreadable,
+};
 use super::{
     refresh, Close, RefreshError, SessionContext, CLOSE_IDENTITY, CLOSE_POLICY, CLOSE_TOKEN,
 };
 use crate::auth::{Principal, Verifier};
-use crate::event::{Cursor, Event, InvalidCursor};
 use crate::filter::Interest;
 use crate::metrics as m;
+use crate::model::{Cursor, Event, InvalidCursor};
 
 /// Runs a native-protocol session until it closes. `interest` narrows the events; `since`
 /// (the `since` query parameter, parsed) resumes after that cursor: the missed events, then a
@@ -53,7 +55,7 @@ pub async fn run_native(
     if let (Some(since), Some(replay)) = (since, replay) {
         opening
             .frames
-            .extend(replay.events.iter().map(|e| e.native_frame()));
+            .extend(replay.events.iter().map(|e| text_frame(e.native_frame())));
         opening.replayed = replay.events.len();
         // A `since` ahead of this relay's position (another relay issued it): live events up
         // to it are ones the client already has.
@@ -88,7 +90,7 @@ impl Protocol for Native {
     fn encode(&mut self, _key: Key, event: &Event) -> Option<Frame> {
         match self.skip {
             Some(skip) if event.cursor <= skip => None,
-            _ => Some(event.native_frame()),
+            _ => Some(text_frame(event.native_frame())),
         }
     }
 

@@ -12,8 +12,8 @@ use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
-use crate::event::{Cursor, Event};
 use crate::filter::Interest;
+use crate::model::{Cursor, Event};
 use crate::router::{Replay, Router, Ticket};
 
 /// Identifies one router subscription of a session.

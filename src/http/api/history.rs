@@ -18,10 +18,10 @@ use uuid::Uuid;
 
 use super::ingest::act_as;
 use crate::auth::{Principal, Role};
-use crate::event::format_unix_us;
 use crate::http::query::CommaList;
 use crate::http::AppState;
 use crate::http::HttpError;
+use crate::model::format_unix_us;
 
 /// Largest page.
 pub const MAX_LIMIT: i64 = 1000;

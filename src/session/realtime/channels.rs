@@ -7,8 +7,8 @@
 use serde_json::Value;
 
 use crate::auth::AuthError;
-use crate::event::{Event, Operation};
 use crate::filter::Filter;
+use crate::model::{Event, Operation};
 use crate::tables::{Column, Selection, Tables};
 
 /// Which change types a binding receives.
@@ -41,10 +41,7 @@ impl Binding {
         );
         kind_ok
             && self.tables.contains(&event.relation)
-            && self
-                .filter
-                .as_ref()
-                .is_some_and(|f| f.matches(&event.record))
+            && self.filter.as_ref().is_some_and(|f| f.matches(event))
     }
 }
 

@@ -26,8 +26,8 @@ use self::phoenix::{Message, Vsn};
 use super::engine::{self, Frame, Key, Opening, Outcome, Protocol, Subscriptions, Unreadable};
 use super::{refresh, SessionContext};
 use crate::auth::{now_s, Principal, Verifier};
-use crate::event::Event;
 use crate::filter::Interest;
+use crate::model::Event;
 use crate::tables::Tables;
 
 /// Most channels one socket may join (Supabase's `max_channels_per_client` default).

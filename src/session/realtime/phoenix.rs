@@ -8,8 +8,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::event::{Event, Operation};
-use crate::replication::pgoutput::type_name;
+use crate::model::type_name;
+use crate::model::{Event, Operation};
+use crate::session::engine::text_frame;
 
 /// Serializer version, chosen per connection by the `vsn` query parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,12 +151,15 @@ pub fn change_frame(
         data: &'a RawValue,
     }
     let key = format!("phx{}|{topic}|{join_ref}|{ids:?}", vsn as u8);
-    event.encoded(&key, |event| {
+    let frame = event.encoded(&key, |event| {
         let data = event.encoded("phx-data", change_data);
         // `change_data` wrote it with serde_json, so it parses; should it not, the frame
         // carries `null` rather than broken JSON.
         let null = RawValue::NULL;
-        let data = serde_json::from_str::<&RawValue>(&data).unwrap_or(null);
+        let data = std::str::from_utf8(&data)
+            .ok()
+            .and_then(|data| serde_json::from_str::<&RawValue>(data).ok())
+            .unwrap_or(null);
         let payload = Payload { ids, data };
         to_frame(
             vsn,
@@ -165,14 +169,29 @@ pub fn change_frame(
             "postgres_changes",
             payload,
         )
-    })
+    });
+    text_frame(frame)
 }
 
 /// `data` of a `postgres_changes` payload: `schema`, `table`, `commit_timestamp` (UTC,
 /// milliseconds, `Z`), `type`, `columns` (`[{name, type}]`, PostgreSQL type names), `record`,
 /// `errors`; for updates also `old_record` (`{}`: the relay streams the new row only, and
-/// realtime-js reads `old_record` of every UPDATE).
+/// realtime-js reads `old_record` of every UPDATE). `record` is the native frame's record,
+/// embedded as it is (not decoded and encoded again).
 fn change_data(event: &Event) -> String {
+    #[derive(Serialize)]
+    struct Data<'a> {
+        schema: &'a str,
+        table: &'a str,
+        commit_timestamp: String,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        columns: Vec<Value>,
+        record: &'a RawValue,
+        errors: Option<()>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        old_record: Option<&'a RawValue>,
+    }
     let columns: Vec<Value> = event
         .relation
         .columns
@@ -182,19 +201,22 @@ fn change_data(event: &Event) -> String {
     let commit = chrono::DateTime::from_timestamp_micros(event.commit_time_us)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default();
-    let mut data = json!({
-        "schema": event.relation.schema,
-        "table": event.relation.name,
-        "commit_timestamp": commit,
-        "type": supabase_type(event.operation),
-        "columns": columns,
-        "record": event.record,
-        "errors": null,
-    });
-    if event.operation == Operation::Update {
-        data["old_record"] = json!({});
-    }
-    data.to_string()
+    let empty = RawValue::from_string("{}".into()).ok();
+    let record = serde_json::from_str::<&RawValue>(event.record_json()).ok();
+    let data = Data {
+        schema: &event.relation.schema,
+        table: &event.relation.name,
+        commit_timestamp: commit,
+        kind: supabase_type(event.operation),
+        columns,
+        record: record.unwrap_or(empty.as_deref().unwrap_or(RawValue::NULL)),
+        errors: None,
+        old_record: match event.operation {
+            Operation::Update => empty.as_deref(),
+            Operation::Insert => None,
+        },
+    };
+    serde_json::to_string(&data).unwrap_or_default()
 }
 
 /// `INSERT` / `UPDATE`, as Supabase names the change types.

@@ -201,6 +201,10 @@ fn type_names() {
         (oid::FLOAT4, "float4"),
         (oid::BPCHAR, "bpchar"),
         (1009, "_text"),
+        (2951, "_uuid"),
+        (1186, "interval"),
+        (869, "inet"),
+        (142, "xml"),
         (99_999, "unknown"),
     ];
     for (type_oid, name) in cases {

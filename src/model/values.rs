@@ -1,14 +1,14 @@
-//! Conversion of pgoutput column values and timestamps to the relay's JSON forms:
-//! [`text_to_json`] for text-format column values by type OID, [`type_name`] for
-//! a type OID's `pg_type.typname`, and the PostgreSQL-epoch timestamp helpers
-//! [`format_pg_timestamp_us`] / [`pg_epoch_to_unix_us`] for Begin/Commit times.
-//!
-//! The decoder in [`super::pgoutput`] re-exports all public items of this module.
+//! Column values and timestamps in the relay's JSON forms: [`text_to_json`] for text-format
+//! column values by type OID, [`type_name`] for a type OID's `pg_type.typname`, and the
+//! PostgreSQL-epoch timestamp helpers [`format_pg_timestamp_us`] / [`pg_epoch_to_unix_us`] for
+//! Begin/Commit times. Pure functions: the pgoutput decoder, the filters and the encoders share
+//! them.
 
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, NaiveDateTime, Timelike};
 use serde_json::{Number, Value};
+use tokio_postgres::types::Type;
 
 /// Built-in PostgreSQL type OIDs (source: the `pg_type` system catalog,
 /// `src/include/catalog/pg_type.dat`; these OIDs are fixed across versions).
@@ -176,42 +176,14 @@ fn rfc3339(dt: &NaiveDateTime, zulu: bool) -> String {
     out
 }
 
-/// PostgreSQL type name (`pg_type.typname`, source: `pg_type` catalog) for a type
-/// OID, as Supabase Realtime reports `columns[].type`: every OID in [`oid`] (`"uuid"`,
-/// `"timestamptz"`, `"text"`, `"jsonb"`, `"bool"`, `"int4"`, …, `"bpchar"`) plus
-/// `"time"`, `"timetz"`, `"interval"`, `"inet"`, `"_text"`, `"_uuid"`, `"_int4"`,
-/// `"_int8"`, `"_jsonb"`. Any other OID (e.g. a user-defined enum or domain, whose name
-/// only a Type message carries) → `"unknown"`.
-pub fn type_name(type_oid: u32) -> &'static str {
-    match type_oid {
-        oid::BOOL => "bool",
-        oid::BYTEA => "bytea",
-        oid::INT8 => "int8",
-        oid::INT2 => "int2",
-        oid::INT4 => "int4",
-        oid::TEXT => "text",
-        oid::JSON => "json",
-        oid::FLOAT4 => "float4",
-        oid::FLOAT8 => "float8",
-        oid::BPCHAR => "bpchar",
-        oid::VARCHAR => "varchar",
-        oid::DATE => "date",
-        oid::TIMESTAMP => "timestamp",
-        oid::TIMESTAMPTZ => "timestamptz",
-        oid::NUMERIC => "numeric",
-        oid::UUID => "uuid",
-        oid::JSONB => "jsonb",
-        869 => "inet",
-        1007 => "_int4",
-        1009 => "_text",
-        1016 => "_int8",
-        1083 => "time",
-        1186 => "interval",
-        1266 => "timetz",
-        2951 => "_uuid",
-        3807 => "_jsonb",
-        _ => "unknown",
-    }
+/// PostgreSQL type name (`pg_type.typname`) for a type OID, as Supabase Realtime reports
+/// `columns[].type`: `"uuid"`, `"timestamptz"`, `"text"`, `"jsonb"`, `"bool"`, `"int4"`,
+/// `"_text"` (arrays are `_` + element), … for every built-in type the driver knows
+/// ([`tokio_postgres::types::Type::from_oid`], generated from PostgreSQL's `pg_type.dat`).
+/// Any other OID (e.g. a user-defined enum or domain, whose name only a Type message carries)
+/// → `"unknown"`.
+pub fn type_name(type_oid: u32) -> String {
+    Type::from_oid(type_oid).map_or_else(|| "unknown".to_owned(), |t| t.name().to_owned())
 }
 
 /// Microseconds between the Unix epoch and the PostgreSQL epoch (2000-01-01 UTC).

@@ -1,0 +1,226 @@
+//! The [`Event`] routed to sessions: one row change, kept as its native JSON frame.
+//!
+//! An event is encoded once, when it is decoded from the slot, and then *is* that frame: the
+//! routing key (`owner`), the place in the WAL and the table stay as fields, the row itself only
+//! as bytes of the frame. Every session writes the same shared buffer ([`Bytes`] is reference
+//! counted); a filter or a Supabase encoding reads the row back from it
+//! ([`Event::record_json`], [`Event::select`], [`Event::record`]), so the replay window holds
+//! about one frame per event instead of a frame plus a decoded JSON map (BENCHMARKS.md §5).
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::cursor::Cursor;
+use super::record::{self, Span};
+use super::relation::{Record, Relation};
+use super::values::format_unix_us;
+
+/// The kind of change a row event carries; in `[[tables]]` `operations`, `"insert"` or
+/// `"update"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    /// A new row.
+    Insert,
+    /// A changed row (`record` is the new version).
+    Update,
+}
+
+impl Operation {
+    /// `insert` or `update`: the native frame's `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Insert => "insert",
+            Operation::Update => "update",
+        }
+    }
+}
+
+/// One row change, ready to route: its native frame plus what routing and filters need.
+#[derive(Debug)]
+pub struct Event {
+    /// Where the row stands in the WAL.
+    pub cursor: Cursor,
+    /// Commit timestamp of the row's transaction, microseconds since the Unix epoch.
+    pub commit_time_us: i64,
+    /// Insert or update.
+    pub operation: Operation,
+    /// The table, with its columns as the last Relation message described them.
+    pub relation: Arc<Relation>,
+    /// Value of the table's owner column (`[[tables]]` `owner_column`, default `user_id`), when
+    /// it is a UUID: the routing key.
+    pub owner: Option<Uuid>,
+    /// `{"type":…,"schema":…,"table":…,"cursor":…,"commit_timestamp":…,"record":{…}}`, UTF-8.
+    native: Bytes,
+    /// The `record` object inside `native`.
+    record: Span,
+    /// The contents (JSON-escaped, without quotes) of the `event_type` string inside `native`.
+    event_type: Option<Span>,
+    /// Other encodings (the Supabase frames), built on first use and shared, by key.
+    encodings: Mutex<Vec<(Box<str>, Bytes)>>,
+}
+
+/// Most cached encodings per event.
+const MAX_ENCODINGS: usize = 16;
+
+/// Heap bytes the allocator adds to each block (glibc malloc: an 8-byte size word, blocks
+/// rounded up to 16 bytes; half a granule on average).
+const MALLOC_OVERHEAD: usize = 16;
+
+/// What an event costs beside its struct and frame: the `Arc`'s two counters, the `Bytes`
+/// header allocated when the frame is first shared, and the event's slots in the window's
+/// and its owner's deques (8 bytes each, a deque at most twice as long as it is full).
+const SHARED_OVERHEAD: usize = 16 + (32 + MALLOC_OVERHEAD) + 2 * 2 * 8;
+
+impl Event {
+    /// Builds the event, routed by `owner_column`'s value, and encodes its native frame once.
+    /// `record` is consumed: the event keeps its JSON, not the map.
+    pub fn new(
+        cursor: Cursor,
+        commit_time_us: i64,
+        operation: Operation,
+        (relation, owner_column): (Arc<Relation>, &str),
+        record: Record,
+    ) -> Event {
+        let owner = record
+            .get(owner_column)
+            .and_then(|v| v.as_str())
+            .and_then(|s| Uuid::parse_str(s).ok());
+        let mut frame = Vec::with_capacity(256);
+        frame.extend_from_slice(b"{\"type\":\"");
+        frame.extend_from_slice(operation.as_str().as_bytes());
+        frame.extend_from_slice(b"\",\"schema\":");
+        record::write_json(&mut frame, &relation.schema);
+        frame.extend_from_slice(b",\"table\":");
+        record::write_json(&mut frame, &relation.name);
+        frame.extend_from_slice(b",\"cursor\":\"");
+        frame.extend_from_slice(cursor.to_string().as_bytes());
+        frame.extend_from_slice(b"\",\"commit_timestamp\":\"");
+        frame.extend_from_slice(format_unix_us(commit_time_us).as_bytes());
+        frame.extend_from_slice(b"\",\"record\":");
+        let (record, event_type) = record::write_record(&mut frame, &record, "event_type");
+        frame.push(b'}');
+        Event {
+            cursor,
+            commit_time_us,
+            operation,
+            relation,
+            owner,
+            native: frozen(frame),
+            record,
+            event_type,
+            encodings: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The encoding named `key`, built by `encode` the first time any session asks for it and
+    /// shared afterwards: sessions that need the same bytes (same protocol version, topic,
+    /// join_ref and binding ids) cost one encoding, not one each. The bytes are UTF-8.
+    pub fn encoded(&self, key: &str, encode: impl FnOnce(&Event) -> String) -> Bytes {
+        if let Some(bytes) = self.cached(key) {
+            return bytes;
+        }
+        // Encode without holding the lock: encoders may ask for other encodings of this event.
+        let bytes = frozen(encode(self).into_bytes());
+        let mut encodings = self.encodings.lock().unwrap_or_else(|e| e.into_inner());
+        match encodings.iter().find(|(k, _)| &**k == key) {
+            // Another session encoded it meanwhile: keep the first, so all share one buffer.
+            Some((_, first)) => first.clone(),
+            // Past a few variants (many topics or join refs), sharing stops paying: the lookup
+            // would grow with the number of sessions. Those get their own bytes.
+            None if encodings.len() >= MAX_ENCODINGS => bytes,
+            None => {
+                encodings.push((Box::from(key), bytes.clone()));
+                bytes
+            }
+        }
+    }
+
+    fn cached(&self, key: &str) -> Option<Bytes> {
+        let encodings = self.encodings.lock().unwrap_or_else(|e| e.into_inner());
+        encodings
+            .iter()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, bytes)| bytes.clone())
+    }
+
+    /// The native-protocol frame (`{"type":"insert",…}`, UTF-8 JSON), encoded once and shared.
+    pub fn native_frame(&self) -> Bytes {
+        self.native.clone()
+    }
+
+    /// Size of the encoded native frame, in bytes.
+    pub fn encoded_len(&self) -> usize {
+        self.native.len()
+    }
+
+    /// The row as JSON text, `{"column":value,…}` in column order: the very bytes of the
+    /// native frame's `record`, for encoders that embed the row (the Supabase payload).
+    pub fn record_json(&self) -> &str {
+        record::str_at(&self.native, self.record).unwrap_or("{}")
+    }
+
+    /// The row, decoded from the frame: column name → JSON value, in column order. Allocates
+    /// the whole map; to test a few columns use [`Event::select`].
+    pub fn record(&self) -> Record {
+        serde_json::from_str(self.record_json()).unwrap_or_default()
+    }
+
+    /// The columns of the row named in `columns` (those the row has), decoded from the frame in
+    /// one pass that skips the others: what a `postgres_changes` filter compares.
+    pub fn select(&self, columns: &[&str]) -> Record {
+        record::select(self.record_json(), columns)
+    }
+
+    /// Value of the row's `event_type` column when it is a string (the native sessions' type
+    /// filter); borrowed from the frame unless the JSON escapes a character.
+    pub fn event_type(&self) -> Option<Cow<'_, str>> {
+        let span = self.event_type?;
+        let raw = record::str_at(&self.native, span)?;
+        if !raw.contains('\\') {
+            return Some(Cow::Borrowed(raw));
+        }
+        let quoted = record::str_at(&self.native, span.widen(1))?;
+        match serde_json::from_str::<Value>(quoted) {
+            Ok(Value::String(s)) => Some(Cow::Owned(s)),
+            _ => None,
+        }
+    }
+
+    /// Memory the event costs in the replay window, in bytes: the struct and the frame as the
+    /// allocator rounds them, the `Arc` counters, the shared `Bytes` header and the deque slots.
+    /// Within ±20 % of the relay's RSS growth per event at the soak harness's rows
+    /// (BENCHMARKS.md §5). What `replay.max_bytes` caps. Cached Supabase encodings are not
+    /// counted: the window drops them ([`Event::drop_encodings`]).
+    pub fn approx_bytes(&self) -> usize {
+        let block = |n: usize| (n + 8).next_multiple_of(16);
+        block(16 + std::mem::size_of::<Event>()) + block(self.native.len()) + SHARED_OVERHEAD
+    }
+
+    /// Drops the cached Supabase encodings: once every session has written the event they are
+    /// dead weight in the replay window (a late reader encodes again).
+    pub fn drop_encodings(&self) {
+        let mut encodings = self.encodings.lock().unwrap_or_else(|e| e.into_inner());
+        *encodings = Vec::new();
+    }
+}
+
+/// A buffer as [`Bytes`] without spare capacity, so no slack stays allocated with the event.
+fn frozen(mut buf: Vec<u8>) -> Bytes {
+    buf.shrink_to_fit();
+    Bytes::from(buf)
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_unix_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+#[cfg(test)]
+#[path = "event_tests.rs"]
+mod tests;

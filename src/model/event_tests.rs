@@ -1,0 +1,155 @@
+//! Tests for [`Event`] (included from `event.rs`): the frame, reading the row back from it, the
+//! shared encodings.
+
+use super::*;
+use crate::model::history_id;
+use serde_json::json;
+
+const OWNER: &str = "6a1d3a5e-8f1b-4c2d-9e3f-4a5b6c7d8e9f";
+
+fn row(value: Value) -> Record {
+    value.as_object().cloned().unwrap_or_default()
+}
+
+fn sample() -> Record {
+    row(json!({
+        "id": "0b6f4f57-5c2c-4a8e-9d1e-2f4b6f3a1c7d",
+        "user_id": OWNER,
+        "timestamp": "2026-11-20T12:00:00.500000Z",
+        "event_type": "goal_complete",
+        "value": {"steps": 12_000, "ratio": 0.1, "tags": ["a", "\"q\""], "big": 1e300},
+        "is_deleted": false,
+        "note": null,
+        "n": -5,
+    }))
+}
+
+fn event(operation: Operation, record: Record) -> Event {
+    let cursor = Cursor {
+        lsn: 0x16B3_7A28,
+        index: 3,
+        history: history_id("7441040390381235290", 1),
+    };
+    let relation = Relation::fixture();
+    Event::new(
+        cursor,
+        1_763_640_000_123_456,
+        operation,
+        (relation, "user_id"),
+        record,
+    )
+}
+
+/// The frame as the relay wrote it before events kept only their bytes: a serde struct.
+#[derive(Serialize)]
+struct NativeFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    schema: &'a str,
+    table: &'a str,
+    cursor: String,
+    commit_timestamp: String,
+    record: &'a Record,
+}
+
+#[test]
+fn the_native_frame_is_byte_for_byte_the_serde_encoding() {
+    for operation in [Operation::Insert, Operation::Update] {
+        for record in [sample(), Record::new(), row(json!({"a\"b": "x\ny"}))] {
+            let e = event(operation, record.clone());
+            let expected = serde_json::to_string(&NativeFrame {
+                kind: operation.as_str(),
+                schema: "public",
+                table: "engagement_events",
+                cursor: e.cursor.to_string(),
+                commit_timestamp: "2025-11-20T12:00:00.123456Z".into(),
+                record: &record,
+            })
+            .unwrap();
+            assert_eq!(std::str::from_utf8(&e.native_frame()).unwrap(), expected);
+            assert_eq!(e.encoded_len(), expected.len());
+        }
+    }
+}
+
+#[test]
+fn the_row_is_read_back_from_the_frame_unchanged() {
+    let e = event(Operation::Insert, sample());
+    assert_eq!(e.record(), sample());
+    let keys: Vec<String> = e.record().keys().cloned().collect();
+    let expected: Vec<String> = sample().keys().cloned().collect();
+    assert_eq!(keys, expected, "column order is kept");
+    assert_eq!(e.record_json(), serde_json::to_string(&sample()).unwrap());
+    assert!(std::str::from_utf8(&e.native_frame())
+        .unwrap()
+        .ends_with(&format!("\"record\":{}}}", e.record_json())));
+    assert_eq!(e.owner, Some(Uuid::parse_str(OWNER).unwrap()));
+}
+
+#[test]
+fn select_decodes_only_the_named_columns() {
+    let e = event(Operation::Insert, sample());
+    let picked = e.select(&["n", "note", "value", "absent"]);
+    assert_eq!(
+        picked,
+        row(json!({"value": sample()["value"], "note": null, "n": -5}))
+    );
+    assert!(e.select(&[]).is_empty());
+    let escaped = event(Operation::Insert, row(json!({"a\"b": 1, "c": 2})));
+    assert_eq!(escaped.select(&["a\"b"]), row(json!({"a\"b": 1})));
+}
+
+#[test]
+fn event_type_is_borrowed_from_the_frame_or_unescaped() {
+    let e = event(Operation::Insert, sample());
+    assert!(matches!(
+        e.event_type(),
+        Some(Cow::Borrowed("goal_complete"))
+    ));
+    let quoted = event(
+        Operation::Insert,
+        row(json!({"event_type": "a\"b\\c\u{e9}\n"})),
+    );
+    assert_eq!(quoted.event_type().as_deref(), Some("a\"b\\c\u{e9}\n"));
+    for record in [row(json!({"event_type": 5})), Record::new()] {
+        assert_eq!(event(Operation::Insert, record).event_type(), None);
+    }
+    let no_owner = event(Operation::Insert, row(json!({"user_id": "not a uuid"})));
+    assert_eq!(no_owner.owner, None);
+}
+
+#[test]
+fn an_encoding_is_built_once_and_may_nest() {
+    let event = event(Operation::Insert, Record::new());
+    let mut calls = 0;
+    let outer = event.encoded("outer", |e| {
+        calls += 1;
+        let inner = e.encoded("inner", |_| "x".into());
+        format!("[{}]", std::str::from_utf8(&inner).unwrap())
+    });
+    assert_eq!(&outer[..], b"[x]");
+    assert_eq!(&event.encoded("outer", |_| unreachable!())[..], b"[x]");
+    assert_eq!(calls, 1);
+    event.drop_encodings();
+    assert_eq!(&event.encoded("outer", |_| "again".into())[..], b"again");
+}
+
+#[test]
+fn the_memory_estimate_is_the_frame_plus_a_constant() {
+    let small = event(Operation::Insert, Record::new());
+    let large = event(Operation::Insert, sample());
+    let fixed = small.approx_bytes() - small.encoded_len();
+    assert!(fixed < 400, "struct, headers and slots: {fixed} bytes");
+    let grown = large.approx_bytes() - small.approx_bytes();
+    let frame = large.encoded_len() - small.encoded_len();
+    assert!(grown.abs_diff(frame) <= 16, "{grown} vs {frame}");
+}
+
+#[test]
+fn timestamps_have_microseconds_and_z() {
+    assert_eq!(
+        format_unix_us(1_763_640_000_123_456),
+        "2025-11-20T12:00:00.123456Z"
+    );
+    assert_eq!(format_unix_us(0), "1970-01-01T00:00:00.000000Z");
+}
