@@ -336,9 +336,10 @@ async fn an_oversized_client_frame_closes_with_1009() {
         assert_eq!(session.close_code().await, 1009, "{endpoint:?}");
     }
     let metrics = crate::common::scrape(&relay).await;
-    assert_eq!(
-        metric(&metrics, "relay_sessions_closed_total{code=\"1009\"}"),
-        2.0
+    // The recorder is process-wide (other tests close with 1009 too): at least these two.
+    assert!(
+        metric(&metrics, "relay_sessions_closed_total{code=\"1009\"}") >= 2.0,
+        "{metrics}"
     );
     relay.shutdown().await.unwrap();
 }
