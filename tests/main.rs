@@ -5,6 +5,9 @@
 //! metrics its own relay must have produced, never on their absence. A test that stops, restarts
 //! or reconfigures PostgreSQL starts a cluster of its own ([`common::private_cluster`]).
 
+// Test code fails loudly: a harness step that cannot go on panics with what it was doing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 mod api;

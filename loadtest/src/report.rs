@@ -171,6 +171,9 @@ pub fn account(
     report.send_latency_ms = quantiles(&send);
 }
 
+// Constant bounds (1 µs to 1 h, 3 significant figures) that hdrhistogram accepts: the error
+// case cannot happen.
+#[allow(clippy::expect_used)]
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
 }
