@@ -241,7 +241,7 @@ pub struct ReplayConfig {
     /// Most events kept, whatever their age (default 1,000,000).
     pub max_events: usize,
     /// Most bytes kept, estimated per event from its frame size ([`crate::model::Event::approx_bytes`],
-    /// calibrated against RSS); default 536870912 (512 MiB: a 5-minute window up to ~500
+    /// calibrated against RSS); default 536870912 (512 MiB: a 5-minute window up to ~2,000
     /// events/s of ~500-byte rows).
     pub max_bytes: usize,
 }
