@@ -252,7 +252,7 @@ pub struct ReplayConfig {
     pub max_events: usize,
     /// Most bytes kept, estimated per event from its frame size ([`crate::model::Event::approx_bytes`],
     /// calibrated against RSS); an integer or e.g. `512MiB` (the default: a 5-minute window up
-    /// to ~500 events/s of ~500-byte rows).
+    /// to ~2,000 events/s of ~500-byte rows).
     #[serde(deserialize_with = "bytes::deserialize")]
     pub max_bytes: usize,
 }

@@ -68,14 +68,19 @@ pub struct Event {
 /// Most cached encodings per event.
 const MAX_ENCODINGS: usize = 16;
 
-/// Heap bytes the allocator adds to each block (glibc malloc: an 8-byte size word, blocks
-/// rounded up to 16 bytes; half a granule on average).
-const MALLOC_OVERHEAD: usize = 16;
+/// What an event costs beside its own block and its frame's: the `Bytes` header allocated when
+/// the frame is first shared (24 bytes in a 32-byte block); the event's slots in the window's
+/// and its owner's deques (8 bytes each, a deque up to twice as long as it is full); and 96
+/// bytes the allocator holds beyond those blocks (fragmentation), measured: the relay's RSS
+/// grew 832 bytes per event of ≈ 480-byte frames where the blocks add up to ≈ 720
+/// (BENCHMARKS.md §5, "Compact events").
+const SHARED_OVERHEAD: usize = 32 + 2 * 2 * 8 + 96;
 
-/// What an event costs beside its struct and frame: the `Arc`'s two counters, the `Bytes`
-/// header allocated when the frame is first shared, and the event's slots in the window's
-/// and its owner's deques (8 bytes each, a deque at most twice as long as it is full).
-const SHARED_OVERHEAD: usize = 16 + (32 + MALLOC_OVERHEAD) + 2 * 2 * 8;
+/// The heap block the allocator hands out for `n` bytes (glibc malloc: an 8-byte size word,
+/// rounded up to 16 bytes).
+const fn block(n: usize) -> usize {
+    (n + 8).next_multiple_of(16)
+}
 
 impl Event {
     /// Builds the event, routed by `owner_column`'s value, and encodes its native frame once.
@@ -193,12 +198,12 @@ impl Event {
     }
 
     /// Memory the event costs in the replay window, in bytes: the struct and the frame as the
-    /// allocator rounds them, the `Arc` counters, the shared `Bytes` header and the deque slots.
-    /// Within ±20 % of the relay's RSS growth per event at the soak harness's rows
-    /// (BENCHMARKS.md §5). What `replay.max_bytes` caps. Cached Supabase encodings are not
+    /// allocator rounds them, the `Arc` counters, the shared `Bytes` header, the deque slots and
+    /// the allocator's measured slack: 816 bytes for a 480-byte frame, within ±20 % of the
+    /// relay's RSS growth per event at the soak harness's rows (BENCHMARKS.md §5). What `replay.max_bytes` caps. Cached Supabase encodings are not
     /// counted: the window drops them ([`Event::drop_encodings`]).
     pub fn approx_bytes(&self) -> usize {
-        let block = |n: usize| (n + 8).next_multiple_of(16);
+        // The Arc's block holds two counters and the struct.
         block(16 + std::mem::size_of::<Event>()) + block(self.native.len()) + SHARED_OVERHEAD
     }
 
