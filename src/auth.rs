@@ -1,6 +1,6 @@
 //! JWT validation and minting: Supabase-issued HS256 tokens → [`Principal`].
 //!
-//! Claims used (PROTOCOL.md "Credentials"): `sub` (the user's UUID), `role` (`authenticated`,
+//! Claims used (docs/PROTOCOL.md "Credentials"): `sub` (the user's UUID), `role` (`authenticated`,
 //! `service_role`; `anon` is refused), `exp` (required), `nbf` (optional), `aud` (must contain
 //! `auth.audience` for user tokens; Supabase's service-role keys carry no `aud`).
 

@@ -5,7 +5,7 @@
 //! cancelled, the session closes with 4008) and removes it from the table, so the stream and
 //! the other sessions never slow down. Routing a user's event is one map lookup.
 //!
-//! Resume (ARCHITECTURE.md, "Cursor and replay window"): every event is also kept in the replay
+//! Resume (docs/ARCHITECTURE.md, "Cursor and replay window"): every event is also kept in the replay
 //! window, and in a per-user deque beside that user's sessions. A subscription with a `since`
 //! cursor is registered and handed the events after its cursor under the same lock that
 //! dispatch takes to append and offer, so each event is either in the replay or queued live:

@@ -1,5 +1,5 @@
 //! Routing promises: each user receives exactly their own rows, every session of a user is
-//! served, the service role receives all, `event_type` narrows; frames match PROTOCOL.md.
+//! served, the service role receives all, `event_type` narrows; frames match docs/PROTOCOL.md.
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! Which LSN to confirm to PostgreSQL: only what is older than the replay window, never beyond
-//! what was dispatched (ARCHITECTURE.md, "Cursor and replay window").
+//! what was dispatched (docs/ARCHITECTURE.md, "Cursor and replay window").
 //!
 //! The relay notes checkpoints (time, LSN) as it goes: the commit LSN of each transaction it
 //! dispatched, at its commit timestamp (confirming it makes a restarted relay read that last

@@ -1,4 +1,4 @@
-//! The HTTP ingest and history API on the server port (PROTOCOL.md "Ports and paths"):
+//! The HTTP ingest and history API on the server port (docs/PROTOCOL.md "Ports and paths"):
 //! `POST /v1/events/batch` (service role: bulk import), `POST /v1/events` (a user's own events,
 //! under RLS), and `GET /v1/events` without a WebSocket upgrade (history, [`history`]).
 //!

@@ -1,4 +1,4 @@
-//! Phoenix channel frames as Supabase Realtime clients speak them (PROTOCOL.md "Supabase
+//! Phoenix channel frames as Supabase Realtime clients speak them (docs/PROTOCOL.md "Supabase
 //! Realtime compatibility"; `@supabase/realtime-js` `RealtimeClient`/serializer,
 //! `realtime_client` for Dart): `vsn=1.0.0` objects `{topic,event,payload,ref,join_ref}`,
 //! `vsn=2.0.0` arrays `[join_ref,ref,topic,event,payload]`.
