@@ -226,10 +226,11 @@ async fn sigterm_delivers_what_is_queued_then_closes_1001() {
     for endpoint in BOTH {
         sessions.push(Session::open(relay.addr, endpoint, &token).await);
     }
-    // Large rows the clients do not read yet: more than the sockets hold, so most of them are
-    // still queued in the relay when it is told to stop.
-    const N: usize = 300;
-    insert_rows(&pg, user, N as i32, 20_000).await;
+    // Rows the clients do not read yet, more than the sockets hold: 1,500 rows of ~4 KB: the socket buffers hold a few MB, so hundreds of events are still
+    // queued in the relay — more than one cooperative-scheduling budget (128 channel reads),
+    // which a drain that stopped at the budget would lose.
+    const N: usize = 1_500;
+    insert_rows(&pg, user, N as i32, 4_000).await;
     wait_until_async("the relay received every row", T, || async {
         metric(&relay.scrape().await, "relay_events_received_total") >= N as f64
     })

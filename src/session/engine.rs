@@ -321,13 +321,21 @@ impl<P: Protocol> Engine<'_, P> {
         // Behind a socket full of events the ping waits its turn; should a queue overflow
         // meanwhile, the 4008 must not be lost to the ping's timeout.
         let ping = tokio::time::timeout(idle, self.ws.send(Message::Ping(Default::default())));
-        tokio::select! {
+        tokio::pin!(ping);
+        let shutdown = &self.ctx.shutdown;
+        let sent = tokio::select! {
             biased;
-            _ = self.overflow.cancelled() => Some(End::Close(Close::slow())),
-            sent = ping => match sent {
-                Ok(Ok(())) => None,
-                _ => Some(End::Gone("the peer did not take a ping")),
+            _ = self.overflow.cancelled() => return Some(End::Close(Close::slow())),
+            sent = &mut ping => sent,
+            // A shutdown waits for the ping as long as for the drain, not the idle timeout.
+            _ = shutdown.cancelled() => match tokio::time::timeout(DRAIN_TIMEOUT, &mut ping).await {
+                Ok(sent) => sent,
+                Err(_) => return Some(End::Gone("the peer did not take a ping")),
             },
+        };
+        match sent {
+            Ok(Ok(())) => None,
+            _ => Some(End::Gone("the peer did not take a ping")),
         }
     }
 
@@ -393,10 +401,17 @@ impl<P: Protocol> Engine<'_, P> {
     async fn apply(&mut self, outcome: Outcome) -> Option<End> {
         let idle = self.ctx.limits.idle_timeout;
         let write = send_frames(&mut self.ws, &outcome.frames, idle);
+        tokio::pin!(write);
+        let shutdown = &self.ctx.shutdown;
         let written = tokio::select! {
             biased;
             _ = self.overflow.cancelled() => return Some(End::Close(Close::slow())),
-            written = write => written,
+            written = &mut write => written,
+            // A shutdown waits for the reply as long as for the drain, not the idle timeout.
+            _ = shutdown.cancelled() => match tokio::time::timeout(DRAIN_TIMEOUT, &mut write).await {
+                Ok(written) => written,
+                Err(_) => Err(SendError::Timeout(DRAIN_TIMEOUT)),
+            },
         };
         if let Err(e) = written {
             debug!(error = %e, "a reply could not be written");

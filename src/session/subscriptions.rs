@@ -97,22 +97,36 @@ impl Subscriptions {
             return 0;
         };
         out.push(first);
-        let mut n = 1;
-        while n < limit {
-            match self.streams.next().now_or_never() {
-                Some(Some(item)) => out.push(item),
-                _ => break,
-            }
-            n += 1;
-        }
-        n
+        1 + self.take_ready(out, limit.saturating_sub(1))
     }
 
-    /// Takes everything queued now.
+    /// Takes everything queued now (a shutdown: nothing more will come).
     pub(super) fn drain(&mut self, out: &mut Vec<(Key, Arc<Event>)>) {
-        while let Some(Some(item)) = self.streams.next().now_or_never() {
-            out.push(item);
-        }
+        self.take_ready(out, usize::MAX);
+    }
+
+    /// Takes up to `limit` events that are ready now, without waiting; returns how many.
+    ///
+    /// Each read of a tokio channel spends the task's cooperative budget (128 reads), after
+    /// which the channel answers "pending" although events wait: polled as it is, a shutdown
+    /// drain would stop after ~128 events and lose the rest. The reads therefore run outside
+    /// the budget (`tokio::task::unconstrained`); they are bounded by `limit` and by what is
+    /// queued, and the caller yields when it writes.
+    fn take_ready(&mut self, out: &mut Vec<(Key, Arc<Event>)>, limit: usize) -> usize {
+        let streams = &mut self.streams;
+        let take = tokio::task::unconstrained(async move {
+            let mut n = 0;
+            while n < limit {
+                match streams.next().now_or_never() {
+                    Some(Some(item)) => out.push(item),
+                    _ => break,
+                }
+                n += 1;
+            }
+            n
+        });
+        // The future above never awaits: it is ready at its first poll.
+        take.now_or_never().unwrap_or(0)
     }
 }
 
