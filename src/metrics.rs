@@ -107,117 +107,28 @@ enum Kind {
 use Kind::{Counter, Gauge, Histogram};
 
 /// Every metric with its kind, unit (where it has one) and description.
+#[rustfmt::skip]
 const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
-    (
-        Histogram,
-        DELIVERY_LATENCY,
-        Some(Unit::Seconds),
-        "Commit timestamp to the event frame written to the client socket.",
-    ),
-    (
-        Histogram,
-        REPLICATION_LATENCY,
-        Some(Unit::Seconds),
-        "Commit timestamp to the row decoded from the slot and routed.",
-    ),
-    (
-        Gauge,
-        SLO_TARGET,
-        Some(Unit::Seconds),
-        "Delivery latency target.",
-    ),
-    (
-        Gauge,
-        REPLAY_WINDOW,
-        Some(Unit::Seconds),
-        "Configured replay window (replay.window).",
-    ),
-    (
-        Counter,
-        EVENTS_RECEIVED,
-        None,
-        "Rows decoded from the replication slot.",
-    ),
-    (
-        Counter,
-        EVENTS_DELIVERED,
-        None,
-        "Event frames written to client sockets.",
-    ),
-    (
-        Counter,
-        EVENTS_DROPPED,
-        None,
-        "Events not delivered to a session, by reason.",
-    ),
+    (Histogram, DELIVERY_LATENCY, Some(Unit::Seconds), "Commit timestamp to the event frame written to the client socket."),
+    (Histogram, REPLICATION_LATENCY, Some(Unit::Seconds), "Commit timestamp to the row decoded from the slot and routed."),
+    (Gauge, SLO_TARGET, Some(Unit::Seconds), "Delivery latency target."),
+    (Gauge, REPLAY_WINDOW, Some(Unit::Seconds), "Configured replay window (replay.window)."),
+    (Counter, EVENTS_RECEIVED, None, "Rows decoded from the replication slot."),
+    (Counter, EVENTS_DELIVERED, None, "Event frames written to client sockets."),
+    (Counter, EVENTS_DROPPED, None, "Events not delivered to a session, by reason."),
     (Gauge, SESSIONS, None, "Open WebSocket sessions, by role."),
-    (
-        Counter,
-        SESSIONS_CLOSED,
-        None,
-        "Sessions closed by the server, by close code.",
-    ),
+    (Counter, SESSIONS_CLOSED, None, "Sessions closed by the server, by close code."),
     (Counter, AUTH_FAILURES, None, "Refused tokens, by reason."),
-    (
-        Gauge,
-        REPLICATION_CONNECTED,
-        None,
-        "1 while the replication stream is connected.",
-    ),
-    (
-        Gauge,
-        REPLICATION_LAG_BYTES,
-        Some(Unit::Bytes),
-        "Server WAL end minus the LSN processed by the relay.",
-    ),
-    (
-        Counter,
-        REPLICATION_RECONNECTS,
-        None,
-        "Replication reconnect attempts.",
-    ),
-    (
-        Gauge,
-        CONFIRMED_FLUSH_LSN,
-        None,
-        "LSN last confirmed to PostgreSQL as flushed.",
-    ),
-    (
-        Gauge,
-        REPLAY_WINDOW_EVENTS,
-        None,
-        "Events in the replay window.",
-    ),
-    (
-        Gauge,
-        REPLAY_WINDOW_BYTES,
-        Some(Unit::Bytes),
-        "Estimated memory of the replay window.",
-    ),
-    (
-        Gauge,
-        REPLAY_OLDEST_AGE,
-        Some(Unit::Seconds),
-        "Age of the oldest event in the replay window.",
-    ),
-    (
-        Counter,
-        RESUMES,
-        None,
-        "Sessions resumed with a cursor, by completeness.",
-    ),
-    (
-        Gauge,
-        SLOT_RETAINED_WAL_BYTES,
-        Some(Unit::Bytes),
-        "WAL retained by the slot (current LSN minus restart_lsn).",
-    ),
-    (
-        Gauge,
-        SLOT_SAFE_WAL_SIZE_BYTES,
-        Some(Unit::Bytes),
-        "WAL that may still be written before max_slot_wal_keep_size invalidates the slot.",
-    ),
+    (Gauge, REPLICATION_CONNECTED, None, "1 while the replication stream is connected."),
+    (Gauge, REPLICATION_LAG_BYTES, Some(Unit::Bytes), "Server WAL end minus the LSN processed by the relay."),
+    (Counter, REPLICATION_RECONNECTS, None, "Replication reconnect attempts."),
+    (Gauge, CONFIRMED_FLUSH_LSN, None, "LSN last confirmed to PostgreSQL as flushed."),
+    (Gauge, REPLAY_WINDOW_EVENTS, None, "Events in the replay window."),
+    (Gauge, REPLAY_WINDOW_BYTES, Some(Unit::Bytes), "Estimated memory of the replay window."),
+    (Gauge, REPLAY_OLDEST_AGE, Some(Unit::Seconds), "Age of the oldest event in the replay window."),
+    (Counter, RESUMES, None, "Sessions resumed with a cursor, by completeness."),
+    (Gauge, SLOT_RETAINED_WAL_BYTES, Some(Unit::Bytes), "WAL retained by the slot (current LSN minus restart_lsn)."),
+    (Gauge, SLOT_SAFE_WAL_SIZE_BYTES, Some(Unit::Bytes), "WAL that may still be written before max_slot_wal_keep_size invalidates the slot."),
 ];
 
 fn describe() {
