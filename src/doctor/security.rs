@@ -204,19 +204,30 @@ pub(super) fn evaluate_rls(t: &TableConfig, enabled: Option<bool>, policies: &[P
             ));
         }
     }
-    if problems.is_empty() {
+    verdict(id, &name, &problems, &fixes, || {
         let owners: Vec<String> = owner_policies
             .iter()
             .map(|p| format!("\"{}\" ({})", p.name, p.cmd))
             .collect();
-        Check::pass(
-            id,
-            format!(
-                "RLS enabled; {} policies; owner policies: {}",
-                policies.len(),
-                owners.join(", ")
-            ),
+        format!(
+            "RLS enabled; {} policies; owner policies: {}",
+            policies.len(),
+            owners.join(", ")
         )
+    })
+}
+
+/// Passes with `summary` when there are no `problems`; otherwise fails with every problem
+/// (after the table's `name`) and every fix.
+fn verdict(
+    id: String,
+    name: &str,
+    problems: &[String],
+    fixes: &[String],
+    summary: impl FnOnce() -> String,
+) -> Check {
+    if problems.is_empty() {
+        Check::pass(id, summary())
     } else {
         Check::fail(
             id,
@@ -338,25 +349,16 @@ pub(super) fn evaluate_indexes(t: &TableConfig, exists: bool, list: &[Index]) ->
             }
         }
     }
-    if problems.is_empty() {
+    verdict(id, &name, &problems, &fixes, || {
         let all: Vec<&str> = list.iter().map(|i| i.name.as_str()).collect();
-        Check::pass(
-            id,
-            format!(
-                "{} indexes ({}); {} leads {}",
-                list.len(),
-                all.join(", "),
-                t.owner_column,
-                owner_led.join(", ")
-            ),
+        format!(
+            "{} indexes ({}); {} leads {}",
+            list.len(),
+            all.join(", "),
+            t.owner_column,
+            owner_led.join(", ")
         )
-    } else {
-        Check::fail(
-            id,
-            format!("{name}: {}", problems.join("; ")),
-            fixes.join(" "),
-        )
-    }
+    })
 }
 
 #[cfg(test)]
