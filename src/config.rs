@@ -536,4 +536,4 @@ fn env_provider() -> Env {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
