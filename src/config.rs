@@ -359,16 +359,21 @@ pub enum LogFormat {
     Json,
 }
 
-/// Values given on the command line; each overrides the file and the environment.
-#[derive(Debug, Default, Clone)]
+/// Values given on the command line; each overrides the file and the environment. The CLI
+/// takes them as these global flags (each doc line is the flag's help).
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
-    /// `--database-url`.
+    /// PostgreSQL URL [env: RELAY_DATABASE_URL].
+    #[arg(long, global = true)]
     pub database_url: Option<String>,
-    /// `--jwt-secret`.
+    /// JWT secret (HS256) [env: RELAY_JWT_SECRET].
+    #[arg(long, global = true)]
     pub jwt_secret: Option<String>,
-    /// `--listen`.
+    /// WebSocket/HTTP listen address [env: RELAY_LISTEN].
+    #[arg(long, global = true)]
     pub listen: Option<String>,
-    /// `--metrics-listen`.
+    /// Metrics listen address [env: RELAY_METRICS_LISTEN].
+    #[arg(long, global = true)]
     pub metrics_listen: Option<String>,
 }
 
@@ -536,4 +541,4 @@ fn env_provider() -> Env {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -25,18 +25,8 @@ struct Cli {
     /// Config file (TOML); every key is documented in the repository's config.toml.
     #[arg(long, global = true, default_value = "config.toml")]
     config: PathBuf,
-    /// PostgreSQL URL [env: RELAY_DATABASE_URL].
-    #[arg(long, global = true)]
-    database_url: Option<String>,
-    /// JWT secret (HS256) [env: RELAY_JWT_SECRET].
-    #[arg(long, global = true)]
-    jwt_secret: Option<String>,
-    /// WebSocket/HTTP listen address [env: RELAY_LISTEN].
-    #[arg(long, global = true)]
-    listen: Option<String>,
-    /// Metrics listen address [env: RELAY_METRICS_LISTEN].
-    #[arg(long, global = true)]
-    metrics_listen: Option<String>,
+    #[command(flatten)]
+    overrides: Overrides,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -102,14 +92,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let overrides = Overrides {
-        database_url: cli.database_url.clone(),
-        jwt_secret: cli.jwt_secret.clone(),
-        listen: cli.listen.clone(),
-        metrics_listen: cli.metrics_listen.clone(),
-    };
     let explicit = std::env::args().any(|a| a == "--config" || a.starts_with("--config="));
-    let config = match Config::load(&cli.config, explicit, &overrides) {
+    let config = match Config::load(&cli.config, explicit, &cli.overrides) {
         Ok(c) => c,
         Err(e) => return fail(78, &e),
     };

@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics::{KeyName, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Histogram, seconds: commit timestamp of the row's transaction → the frame written to the
@@ -96,71 +96,55 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// The kind of a metric, which decides how the recorder is told about it.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+use Kind::{Counter, Gauge, Histogram};
+
+/// Every metric with its kind, unit (where it has one) and description.
+#[rustfmt::skip]
+const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
+    (Histogram, DELIVERY_LATENCY, Some(Unit::Seconds), "Commit timestamp to the event frame written to the client socket."),
+    (Histogram, REPLICATION_LATENCY, Some(Unit::Seconds), "Commit timestamp to the row decoded from the slot and routed."),
+    (Gauge, SLO_TARGET, Some(Unit::Seconds), "Delivery latency target."),
+    (Gauge, REPLAY_WINDOW, Some(Unit::Seconds), "Configured replay window (replay.window)."),
+    (Counter, EVENTS_RECEIVED, None, "Rows decoded from the replication slot."),
+    (Counter, EVENTS_DELIVERED, None, "Event frames written to client sockets."),
+    (Counter, EVENTS_DROPPED, None, "Events not delivered to a session, by reason."),
+    (Gauge, SESSIONS, None, "Open WebSocket sessions, by role."),
+    (Counter, SESSIONS_CLOSED, None, "Sessions closed by the server, by close code."),
+    (Counter, AUTH_FAILURES, None, "Refused tokens, by reason."),
+    (Gauge, REPLICATION_CONNECTED, None, "1 while the replication stream is connected."),
+    (Gauge, REPLICATION_LAG_BYTES, Some(Unit::Bytes), "Server WAL end minus the LSN processed by the relay."),
+    (Counter, REPLICATION_RECONNECTS, None, "Replication reconnect attempts."),
+    (Gauge, CONFIRMED_FLUSH_LSN, None, "LSN last confirmed to PostgreSQL as flushed."),
+    (Gauge, REPLAY_WINDOW_EVENTS, None, "Events in the replay window."),
+    (Gauge, REPLAY_WINDOW_BYTES, Some(Unit::Bytes), "Estimated memory of the replay window."),
+    (Gauge, REPLAY_OLDEST_AGE, Some(Unit::Seconds), "Age of the oldest event in the replay window."),
+    (Counter, RESUMES, None, "Sessions resumed with a cursor, by completeness."),
+    (Gauge, SLOT_RETAINED_WAL_BYTES, Some(Unit::Bytes), "WAL retained by the slot (current LSN minus restart_lsn)."),
+    (Gauge, SLOT_SAFE_WAL_SIZE_BYTES, Some(Unit::Bytes), "WAL that may still be written before max_slot_wal_keep_size invalidates the slot."),
+];
+
 fn describe() {
-    describe_histogram!(
-        DELIVERY_LATENCY,
-        Unit::Seconds,
-        "Commit timestamp to the event frame written to the client socket."
-    );
-    describe_histogram!(
-        REPLICATION_LATENCY,
-        Unit::Seconds,
-        "Commit timestamp to the row decoded from the slot and routed."
-    );
-    describe_gauge!(SLO_TARGET, Unit::Seconds, "Delivery latency target.");
-    describe_gauge!(
-        REPLAY_WINDOW,
-        Unit::Seconds,
-        "Configured replay window (replay.window)."
-    );
-    describe_counter!(EVENTS_RECEIVED, "Rows decoded from the replication slot.");
-    describe_counter!(EVENTS_DELIVERED, "Event frames written to client sockets.");
-    describe_counter!(
-        EVENTS_DROPPED,
-        "Events not delivered to a session, by reason."
-    );
-    describe_gauge!(SESSIONS, "Open WebSocket sessions, by role.");
-    describe_counter!(
-        SESSIONS_CLOSED,
-        "Sessions closed by the server, by close code."
-    );
-    describe_counter!(AUTH_FAILURES, "Refused tokens, by reason.");
-    describe_gauge!(
-        REPLICATION_CONNECTED,
-        "1 while the replication stream is connected."
-    );
-    describe_gauge!(
-        REPLICATION_LAG_BYTES,
-        Unit::Bytes,
-        "Server WAL end minus the LSN processed by the relay."
-    );
-    describe_counter!(REPLICATION_RECONNECTS, "Replication reconnect attempts.");
-    describe_gauge!(
-        CONFIRMED_FLUSH_LSN,
-        "LSN last confirmed to PostgreSQL as flushed."
-    );
-    describe_gauge!(REPLAY_WINDOW_EVENTS, "Events in the replay window.");
-    describe_gauge!(
-        REPLAY_WINDOW_BYTES,
-        Unit::Bytes,
-        "Estimated memory of the replay window."
-    );
-    describe_gauge!(
-        REPLAY_OLDEST_AGE,
-        Unit::Seconds,
-        "Age of the oldest event in the replay window."
-    );
-    describe_counter!(RESUMES, "Sessions resumed with a cursor, by completeness.");
-    describe_gauge!(
-        SLOT_RETAINED_WAL_BYTES,
-        Unit::Bytes,
-        "WAL retained by the slot (current LSN minus restart_lsn)."
-    );
-    describe_gauge!(
-        SLOT_SAFE_WAL_SIZE_BYTES,
-        Unit::Bytes,
-        "WAL that may still be written before max_slot_wal_keep_size invalidates the slot."
-    );
+    metrics::with_recorder(|recorder| {
+        for &(kind, name, unit, description) in DESCRIPTIONS {
+            let (key, text) = (
+                KeyName::from_const_str(name),
+                SharedString::const_str(description),
+            );
+            match kind {
+                Counter => recorder.describe_counter(key, unit, text),
+                Gauge => recorder.describe_gauge(key, unit, text),
+                Histogram => recorder.describe_histogram(key, unit, text),
+            }
+        }
+    });
     metrics::gauge!(SLO_TARGET).set(SLO_TARGET_SECONDS);
     metrics::gauge!(REPLICATION_CONNECTED).set(0.0);
 }

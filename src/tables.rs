@@ -338,40 +338,28 @@ mod tests {
     fn bad_entries_name_their_key() {
         assert!(validate(&default_tables()).is_ok());
         assert_eq!(validate(&[]), Err(TablesError::Empty));
-        let mut tables = default_tables();
-        tables[1].owner_column.clear();
-        assert!(validate(&tables)
-            .unwrap_err()
-            .to_string()
-            .starts_with("tables[1].owner_column"));
-        let mut tables = default_tables();
-        tables[2].operations.clear();
-        assert!(validate(&tables)
-            .unwrap_err()
-            .to_string()
-            .starts_with("tables[2].operations"));
-        let mut tables = default_tables();
-        tables[0].operations = vec![Operation::Insert, Operation::Insert];
-        assert!(validate(&tables)
-            .unwrap_err()
-            .to_string()
-            .starts_with("tables[0].operations"));
-        let mut tables = default_tables();
-        tables[0].operations = vec![Operation::Insert, Operation::Update, Operation::Insert];
-        assert!(validate(&tables)
-            .unwrap_err()
-            .to_string()
-            .starts_with("tables[0].operations"));
-        let mut tables = default_tables();
-        tables[1].table = "engagement_message_queue".into();
-        let err = validate(&tables).unwrap_err().to_string();
+        // The defaults after `edit`, validated: the error's text.
+        let broken = |edit: fn(&mut Vec<TableConfig>)| {
+            let mut tables = default_tables();
+            edit(&mut tables);
+            validate(&tables).unwrap_err().to_string()
+        };
+        let err = broken(|t| t[1].owner_column.clear());
+        assert!(err.starts_with("tables[1].owner_column"), "{err}");
+        let err = broken(|t| t[2].operations.clear());
+        assert!(err.starts_with("tables[2].operations"), "{err}");
+        let err = broken(|t| t[0].operations = vec![Operation::Insert, Operation::Insert]);
+        assert!(err.starts_with("tables[0].operations"), "{err}");
+        let err = broken(|t| {
+            t[0].operations = vec![Operation::Insert, Operation::Update, Operation::Insert];
+        });
+        assert!(err.starts_with("tables[0].operations"), "{err}");
+        let err = broken(|t| t[1].table = "engagement_message_queue".into());
         assert!(
             err.starts_with("tables[1]:") && err.contains("never"),
             "{err}"
         );
-        let mut tables = default_tables();
-        tables.push(tables[0].clone());
-        let err = validate(&tables).unwrap_err().to_string();
+        let err = broken(|t| t.push(t[0].clone()));
         assert!(
             err.starts_with("tables[3]:") && err.contains("tables[0]"),
             "{err}"
@@ -380,30 +368,16 @@ mod tests {
 
     #[test]
     fn a_table_entry_in_the_file_replaces_the_defaults_and_a_bad_one_names_its_key() {
-        use crate::config::{Config, Overrides};
-        let write = |dir: &std::path::Path, text: &str| {
-            let path = dir.join("config.toml");
-            std::fs::write(&path, text).unwrap();
-            path
-        };
-        let dir = std::env::temp_dir().join(format!("relay-tables-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = write(
-            &dir,
-            "[[tables]]\ntable = \"audit\"\nowner_column = \"actor\"\n",
-        );
-        let config = Config::load(&path, true, &Overrides::default()).unwrap();
+        let scratch = crate::config::tests::Scratch::new("tables");
+        let config = scratch
+            .load("[[tables]]\ntable = \"audit\"\nowner_column = \"actor\"\n")
+            .unwrap();
         assert_eq!(config.tables.len(), 1);
         assert_eq!(config.tables[0].qualified(), "public.audit");
         assert_eq!(config.tables[0].operations, [Operation::Insert]);
-        let path = write(
-            &dir,
-            "[[tables]]\ntable = \"audit\"\noperations = [\"delete\"]\n",
-        );
-        let err = Config::load(&path, true, &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let err = scratch
+            .load("[[tables]]\ntable = \"audit\"\noperations = [\"delete\"]\n")
+            .unwrap_err();
         assert!(err.contains("tables") && err.contains("delete"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,7 +5,8 @@
 //! view `pg_publication_tables`
 //! (<https://www.postgresql.org/docs/15/view-pg-publication-tables.html>).
 
-use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row};
 
 use super::facts::{ColumnFacts, Publication, Published, SlotKind, TableFacts};
 
@@ -13,6 +14,16 @@ type Result<T> = std::result::Result<T, tokio_postgres::Error>;
 
 /// First `server_version_num` whose `pg_publication_tables` has column lists and row filters.
 const COLUMN_LISTS_SINCE: i32 = 150_000;
+
+/// Runs `sql` with `params` and turns every row into a `T` with `each`.
+pub(crate) async fn rows<T>(
+    c: &Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    each: impl Fn(&Row) -> T,
+) -> Result<Vec<T>> {
+    Ok(c.query(sql, params).await?.iter().map(each).collect())
+}
 
 /// `SHOW wal_level`: `minimal`, `replica` or `logical`.
 pub async fn wal_level(c: &Client) -> Result<String> {
@@ -45,17 +56,13 @@ pub async fn publication(c: &Client, name: &str) -> Result<Option<Publication>> 
         "SELECT schemaname::text, tablename::text, NULL::text[], NULL::text \
          FROM pg_catalog.pg_publication_tables WHERE pubname = $1"
     };
-    let tables = c
-        .query(sql, &[&name])
-        .await?
-        .iter()
-        .map(|r| Published {
-            schema: r.get(0),
-            table: r.get(1),
-            columns: r.get(2),
-            row_filter: r.get(3),
-        })
-        .collect();
+    let tables = rows(c, sql, &[&name], |r| Published {
+        schema: r.get(0),
+        table: r.get(1),
+        columns: r.get(2),
+        row_filter: r.get(3),
+    })
+    .await?;
     Ok(Some(Publication {
         insert: row.get(0),
         update: row.get(1),
@@ -78,21 +85,19 @@ pub async fn table(c: &Client, schema: &str, table: &str) -> Result<Option<Table
         .await?;
     let Some(row) = row else { return Ok(None) };
     let oid: u32 = row.get(0);
-    let columns = c
-        .query(
-            "SELECT attname::text, atttypid, format_type(atttypid, atttypmod) \
-             FROM pg_catalog.pg_attribute \
-             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[&oid],
-        )
-        .await?
-        .iter()
-        .map(|r| ColumnFacts {
+    let columns = rows(
+        c,
+        "SELECT attname::text, atttypid, format_type(atttypid, atttypmod) \
+         FROM pg_catalog.pg_attribute \
+         WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        &[&oid],
+        |r| ColumnFacts {
             name: r.get(0),
             type_oid: r.get(1),
             type_name: r.get(2),
-        })
-        .collect();
+        },
+    )
+    .await?;
     Ok(Some(TableFacts {
         columns,
         can_select: row.get(1),

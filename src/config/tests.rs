@@ -2,10 +2,29 @@
 
 use super::*;
 
-fn write(dir: &Path, text: &str) -> std::path::PathBuf {
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+/// A scratch folder of one test's config files, removed when dropped.
+pub(crate) struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    /// The folder `relay-{tag}-{pid}` under the temporary directory.
+    pub(crate) fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("relay-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// Loads `text` as the config file (secret required); an error as its text.
+    pub(crate) fn load(&self, text: &str) -> Result<Config, String> {
+        let path = self.0.join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path, true, &Overrides::default()).map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[test]
@@ -26,31 +45,18 @@ fn the_documented_config_file_loads_and_matches_the_defaults() {
 
 #[test]
 fn a_bad_value_is_one_line_naming_the_key() {
-    let dir = std::env::temp_dir().join(format!("relay-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = write(
-        &dir,
-        "[server]\nlisten = \"nowhere\"\n[auth]\njwt_secret = \"x\"\n",
-    );
-    let err = Config::load(&path, true, &Overrides::default())
-        .unwrap_err()
-        .to_string();
+    let scratch = Scratch::new("config");
+    let err = scratch
+        .load("[server]\nlisten = \"nowhere\"\n[auth]\njwt_secret = \"x\"\n")
+        .unwrap_err();
     assert!(err.contains("server.listen"), "{err}");
     assert!(!err.contains('\n'));
-    let path = write(
-        &dir,
-        "[limits]\nsession_queue = 0\n[auth]\njwt_secret = \"x\"\n",
-    );
-    let err = Config::load(&path, true, &Overrides::default())
-        .unwrap_err()
-        .to_string();
+    let err = scratch
+        .load("[limits]\nsession_queue = 0\n[auth]\njwt_secret = \"x\"\n")
+        .unwrap_err();
     assert!(err.contains("limits.session_queue"), "{err}");
-    let path = write(&dir, "[limits]\nsesion_queue = 3\n");
-    let err = Config::load(&path, true, &Overrides::default())
-        .unwrap_err()
-        .to_string();
+    let err = scratch.load("[limits]\nsesion_queue = 3\n").unwrap_err();
     assert!(err.contains("sesion_queue"), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -66,11 +72,8 @@ fn a_missing_secret_names_the_key() {
 
 #[test]
 fn byte_sizes_take_iec_units_or_plain_integers_and_counts_refuse_zero() {
-    let dir = std::env::temp_dir().join(format!("relay-config-bytes-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let load = |text: &str| {
-        Config::load(&write(&dir, text), true, &Overrides::default()).map_err(|e| e.to_string())
-    };
+    let scratch = Scratch::new("config-bytes");
+    let load = |text: &str| scratch.load(text);
     let config = load(
         "[replay]\nmax_bytes = \"1GiB\"\n[ingest]\nmax_body_bytes = 4096\n\
          [limits]\nmax_client_frame_bytes = \"1.5 KiB\"\n",
@@ -94,5 +97,4 @@ fn byte_sizes_take_iec_units_or_plain_integers_and_counts_refuse_zero() {
     }
     let err = load("[server]\nmax_sessions = 0\n").unwrap_err();
     assert!(err.contains("server.max_sessions"), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -171,15 +171,14 @@ pub(super) fn evaluate_disk(dir: &str, available: u64, used: u64) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::doctor::report::assert_check;
     use crate::doctor::Status;
 
     #[test]
     fn a_missing_secret_fails_and_a_short_one_warns() {
-        assert_eq!(evaluate_jwt_secret(0).status, Status::Fail);
-        assert_eq!(evaluate_jwt_secret(31).status, Status::Warn);
-        let c = evaluate_jwt_secret(40);
-        assert_eq!(c.status, Status::Pass);
-        assert!(c.detail.contains("40 bytes"));
+        let statuses = [0, 31].map(|len| evaluate_jwt_secret(len).status);
+        assert_eq!(statuses, [Status::Fail, Status::Warn]);
+        assert_check(&evaluate_jwt_secret(40), Status::Pass, "40 bytes");
     }
 
     #[test]

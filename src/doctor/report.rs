@@ -55,6 +55,13 @@ pub struct Check {
     pub fix: Option<String>,
 }
 
+/// Asserts that `check` has `status` and that its detail mentions `part`.
+#[cfg(test)]
+pub(crate) fn assert_check(check: &Check, status: Status, part: &str) {
+    assert_eq!(check.status, status, "{}", check.detail);
+    assert!(check.detail.contains(part), "{}", check.detail);
+}
+
 impl Check {
     /// A passing check.
     pub fn pass(id: impl Into<String>, detail: impl Into<String>) -> Check {

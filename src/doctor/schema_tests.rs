@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::catalog::{ColumnFacts, Published};
+use crate::doctor::report::assert_check;
 use crate::doctor::Status;
 use crate::tables::default_tables;
 use tokio_postgres::types::Type;
@@ -103,9 +104,11 @@ fn a_column_list_without_the_owner_fails_and_a_row_filter_warns() {
         Status::Warn
     );
     p.tables[0].columns = Some(vec!["id".into()]);
-    let c = evaluate_publication("pub", Some(&p), &tables);
-    assert_eq!(c.status, Status::Fail);
-    assert!(c.detail.contains("omits the owner column user_id"));
+    assert_check(
+        &evaluate_publication("pub", Some(&p), &tables),
+        Status::Fail,
+        "omits the owner column user_id",
+    );
 }
 
 #[test]

@@ -12,6 +12,8 @@
 
 use tokio_postgres::Client;
 
+use crate::catalog::query::rows;
+
 use super::report::Check;
 use super::{ident, qualified, table_check_id};
 use crate::tables::TableConfig;
@@ -136,25 +138,23 @@ pub(super) async fn rls(c: &Client, t: &TableConfig) -> Result<Check> {
     let Some(row) = row else {
         return Ok(evaluate_rls(t, None, &[]));
     };
-    let policies: Vec<Policy> = c
-        .query(
-            "SELECT policyname::text, permissive = 'PERMISSIVE', roles::text[], cmd, \
-                    coalesce(qual, ''), coalesce(with_check, '') \
-             FROM pg_catalog.pg_policies WHERE schemaname = $1 AND tablename = $2 \
-             ORDER BY policyname",
-            &[&t.schema, &t.table],
-        )
-        .await?
-        .iter()
-        .map(|r| Policy {
+    let policies = rows(
+        c,
+        "SELECT policyname::text, permissive = 'PERMISSIVE', roles::text[], cmd, \
+                coalesce(qual, ''), coalesce(with_check, '') \
+         FROM pg_catalog.pg_policies WHERE schemaname = $1 AND tablename = $2 \
+         ORDER BY policyname",
+        &[&t.schema, &t.table],
+        |r| Policy {
             name: r.get(0),
             permissive: r.get(1),
             roles: r.get(2),
             cmd: r.get(3),
             qual: r.get(4),
             with_check: r.get(5),
-        })
-        .collect();
+        },
+    )
+    .await?;
     Ok(evaluate_rls(t, Some(row.get(0)), &policies))
 }
 
@@ -204,19 +204,30 @@ pub(super) fn evaluate_rls(t: &TableConfig, enabled: Option<bool>, policies: &[P
             ));
         }
     }
-    if problems.is_empty() {
+    verdict(id, &name, &problems, &fixes, || {
         let owners: Vec<String> = owner_policies
             .iter()
             .map(|p| format!("\"{}\" ({})", p.name, p.cmd))
             .collect();
-        Check::pass(
-            id,
-            format!(
-                "RLS enabled; {} policies; owner policies: {}",
-                policies.len(),
-                owners.join(", ")
-            ),
+        format!(
+            "RLS enabled; {} policies; owner policies: {}",
+            policies.len(),
+            owners.join(", ")
         )
+    })
+}
+
+/// Passes with `summary` when there are no `problems`; otherwise fails with every problem
+/// (after the table's `name`) and every fix.
+fn verdict(
+    id: String,
+    name: &str,
+    problems: &[String],
+    fixes: &[String],
+    summary: impl FnOnce() -> String,
+) -> Check {
+    if problems.is_empty() {
+        Check::pass(id, summary())
     } else {
         Check::fail(
             id,
@@ -276,26 +287,24 @@ pub(super) async fn indexes(c: &Client, t: &TableConfig) -> Result<Check> {
     if !exists {
         return Ok(evaluate_indexes(t, false, &[]));
     }
-    let list: Vec<Index> = c
-        .query(
-            "SELECT ic.relname::text, i.indisvalid, coalesce(a.attname::text, '') \
-             FROM pg_catalog.pg_index i \
-             JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
-             JOIN pg_catalog.pg_class c ON c.oid = i.indrelid \
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             LEFT JOIN pg_catalog.pg_attribute a \
-                    ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
-             WHERE n.nspname = $1 AND c.relname = $2 ORDER BY 1",
-            &[&t.schema, &t.table],
-        )
-        .await?
-        .iter()
-        .map(|r| Index {
+    let list = rows(
+        c,
+        "SELECT ic.relname::text, i.indisvalid, coalesce(a.attname::text, '') \
+         FROM pg_catalog.pg_index i \
+         JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+         JOIN pg_catalog.pg_class c ON c.oid = i.indrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         LEFT JOIN pg_catalog.pg_attribute a \
+                ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+         WHERE n.nspname = $1 AND c.relname = $2 ORDER BY 1",
+        &[&t.schema, &t.table],
+        |r| Index {
             name: r.get(0),
             valid: r.get(1),
             first_column: r.get(2),
-        })
-        .collect();
+        },
+    )
+    .await?;
     Ok(evaluate_indexes(t, true, &list))
 }
 
@@ -340,25 +349,16 @@ pub(super) fn evaluate_indexes(t: &TableConfig, exists: bool, list: &[Index]) ->
             }
         }
     }
-    if problems.is_empty() {
+    verdict(id, &name, &problems, &fixes, || {
         let all: Vec<&str> = list.iter().map(|i| i.name.as_str()).collect();
-        Check::pass(
-            id,
-            format!(
-                "{} indexes ({}); {} leads {}",
-                list.len(),
-                all.join(", "),
-                t.owner_column,
-                owner_led.join(", ")
-            ),
+        format!(
+            "{} indexes ({}); {} leads {}",
+            list.len(),
+            all.join(", "),
+            t.owner_column,
+            owner_led.join(", ")
         )
-    } else {
-        Check::fail(
-            id,
-            format!("{name}: {}", problems.join("; ")),
-            fixes.join(" "),
-        )
-    }
+    })
 }
 
 #[cfg(test)]

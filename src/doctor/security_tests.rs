@@ -1,6 +1,7 @@
 //! Unit tests of the RLS and index evaluations (no database).
 
 use super::*;
+use crate::doctor::report::assert_check;
 use crate::doctor::Status;
 use crate::tables::default_tables;
 
@@ -47,9 +48,11 @@ fn migration_policies() -> Vec<Policy> {
 
 #[test]
 fn the_migrations_policies_pass() {
-    let c = evaluate_rls(&events(), Some(true), &migration_policies());
-    assert_eq!(c.status, Status::Pass, "{}", c.detail);
-    assert!(c.detail.contains("\"Users can view own events\" (SELECT)"));
+    assert_check(
+        &evaluate_rls(&events(), Some(true), &migration_policies()),
+        Status::Pass,
+        "\"Users can view own events\" (SELECT)",
+    );
 }
 
 #[test]
@@ -68,9 +71,11 @@ fn disabled_rls_fails_with_the_enable_statement() {
 fn a_missing_named_policy_fails_for_engagement_events() {
     let mut policies = migration_policies();
     policies.remove(2);
-    let c = evaluate_rls(&events(), Some(true), &policies);
-    assert_eq!(c.status, Status::Fail);
-    assert!(c.detail.contains("Service role can insert any events"));
+    assert_check(
+        &evaluate_rls(&events(), Some(true), &policies),
+        Status::Fail,
+        "Service role can insert any events",
+    );
 }
 
 #[test]

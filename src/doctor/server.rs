@@ -414,15 +414,14 @@ pub(super) fn evaluate_connections(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::doctor::report::assert_check;
     use crate::doctor::Status;
 
     #[test]
     fn postgres_14_and_newer_pass_and_older_fail() {
-        let c = evaluate_version(150_008);
-        assert_eq!(c.status, Status::Pass);
-        assert!(c.detail.contains("PostgreSQL 15.8"), "{}", c.detail);
-        assert_eq!(evaluate_version(140_000).status, Status::Pass);
-        assert_eq!(evaluate_version(130_011).status, Status::Fail);
+        assert_check(&evaluate_version(150_008), Status::Pass, "PostgreSQL 15.8");
+        let statuses = [140_000, 130_011].map(|v| evaluate_version(v).status);
+        assert_eq!(statuses, [Status::Pass, Status::Fail]);
     }
 
     #[test]
@@ -430,8 +429,7 @@ mod tests {
         assert_eq!(evaluate_wal_level("logical").status, Status::Pass);
         for level in ["replica", "minimal"] {
             let c = evaluate_wal_level(level);
-            assert_eq!(c.status, Status::Fail);
-            assert!(c.detail.contains(level));
+            assert_check(&c, Status::Fail, level);
             let fix = c.fix.unwrap();
             assert!(
                 fix.contains("ALTER SYSTEM SET wal_level = logical") && fix.contains("restart")
@@ -481,13 +479,14 @@ mod tests {
     fn unlimited_wal_keep_size_warns_and_a_set_one_passes_unless_surely_too_small() {
         let window = Duration::from_secs(300);
         let c = evaluate_keep_size(None, None, window);
-        assert_eq!(c.status, Status::Warn);
-        assert!(c.detail.contains("unlimited"));
+        assert_check(&c, Status::Warn, "unlimited");
         assert!(c.fix.unwrap().contains("max_slot_wal_keep_size"));
         let ten_gib = 10u64 << 30;
-        let c = evaluate_keep_size(Some(ten_gib), Some(1_000_000.0), window);
-        assert_eq!(c.status, Status::Pass);
-        assert!(c.detail.contains("10.0 GiB"), "{}", c.detail);
+        assert_check(
+            &evaluate_keep_size(Some(ten_gib), Some(1_000_000.0), window),
+            Status::Pass,
+            "10.0 GiB",
+        );
         // 1 MB/s average × 300 s × 3 = 900 MB > 512 MiB.
         let c = evaluate_keep_size(Some(512 << 20), Some(1_000_000.0), window);
         assert_eq!(c.status, Status::Warn, "{}", c.detail);

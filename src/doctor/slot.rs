@@ -273,6 +273,7 @@ pub(super) fn evaluate_retained(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::doctor::report::assert_check;
     use crate::doctor::Status;
 
     fn healthy() -> SlotFacts {
@@ -363,18 +364,18 @@ mod tests {
             active_pid: None,
             ..healthy()
         };
-        let c = &evaluate("s", Some(&idle), &o)[0];
-        assert_eq!(c.status, Status::Warn);
-        assert!(c.detail.contains("inactive"));
+        assert_check(&evaluate("s", Some(&idle), &o)[0], Status::Warn, "inactive");
     }
 
     #[test]
     fn lag_fails_above_the_limit_and_warns_above_half() {
         assert_eq!(evaluate_lag("s", Some(100), 1000).status, Status::Pass);
         assert_eq!(evaluate_lag("s", Some(501), 1000).status, Status::Warn);
-        let c = evaluate_lag("s", Some(1001), 1000);
-        assert_eq!(c.status, Status::Fail);
-        assert!(c.detail.contains("is 1001 B behind"), "{}", c.detail);
+        assert_check(
+            &evaluate_lag("s", Some(1001), 1000),
+            Status::Fail,
+            "is 1001 B behind",
+        );
         assert_eq!(evaluate_lag("s", Some(2), 1).status, Status::Fail);
         assert_eq!(evaluate_lag("s", Some(0), 1).status, Status::Pass);
         assert_eq!(evaluate_lag("s", None, 1).status, Status::Skip);

@@ -198,29 +198,21 @@ impl Decoder {
     pub fn decode(&mut self, data: &[u8]) -> Result<Change, DecodeError> {
         let (&tag, body) = data.split_first().ok_or(DecodeError::Empty)?;
         match tag {
-            b'B' => {
-                let mut c = Cursor::new(body, "Begin");
-                let final_lsn = c.u64("final LSN")?;
-                let commit_time_us = c.i64("commit timestamp")?;
-                let xid = c.u32("xid")?;
-                c.finish(Change::Begin {
-                    final_lsn,
-                    commit_time_us,
-                    xid,
+            b'B' => Cursor::read(body, "Begin", |c| {
+                Ok(Change::Begin {
+                    final_lsn: c.u64("final LSN")?,
+                    commit_time_us: c.i64("commit timestamp")?,
+                    xid: c.u32("xid")?,
                 })
-            }
-            b'C' => {
-                let mut c = Cursor::new(body, "Commit");
+            }),
+            b'C' => Cursor::read(body, "Commit", |c| {
                 c.u8("flags")?;
-                let commit_lsn = c.u64("commit LSN")?;
-                let end_lsn = c.u64("end LSN")?;
-                let commit_time_us = c.i64("commit timestamp")?;
-                c.finish(Change::Commit {
-                    commit_lsn,
-                    end_lsn,
-                    commit_time_us,
+                Ok(Change::Commit {
+                    commit_lsn: c.u64("commit LSN")?,
+                    end_lsn: c.u64("end LSN")?,
+                    commit_time_us: c.i64("commit timestamp")?,
                 })
-            }
+            }),
             b'R' => self.decode_relation(body),
             b'I' => {
                 let mut c = Cursor::new(body, "Insert");
@@ -404,6 +396,18 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn new(buf: &'a [u8], message: &'static str) -> Self {
         Self { buf, message }
+    }
+
+    /// Reads the whole body of `message` with `fields` (struct fields are evaluated in the
+    /// order written, which is the wire order) and refuses trailing bytes.
+    fn read(
+        buf: &'a [u8],
+        message: &'static str,
+        fields: impl FnOnce(&mut Self) -> Result<Change, DecodeError>,
+    ) -> Result<Change, DecodeError> {
+        let mut c = Self::new(buf, message);
+        let change = fields(&mut c)?;
+        c.finish(change)
     }
 
     fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {

@@ -142,31 +142,11 @@ fn valid_messages() -> Vec<Vec<u8>> {
     vec![
         relation_msg(EVENTS_OID, "public", "engagement_events", &EVENTS_COLS),
         insert_msg(EVENTS_OID, &events_row()),
-        Msg::new(b'U')
-            .u32(EVENTS_OID)
-            .u8(b'N')
-            .tuple(&events_row())
-            .build(),
-        Msg::new(b'U')
-            .u32(EVENTS_OID)
-            .u8(b'K')
-            .tuple(&key)
-            .u8(b'N')
-            .tuple(&events_row())
-            .build(),
-        Msg::new(b'U')
-            .u32(EVENTS_OID)
-            .u8(b'O')
-            .tuple(&events_row())
-            .u8(b'N')
-            .tuple(&events_row())
-            .build(),
-        Msg::new(b'D').u32(EVENTS_OID).u8(b'K').tuple(&key).build(),
-        Msg::new(b'D')
-            .u32(EVENTS_OID)
-            .u8(b'O')
-            .tuple(&events_row())
-            .build(),
+        events_msg(b'U', &[(b'N', &events_row())]),
+        events_msg(b'U', &[(b'K', &key), (b'N', &events_row())]),
+        events_msg(b'U', &[(b'O', &events_row()), (b'N', &events_row())]),
+        events_msg(b'D', &[(b'K', &key)]),
+        events_msg(b'D', &[(b'O', &events_row())]),
         Msg::new(b'T').i32(1).u8(1).u32(EVENTS_OID).build(),
         Msg::new(b'B').u64(1).i64(2).u32(3).build(),
         Msg::new(b'C').u8(0).u64(1).u64(2).i64(3).build(),

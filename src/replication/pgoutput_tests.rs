@@ -51,6 +51,17 @@ fn events_decoder() -> Decoder {
     d
 }
 
+/// A message `tag` on the events relation carrying `tuples`, each after its kind byte
+/// (`'K'`, `'O'`, `'N'`).
+fn events_msg(tag: u8, tuples: &[(u8, &[Option<&str>])]) -> Vec<u8> {
+    tuples
+        .iter()
+        .fold(Msg::new(tag).u32(EVENTS_OID), |m, &(kind, tuple)| {
+            m.u8(kind).tuple(tuple)
+        })
+        .build()
+}
+
 fn keys(r: &Record) -> Vec<&str> {
     r.keys().map(String::as_str).collect()
 }
@@ -223,11 +234,7 @@ fn binary_values_become_hex_strings() {
 #[test]
 fn update_without_old_tuple() {
     let mut d = events_decoder();
-    let msg = Msg::new(b'U')
-        .u32(EVENTS_OID)
-        .u8(b'N')
-        .tuple(&events_row())
-        .build();
+    let msg = events_msg(b'U', &[(b'N', &events_row())]);
     let Change::Update { old, new, .. } = d.decode(&msg).unwrap() else {
         panic!("not an update")
     };
@@ -241,13 +248,7 @@ fn update_with_key_old_tuple_keeps_only_key_columns() {
     let old_key = [Some(ID), None, None, None, None, None];
     let mut new_row = events_row();
     new_row[0] = Some(USER);
-    let msg = Msg::new(b'U')
-        .u32(EVENTS_OID)
-        .u8(b'K')
-        .tuple(&old_key)
-        .u8(b'N')
-        .tuple(&new_row)
-        .build();
+    let msg = events_msg(b'U', &[(b'K', &old_key), (b'N', &new_row)]);
     let Change::Update { old, new, .. } = d.decode(&msg).unwrap() else {
         panic!("not an update")
     };
@@ -261,13 +262,7 @@ fn update_with_full_old_tuple() {
     let mut old_row = events_row();
     old_row[4] = Some(UNCHANGED);
     old_row[3] = None;
-    let msg = Msg::new(b'U')
-        .u32(EVENTS_OID)
-        .u8(b'O')
-        .tuple(&old_row)
-        .u8(b'N')
-        .tuple(&events_row())
-        .build();
+    let msg = events_msg(b'U', &[(b'O', &old_row), (b'N', &events_row())]);
     let Change::Update { old, new, .. } = d.decode(&msg).unwrap() else {
         panic!("not an update")
     };
@@ -311,33 +306,21 @@ fn update_with_bad_markers_fails() {
 #[test]
 fn delete_with_key_and_full_old_tuples() {
     let mut d = events_decoder();
-    let msg = Msg::new(b'D')
-        .u32(EVENTS_OID)
-        .u8(b'K')
-        .tuple(&[Some(ID), None, None, None, None, None])
-        .build();
+    let msg = events_msg(b'D', &[(b'K', &[Some(ID), None, None, None, None, None])]);
     let Change::Delete { relation, old } = d.decode(&msg).unwrap() else {
         panic!("not a delete")
     };
     assert_eq!(relation.oid, EVENTS_OID);
     assert_eq!(Value::Object(old), json!({ "id": ID }));
 
-    let msg = Msg::new(b'D')
-        .u32(EVENTS_OID)
-        .u8(b'O')
-        .tuple(&events_row())
-        .build();
+    let msg = events_msg(b'D', &[(b'O', &events_row())]);
     let Change::Delete { old, .. } = d.decode(&msg).unwrap() else {
         panic!("not a delete")
     };
     assert_eq!(old.len(), 6);
     assert_eq!(old["value"], json!({"post": 7, "tags": ["a"]}));
 
-    let msg = Msg::new(b'D')
-        .u32(EVENTS_OID)
-        .u8(b'N')
-        .tuple(&events_row())
-        .build();
+    let msg = events_msg(b'D', &[(b'N', &events_row())]);
     assert!(matches!(
         d.decode(&msg),
         Err(DecodeError::UnexpectedTupleKind { found: b'N', .. })

@@ -113,15 +113,17 @@ fn events_of(body: Value, single: bool, max: usize) -> Result<Vec<Value>, HttpEr
     Ok(events)
 }
 
-/// Validates and inserts; 201 `{"ids": […]}` in input order (or, for a repeated
-/// `Idempotency-Key`, the first result).
+/// Reads the events of `body` (a single object too when `single`), validates and inserts them;
+/// 201 `{"ids": […]}` in input order (or, for a repeated `Idempotency-Key`, the first result).
 async fn ingest(
     state: &AppState,
     headers: &HeaderMap,
     principal: &Principal,
-    events: Vec<Value>,
+    body: Result<Bytes, BytesRejection>,
+    single: bool,
 ) -> Result<Response, HttpError> {
     let config = &state.ingest;
+    let events = events_of(json_body(body)?, single, config.max_batch.get())?;
     let valid = validate::validate(&events, chrono::Utc::now(), config.oldest_timestamp)
         .map_err(HttpError::validation)?;
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
@@ -145,7 +147,7 @@ async fn ingest(
     path = "/v1/events/batch",
     request_body = openapi::EventsIn,
     responses(openapi::IngestResponses),
-    params(("Idempotency-Key" = Option<String>, Header, description = "repeat within 24 h returns the first result")),
+    params(openapi::IdempotencyKey),
     security(("bearer" = []))
 )]
 pub async fn post_batch(
@@ -159,8 +161,7 @@ pub async fn post_batch(
             "the batch endpoint needs a service_role token",
         ));
     }
-    let events = events_of(json_body(body)?, false, state.ingest.max_batch.get())?;
-    ingest(&state, &headers, &principal, events).await
+    ingest(&state, &headers, &principal, body, false).await
 }
 
 /// `POST /v1/events`: a user's own events (one object, or `{"events": […]}`), under RLS.
@@ -169,7 +170,7 @@ pub async fn post_batch(
     path = "/v1/events",
     request_body = openapi::EventsIn,
     responses(openapi::IngestResponses),
-    params(("Idempotency-Key" = Option<String>, Header, description = "repeat within 24 h returns the first result")),
+    params(openapi::IdempotencyKey),
     security(("bearer" = []))
 )]
 pub async fn post_events(
@@ -178,6 +179,5 @@ pub async fn post_events(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let principal = caller(&state, &headers)?;
-    let events = events_of(json_body(body)?, true, state.ingest.max_batch.get())?;
-    ingest(&state, &headers, &principal, events).await
+    ingest(&state, &headers, &principal, body, true).await
 }

@@ -30,6 +30,15 @@ pub struct EventsIn {
     pub events: Vec<EventIn>,
 }
 
+/// The header both POST endpoints accept.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyKey {
+    /// repeat within 24 h returns the first result
+    #[param(rename = "Idempotency-Key")]
+    pub idempotency_key: Option<String>,
+}
+
 /// 201: the new rows' ids, in input order.
 #[derive(Serialize, ToSchema)]
 pub struct Ids {
