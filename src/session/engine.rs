@@ -19,6 +19,7 @@
 //! - a client frame over `limits.max_client_frame_bytes` closes with 1009 (RFC 6455 §7.4.1);
 //! - a peer from which nothing (not even a pong) arrived for `limits.idle_timeout` is dropped.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -320,22 +321,18 @@ impl<P: Protocol> Engine<'_, P> {
         }
         // Behind a socket full of events the ping waits its turn; should a queue overflow
         // meanwhile, the 4008 must not be lost to the ping's timeout.
-        let ping = tokio::time::timeout(idle, self.ws.send(Message::Ping(Default::default())));
-        tokio::pin!(ping);
-        let shutdown = &self.ctx.shutdown;
-        let sent = tokio::select! {
-            biased;
-            _ = self.overflow.cancelled() => return Some(End::Close(Close::slow())),
-            sent = &mut ping => sent,
-            // A shutdown waits for the ping as long as for the drain, not the idle timeout.
-            _ = shutdown.cancelled() => match tokio::time::timeout(DRAIN_TIMEOUT, &mut ping).await {
-                Ok(sent) => sent,
-                Err(_) => return Some(End::Gone("the peer did not take a ping")),
-            },
+        let ping = async {
+            match tokio::time::timeout(idle, self.ws.send(Message::Ping(Default::default()))).await
+            {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(SendError::Socket(e)),
+                Err(_) => Err(SendError::Timeout(idle)),
+            }
         };
-        match sent {
-            Ok(Ok(())) => None,
-            _ => Some(End::Gone("the peer did not take a ping")),
+        match guarded(&self.overflow, &self.ctx.shutdown, ping).await {
+            Ok(()) => None,
+            Err(Interrupted::Overflow) => Some(End::Close(Close::slow())),
+            Err(Interrupted::Failed(_)) => Some(End::Gone("the peer did not take a ping")),
         }
     }
 
@@ -350,21 +347,12 @@ impl<P: Protocol> Engine<'_, P> {
         if self.frames.is_empty() {
             return None;
         }
+        // A peer that takes nothing for the idle timeout is as gone as a silent one.
         let idle = self.ctx.limits.idle_timeout;
-        let shutdown = &self.ctx.shutdown;
-        let written = {
-            // A peer that takes nothing for the idle timeout is as gone as a silent one.
-            let write = send_frames(&mut self.ws, &self.frames, idle);
-            tokio::pin!(write);
-            tokio::select! {
-                biased;
-                _ = self.overflow.cancelled() => return Some(End::Close(Close::slow())),
-                r = &mut write => r,
-                _ = shutdown.cancelled() => match tokio::time::timeout(DRAIN_TIMEOUT, &mut write).await {
-                    Ok(r) => r,
-                    Err(_) => Err(SendError::Timeout(DRAIN_TIMEOUT)),
-                },
-            }
+        let write = send_frames(&mut self.ws, &self.frames, idle);
+        let written = match guarded(&self.overflow, &self.ctx.shutdown, write).await {
+            Err(Interrupted::Overflow) => return Some(End::Close(Close::slow())),
+            written => written,
         };
         match written {
             Ok(()) => {
@@ -401,19 +389,11 @@ impl<P: Protocol> Engine<'_, P> {
     async fn apply(&mut self, outcome: Outcome) -> Option<End> {
         let idle = self.ctx.limits.idle_timeout;
         let write = send_frames(&mut self.ws, &outcome.frames, idle);
-        tokio::pin!(write);
-        let shutdown = &self.ctx.shutdown;
-        let written = tokio::select! {
-            biased;
-            _ = self.overflow.cancelled() => return Some(End::Close(Close::slow())),
-            written = &mut write => written,
-            // A shutdown waits for the reply as long as for the drain, not the idle timeout.
-            _ = shutdown.cancelled() => match tokio::time::timeout(DRAIN_TIMEOUT, &mut write).await {
-                Ok(written) => written,
-                Err(_) => Err(SendError::Timeout(DRAIN_TIMEOUT)),
-            },
+        let written = match guarded(&self.overflow, &self.ctx.shutdown, write).await {
+            Err(Interrupted::Overflow) => return Some(End::Close(Close::slow())),
+            written => written,
         };
-        if let Err(e) = written {
+        if let Err(Interrupted::Failed(e)) = written {
             debug!(error = %e, "a reply could not be written");
             return Some(End::Gone("the peer did not take a reply"));
         }
@@ -425,6 +405,35 @@ impl<P: Protocol> Engine<'_, P> {
         let wait = expiry_wait(self.protocol.expires_at(), self.leeway_s, now_s());
         Instant::now() + wait
     }
+}
+
+/// Why a write inside the loop did not complete.
+enum Interrupted {
+    /// A router queue overflowed meanwhile: the session closes with 4008 at once.
+    Overflow,
+    /// The peer did not take the frames in time, or the socket failed.
+    Failed(SendError),
+}
+
+/// Awaits a write of the loop (events, a ping, replies; each bounded by the idle timeout),
+/// giving way to an overflow at once and, once the relay shuts down, waiting at most
+/// [`DRAIN_TIMEOUT`] more: a peer that stopped reading must not hold up the shutdown.
+async fn guarded(
+    overflow: &CancellationToken,
+    shutdown: &CancellationToken,
+    write: impl Future<Output = Result<(), SendError>>,
+) -> Result<(), Interrupted> {
+    tokio::pin!(write);
+    let written = tokio::select! {
+        biased;
+        _ = overflow.cancelled() => return Err(Interrupted::Overflow),
+        written = &mut write => written,
+        _ = shutdown.cancelled() => match tokio::time::timeout(DRAIN_TIMEOUT, &mut write).await {
+            Ok(written) => written,
+            Err(_) => Err(SendError::Timeout(DRAIN_TIMEOUT)),
+        },
+    };
+    written.map_err(Interrupted::Failed)
 }
 
 /// How long until a token expiring at `exp` (Unix seconds; `None`: no token) runs out at
@@ -553,43 +562,5 @@ fn truncate(mut reason: String) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_expiry_waits_are_capped_alike_for_every_protocol() {
-        let day = EXPIRY_CAP;
-        assert_eq!(
-            expiry_wait(Some(1_000 + 60), 0, 1_000),
-            Duration::from_secs(60)
-        );
-        assert_eq!(
-            expiry_wait(Some(1_000 + 60), 5, 1_000),
-            Duration::from_secs(65)
-        );
-        assert_eq!(
-            expiry_wait(Some(900), 0, 1_000),
-            Duration::ZERO,
-            "already past"
-        );
-        assert_eq!(expiry_wait(Some(i64::MAX), 0, 1_000), day, "capped");
-        assert_eq!(
-            expiry_wait(Some(1_000 + 400 * 86_400), 0, 1_000),
-            day,
-            "capped"
-        );
-        assert_eq!(
-            expiry_wait(None, 0, 1_000),
-            day,
-            "no token: re-checked daily"
-        );
-    }
-
-    #[test]
-    fn close_reasons_are_cut_on_a_char_boundary() {
-        assert_eq!(truncate("short".into()), "short");
-        let long = "é".repeat(100);
-        let cut = truncate(long);
-        assert!(cut.len() <= 120 && cut.chars().all(|c| c == 'é'));
-    }
-}
+#[path = "engine_tests.rs"]
+mod tests;
