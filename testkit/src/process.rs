@@ -298,8 +298,18 @@ fn os(context: &'static str) -> impl FnOnce(io::Error) -> RelayProcessError {
 
 /// Reads `stderr` line by line into `sink` until it closes (the child exited); with `echo`,
 /// copies warnings and errors to this process's stderr.
+/// A line that is not UTF-8 is kept lossily rather than ending the reader (which would leave
+/// the child blocked on a full pipe).
 fn collect(stderr: impl io::Read, sink: &Mutex<Vec<Value>>, echo: bool) {
-    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+    let mut reader = BufReader::new(stderr);
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        match reader.read_until(b'\n', &mut raw) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&raw).trim_end().to_string();
         let value = serde_json::from_str(&line).unwrap_or(Value::String(line.clone()));
         if echo && matches!(value["level"].as_str(), Some("WARN" | "ERROR")) {
             let _ = writeln!(io::stderr().lock(), "{line}");
