@@ -7,7 +7,7 @@
 //! reader had in mind.
 
 use bytesize::{ByteSize, Unit};
-use serde::{Deserialize, Deserializer};
+use serde::Deserializer;
 
 /// Why a byte size was refused; `Display` is one line naming the accepted forms.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,25 +60,55 @@ pub fn parse_usize(text: &str) -> Result<usize, ByteSizeError> {
     usize::try_from(parse(text)?).map_err(|_| ByteSizeError::TooLarge(text.trim().to_string()))
 }
 
-/// `#[serde(deserialize_with = "bytes::deserialize")]` for a `usize` field: an integer or a
-/// string [`parse`] accepts.
+/// `#[serde(deserialize_with = "bytes::deserialize")]` for a `usize` field: a non-negative
+/// integer or a string [`parse`] accepts. Anything else (a negative number, a float, a table) is
+/// refused with what was found and the forms accepted.
 pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<usize, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Bytes(u64),
-        Text(String),
+    struct Size;
+    impl serde::de::Visitor<'_> for Size {
+        type Value = usize;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a byte size: a non-negative integer or a string such as \"512MiB\"")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<usize, E> {
+            usize::try_from(n).map_err(|_| E::custom(ByteSizeError::TooLarge(n.to_string())))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<usize, E> {
+            match u64::try_from(n) {
+                Ok(n) => self.visit_u64(n),
+                Err(_) => Err(E::invalid_value(serde::de::Unexpected::Signed(n), &self)),
+            }
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<usize, E> {
+            parse_usize(text).map_err(E::custom)
+        }
     }
-    let bytes = match Raw::deserialize(de)? {
-        Raw::Bytes(n) => usize::try_from(n).map_err(|_| ByteSizeError::TooLarge(n.to_string())),
-        Raw::Text(text) => parse_usize(&text),
-    };
-    bytes.map_err(serde::de::Error::custom)
+    de.deserialize_any(Size)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_values_are_integers_or_strings_and_others_are_named() {
+        #[derive(serde::Deserialize)]
+        struct Field {
+            #[serde(deserialize_with = "deserialize")]
+            v: usize,
+        }
+        let read = |toml_text: &str| toml::from_str::<Field>(toml_text).map(|f| f.v);
+        assert_eq!(read("v = 1048576").ok(), Some(1 << 20));
+        assert_eq!(read("v = \"64KiB\"").ok(), Some(64 << 10));
+        for bad in ["v = -1", "v = 1.5e9", "v = true"] {
+            let err = read(bad).unwrap_err().to_string();
+            assert!(err.contains("a byte size"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn integers_and_iec_units_parse() {
