@@ -179,9 +179,10 @@ pub async fn run<P: Protocol>(
         overflow: subs.overflow(),
         subs,
         delivery: Delivery::new(),
-        batch: Vec::with_capacity(BATCH),
-        frames: Vec::with_capacity(BATCH),
-        written: Vec::with_capacity(BATCH),
+        // Grown on demand: reserved up front, three batches would cost an idle session ~16 KB.
+        batch: Vec::new(),
+        frames: Vec::new(),
+        written: Vec::new(),
         last_seen: Instant::now(),
         leeway_s: ctx.verifier.leeway_s(),
     };
