@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::common::process::{start_ready, RelayProcess, PROCESS_WAIT};
 use crate::common::workload::{settle, Load, Record, Recorder};
 use crate::common::ws::{connect, Next};
-use crate::common::{create_user, user_token, TestDb};
+use crate::common::{create_user, metric, user_token, TestDb};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -299,14 +299,6 @@ async fn sigterm_closes_sessions_with_1001_and_the_slot_holds_what_was_confirmed
         assert_eq!(record.closes[0], 1001);
         assert!(!record.recovered.is_empty(), "resumed after the restart");
     }
-}
-
-/// The value of the sample named exactly `name` (with labels) in an exposition, or 0.
-fn metric(exposition: &str, name: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// The slot's `confirmed_flush_lsn` as text (`X/Y`).

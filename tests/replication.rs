@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use crate::common::ws::connect;
-use crate::common::{create_user, insert_event, scrape, user_token, TestDb};
+use crate::common::{
+    confirm_elsewhere, create_user, insert_event, relay_with_slow_reconnects, scrape, user_token,
+    TestDb,
+};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(15);
@@ -234,13 +237,7 @@ async fn a_missing_publication_is_a_clear_error_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_moved_on_without_the_relay_starts_the_window_over_and_closes_with_1012() {
     let db = TestDb::new().await;
-    // Slow reconnects leave time to move the slot meanwhile.
-    let relay = db
-        .relay_with(|c| {
-            c.database.reconnect_min = Duration::from_secs(3);
-            c.database.reconnect_max = Duration::from_secs(3);
-        })
-        .await;
+    let relay = relay_with_slow_reconnects(&db).await;
     let pg = db.client().await;
     let user = create_user(&pg).await;
     let token = user_token(user, HOUR);
@@ -248,32 +245,11 @@ async fn a_slot_moved_on_without_the_relay_starts_the_window_over_and_closes_wit
     insert_event(&pg, user, "app_open", json!({"n": 1})).await;
     let event = client.events(1, T).await.remove(0);
     let cursor = event["cursor"].as_str().unwrap().to_string();
-    let free = "SELECT NOT active FROM pg_replication_slots WHERE slot_name = $1";
-    pg.execute(
-        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1",
-        &[&db.name],
-    )
-    .await
-    .unwrap();
-    crate::common::wait_until_async("the walsender exits", T, || async {
-        pg.query_one(free, &[&db.name])
-            .await
-            .unwrap()
-            .get::<_, bool>(0)
+    // Row 2 is streamed and confirmed by "another relay" while this one is away.
+    confirm_elsewhere(&pg, &db.name, async {
+        insert_event(&pg, user, "app_open", json!({"n": 2})).await;
     })
     .await;
-    // As if another relay had streamed and confirmed this row while this one was away. (The
-    // test cluster commits asynchronously: flush it, so the slot can advance past the row.)
-    pg.batch_execute("SET synchronous_commit = on")
-        .await
-        .unwrap();
-    insert_event(&pg, user, "app_open", json!({"n": 2})).await;
-    pg.execute(
-        "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
-        &[&db.name],
-    )
-    .await
-    .unwrap();
     assert_eq!(client.close_code(T * 2).await, 1012, "told to resume");
     let (mut resumed, _) = connect(&relay, &token, &format!("&since={cursor}")).await;
     let frame = resumed.next_json(T).await.unwrap();

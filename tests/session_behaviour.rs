@@ -14,7 +14,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::common::process::{start_ready, PROCESS_WAIT};
-use crate::common::{create_user, user_token, wait_until, wait_until_async, TestDb};
+use crate::common::{
+    confirm_elsewhere, create_user, metric, relay_with_slow_reconnects, user_token, wait_until,
+    wait_until_async, TestDb,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -205,14 +208,6 @@ fn assert_in_order(endpoint: Endpoint, rows: &[Value], n: usize) {
         (1..=n as u64).collect::<Vec<_>>(),
         "{endpoint:?}: every row, in order"
     );
-}
-
-/// The value of the sample named exactly `name` (with labels) in an exposition, or 0.
-fn metric(exposition: &str, name: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,13 +426,7 @@ async fn an_expired_token_ends_the_session_or_its_channel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_stream_closes_with_1012() {
     let db = TestDb::new().await;
-    // Slow reconnects leave time to move the slot meanwhile.
-    let relay = db
-        .relay_with(|c| {
-            c.database.reconnect_min = Duration::from_secs(3);
-            c.database.reconnect_max = Duration::from_secs(3);
-        })
-        .await;
+    let relay = relay_with_slow_reconnects(&db).await;
     let pg = db.client().await;
     let user = create_user(&pg).await;
     let token = user_token(user, HOUR);
@@ -445,28 +434,7 @@ async fn a_restarted_stream_closes_with_1012() {
     for endpoint in BOTH {
         sessions.push(Session::open(relay.server_addr(), endpoint, &token).await);
     }
-    pg.execute(
-        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1",
-        &[&db.name],
-    )
-    .await
-    .unwrap();
-    let free = "SELECT NOT active FROM pg_replication_slots WHERE slot_name = $1";
-    wait_until_async("the walsender exits", T, || async {
-        pg.query_one(free, &[&db.name]).await.unwrap().get(0)
-    })
-    .await;
-    // As if another relay had streamed and confirmed a row while this one was away.
-    pg.batch_execute("SET synchronous_commit = on")
-        .await
-        .unwrap();
-    insert_rows(&pg, user, 1, 0).await;
-    pg.execute(
-        "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
-        &[&db.name],
-    )
-    .await
-    .unwrap();
+    confirm_elsewhere(&pg, &db.name, insert_rows(&pg, user, 1, 0)).await;
     for session in &mut sessions {
         assert_eq!(session.close_code().await, 1012, "{:?}", session.endpoint);
     }

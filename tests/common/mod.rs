@@ -257,3 +257,55 @@ pub async fn scrape(relay: &Relay) -> String {
         .await
         .expect("body")
 }
+
+/// The value of the sample named exactly `name` (with labels) in a Prometheus exposition, or 0.
+pub fn metric(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A relay on `db` that waits 3 s between reconnects, leaving time to move its slot meanwhile.
+pub async fn relay_with_slow_reconnects(db: &TestDb) -> Relay {
+    db.relay_with(|c| {
+        c.database.reconnect_min = Duration::from_secs(3);
+        c.database.reconnect_max = Duration::from_secs(3);
+    })
+    .await
+}
+
+/// As if another relay had streamed and confirmed `write` while this one was away: ends the
+/// walsender holding `slot`, waits until the slot is free, runs `write` (committed durably, so
+/// the slot can advance past it: the test cluster commits asynchronously) and advances the slot
+/// to the WAL end.
+pub async fn confirm_elsewhere(
+    pg: &Client,
+    slot: &str,
+    write: impl std::future::Future<Output = ()>,
+) {
+    pg.execute(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .expect("terminate the walsender");
+    let free = "SELECT NOT active FROM pg_replication_slots WHERE slot_name = $1";
+    wait_until_async("the walsender exits", Duration::from_secs(10), || async {
+        pg.query_one(free, &[&slot])
+            .await
+            .expect("slot state")
+            .get::<_, bool>(0)
+    })
+    .await;
+    pg.batch_execute("SET synchronous_commit = on")
+        .await
+        .expect("synchronous commit");
+    write.await;
+    pg.execute(
+        "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
+        &[&slot],
+    )
+    .await
+    .expect("advance the slot");
+}
