@@ -24,7 +24,7 @@ use crate::auth::AuthError;
 use crate::filter::Interest;
 use crate::metrics as m;
 use crate::model::Cursor;
-use crate::session::phoenix::Vsn;
+use crate::session::realtime::phoenix::Vsn;
 use crate::session::{self, SessionContext};
 use crate::tables::{Selection, Tables};
 

@@ -20,7 +20,6 @@ pub mod realtime;
 pub mod subscriptions;
 
 pub use native::run_native;
-pub use realtime::phoenix;
 
 use std::sync::Arc;
 
