@@ -55,6 +55,11 @@ pub const SLOT_RETAINED_WAL_BYTES: &str = "relay_slot_retained_wal_bytes";
 /// `max_slot_wal_keep_size` (`safe_wal_size`; absent when the setting is unlimited).
 pub const SLOT_SAFE_WAL_SIZE_BYTES: &str = "relay_slot_safe_wal_size_bytes";
 
+/// Counter by `reason` (`header_timeout`, `max_pending`, `user_sessions`, `rows`, …; see
+/// [`crate::refused::Reason`]): connections, sessions, requests and rows refused to protect the
+/// relay or other users.
+pub const REFUSED: &str = "relay_refused_total";
+
 /// The SLO target in seconds (PRD §8: "Realtime latency < 500 ms from insert to dashboard").
 pub const SLO_TARGET_SECONDS: f64 = 0.5;
 
@@ -119,6 +124,7 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Gauge, SESSIONS, None, "Open WebSocket sessions, by role."),
     (Counter, SESSIONS_CLOSED, None, "Sessions closed by the server, by close code."),
     (Counter, AUTH_FAILURES, None, "Refused tokens, by reason."),
+    (Counter, REFUSED, None, "Connections, sessions, requests and rows refused under load, by reason."),
     (Gauge, REPLICATION_CONNECTED, None, "1 while the replication stream is connected."),
     (Gauge, REPLICATION_LAG_BYTES, Some(Unit::Bytes), "Server WAL end minus the LSN processed by the relay."),
     (Counter, REPLICATION_RECONNECTS, None, "Replication reconnect attempts."),
