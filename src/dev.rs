@@ -99,7 +99,12 @@ async fn serve(
 
     let demo = (opts.demo_rate > 0.0 && !users.is_empty()).then(|| {
         let ids = users.iter().map(|(id, _)| *id).collect();
-        tokio::spawn(demo_traffic(client, ids, opts.demo_rate, shutdown.clone()))
+        tokio::spawn(demo_traffic(
+            url.clone(),
+            ids,
+            opts.demo_rate,
+            shutdown.clone(),
+        ))
     });
     let stop = relay.shutdown_token();
     tokio::select! {
@@ -157,38 +162,79 @@ fn print_banner(
     Ok(())
 }
 
-/// Inserts demo events at `rate` per second, spread over `users`, until `stop`.
-async fn demo_traffic(
-    client: tokio_postgres::Client,
-    users: Vec<Uuid>,
-    rate: f64,
-    stop: CancellationToken,
-) {
-    let insert = match client.prepare(INSERT_EVENT_SQL).await {
-        Ok(s) => s,
-        Err(e) => return warn!("demo traffic disabled: {}", db::describe(&e)),
-    };
-    // One tick in eight also moves the user's engagement state: an update of
-    // user_engagement_states (streamed from the second change on) and a transition row.
-    let transition = client.prepare(STATE_CHANGE_SQL).await.ok();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
+/// First wait before reconnecting the demo traffic; doubles up to [`DEMO_RECONNECT_MAX`].
+const DEMO_RECONNECT_MIN: Duration = Duration::from_millis(250);
+/// Longest wait between the demo traffic's reconnect attempts.
+const DEMO_RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// Inserts demo events at `rate` per second, spread over `users`, until `stop`. When the
+/// connection is lost (PostgreSQL restarted) it reconnects with a doubling backoff
+/// ([`DEMO_RECONNECT_MIN`] to [`DEMO_RECONNECT_MAX`]), logging once per outage.
+async fn demo_traffic(url: String, users: Vec<Uuid>, rate: f64, stop: CancellationToken) {
+    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let mut backoff = DEMO_RECONNECT_MIN;
+    let mut outage = false;
     loop {
+        match db::connect(&url).await {
+            Ok(client) => {
+                if outage {
+                    info!("demo traffic reconnected");
+                }
+                backoff = DEMO_RECONNECT_MIN;
+                match demo_session(&client, &users, period, &stop).await {
+                    Ok(()) => return,
+                    Err(e) => warn!("demo traffic paused: {}; reconnecting", db::describe(&e)),
+                }
+                outage = true;
+            }
+            Err(e) if !outage => {
+                warn!("demo traffic paused: {}; reconnecting", db::describe(&e));
+                outage = true;
+            }
+            Err(_) => {}
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(DEMO_RECONNECT_MAX);
+    }
+}
+
+/// One connection's demo traffic: an insert every `period` (and, one tick in eight, a change of
+/// the user's engagement state: an update of `user_engagement_states`, streamed from the second
+/// change on, and a transition row). Returns `Ok` when `stop` is cancelled, the error when the
+/// connection is lost; a statement that fails on a live connection is logged and skipped.
+async fn demo_session(
+    client: &tokio_postgres::Client,
+    users: &[Uuid],
+    period: Duration,
+    stop: &CancellationToken,
+) -> Result<(), tokio_postgres::Error> {
+    let insert = client.prepare(INSERT_EVENT_SQL).await?;
+    let transition = client.prepare(STATE_CHANGE_SQL).await?;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let (event_type, value) = demo_event();
         let Some(&user) = users.choose(&mut rand::rng()) else {
-            return;
+            return Ok(());
         };
-        if let Err(e) = client.execute(&insert, &[&user, &event_type, &value]).await {
-            warn!("demo insert failed: {}", db::describe(&e));
-        }
-        if let Some(statement) = transition.as_ref().filter(|_| rand::random_ratio(1, 8)) {
-            let state = demo_state();
-            if let Err(e) = client.execute(statement, &[&user, &state]).await {
-                warn!("demo state change failed: {}", db::describe(&e));
+        let (event_type, value) = demo_event();
+        let inserted = client.execute(&insert, &[&user, &event_type, &value]).await;
+        let changed = match inserted {
+            Ok(_) if rand::random_ratio(1, 8) => {
+                client.execute(&transition, &[&user, &demo_state()]).await
             }
+            other => other,
+        };
+        match changed {
+            Err(e) if client.is_closed() => return Err(e),
+            Err(e) => warn!("demo statement failed: {}", db::describe(&e)),
+            Ok(_) => {}
         }
     }
 }

@@ -17,6 +17,13 @@ use dev::DevOptions;
 
 mod dev;
 
+/// jemalloc with background threads: freed memory is purged back to the OS after its decay
+/// time (`dirty_decay_ms`/`muzzy_decay_ms`, 10 s each by default), so RSS falls after a burst of
+/// sessions ends. The system allocator (glibc) kept what the peak had touched (issue 12).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Streams new engagement_events rows from a PostgreSQL logical replication slot to the
 /// WebSocket sessions of their owners.
 #[derive(Parser)]

@@ -70,6 +70,20 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// The Prometheus process collector: `process_resident_memory_bytes`, `process_open_fds`,
+/// `process_max_fds`, `process_cpu_seconds_total`, `process_threads`, … (the names of the
+/// Prometheus client libraries' process collector), sampled on each scrape ([`render`]).
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+/// The text exposition for `GET /metrics`: samples the process metrics, then renders every
+/// metric.
+pub fn render(handle: &PrometheusHandle) -> String {
+    if let Some(process) = PROCESS.get() {
+        process.collect();
+    }
+    handle.render()
+}
+
 /// Installs the Prometheus recorder (once per process) and describes every metric.
 ///
 /// Returns the handle that renders the text exposition for `GET /metrics`. When another
@@ -88,6 +102,9 @@ pub fn install() -> PrometheusHandle {
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
             };
             describe();
+            let process = PROCESS.get_or_init(metrics_process::Collector::default);
+            process.describe();
+            process.collect();
             let upkeep = handle.clone();
             std::thread::Builder::new()
                 .name("metrics-upkeep".into())

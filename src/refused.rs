@@ -102,6 +102,14 @@ static LOG: LogState = LogState {
     last: Mutex::new([None; Reason::ALL.len()]),
 };
 
+/// Exports `relay_refused_total` at 0 for every reason, so dashboards and alerts see the
+/// series before the first refusal (the Prometheus practice of initialising label sets).
+pub fn register() {
+    for reason in Reason::ALL {
+        metrics::counter!(m::REFUSED, "reason" => reason.as_str()).increment(0);
+    }
+}
+
 /// Counts `n` refusals for `reason` and logs them, at most once per [`LOG_EVERY`] per reason.
 pub fn count(reason: Reason, n: u64) {
     metrics::counter!(m::REFUSED, "reason" => reason.as_str()).increment(n);

@@ -75,6 +75,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     config.validate()?;
     config.require_jwt_secret()?;
     let handle = crate::metrics::install();
+    crate::refused::register();
     metrics::gauge!(crate::metrics::REPLAY_WINDOW).set(config.replay.window.as_secs_f64());
     let tables = Arc::new(Tables::new(&config.tables));
     match replication::preflight(&config.database, &tables).await {

@@ -1,6 +1,8 @@
 //! The README's first command: `engagement-relay dev` starts a private PostgreSQL, applies the
 //! migrations and the seed, prints a URL whose socket receives live demo events, and Ctrl-C
-//! (SIGINT) stops everything, the cluster included, with exit status 0.
+//! (SIGINT) stops everything, the cluster included, with exit status 0. The demo traffic
+//! survives a restart of that PostgreSQL (issue 12: it used to log `demo insert failed:
+//! connection closed` until exit).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -44,22 +46,24 @@ async fn dev_shows_live_events_and_ctrl_c_stops_everything() {
     .unwrap()
     .expect("dev prints a URL to connect to");
 
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .unwrap();
-    let mut types = Vec::new();
-    while types.len() < 2 {
-        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
-            .await
-            .expect("a frame within 20 s")
-            .unwrap()
-            .unwrap();
-        if let Message::Text(text) = msg {
-            let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
-            types.push(frame["type"].as_str().unwrap().to_string());
-        }
-    }
-    assert_eq!(types, ["ready", "insert"], "a live demo event arrives");
+    assert_eq!(
+        first_frames(&url).await,
+        ["ready", "insert"],
+        "a live demo event arrives"
+    );
+
+    // PostgreSQL restarts under the demo traffic: a new session (live events only) sees demo
+    // events again.
+    let restart = tokio::task::spawn_blocking({
+        let data_dir = data_dir.clone();
+        move || pg_ctl_restart(&data_dir)
+    });
+    restart.await.unwrap();
+    assert_eq!(
+        first_frames(&url).await,
+        ["ready", "insert"],
+        "demo events arrive after a PostgreSQL restart"
+    );
 
     relay_testkit::sigint(child.id()).expect("SIGINT");
     let exit = tokio::task::spawn_blocking(move || child.wait())
@@ -72,6 +76,60 @@ async fn dev_shows_live_events_and_ctrl_c_stops_everything() {
         "the private PostgreSQL was stopped"
     );
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// The types of the first two frames of a new session on `url` (each within 30 s; the upgrade
+/// is retried for 30 s while the relay reconnects and answers 503).
+async fn first_frames(url: &str) -> Vec<String> {
+    let started = std::time::Instant::now();
+    let mut ws = loop {
+        match tokio_tungstenite::connect_async(url).await {
+            Ok((ws, _)) => break ws,
+            Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                eprintln!("upgrade refused ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no session within 30 s: {e}"),
+        }
+    };
+    let mut types = Vec::new();
+    while types.len() < 2 {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("a frame within 30 s")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = msg {
+            let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+            types.push(frame["type"].as_str().unwrap().to_string());
+        }
+    }
+    types
+}
+
+/// `pg_ctl restart -m fast` of the dev cluster in `data_dir` (its options come from
+/// `postmaster.opts`); as root, as the `postgres` OS user.
+fn pg_ctl_restart(data_dir: &std::path::Path) {
+    let pg_ctl = relay_testkit::pgcluster::find_bin_dir()
+        .unwrap()
+        .join("pg_ctl");
+    let mut command = if relay_testkit::pgcluster::running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(pg_ctl);
+        c
+    } else {
+        Command::new(pg_ctl)
+    };
+    let out = command
+        .args(["restart", "-w", "-t", "60", "-m", "fast", "-D"])
+        .arg(data_dir)
+        .arg("-l")
+        .arg(data_dir.join("relay-server.log"))
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_ctl restart: {out:?}");
 }
 
 /// Sends SIGINT to the dev process if the test fails, so that it stops its private PostgreSQL

@@ -21,6 +21,7 @@ mod fault_pg_restart;
 mod faults;
 mod history;
 mod http;
+mod memory;
 mod module_cycles;
 mod prometheus;
 mod realtime_protocol;

@@ -95,7 +95,7 @@ pub fn metrics_routes(handle: PrometheusHandle) -> HttpRouter {
             async move {
                 (
                     [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    handle.render(),
+                    crate::metrics::render(&handle),
                 )
             }
         }),
