@@ -85,6 +85,10 @@ struct SoakArgs {
     /// Longest wait for straggling deliveries after the load stops.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     drain: Duration,
+    /// After every session closed, wait this long and sample the relay's RSS again
+    /// (`rss_settled_bytes`: is memory returned once the burst is over?). 0 skips it.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    settle: Duration,
     /// p99 commit → receive latency above this fails the run.
     #[arg(long, default_value_t = 500.0)]
     slo_ms: f64,
@@ -195,6 +199,7 @@ async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
     let bound = Duration::from_secs_f64(args.connections as f64 / args.connect_rate.max(1.0))
         + args.duration
         + args.drain
+        + args.settle
         + Duration::from_secs(180);
     let report = tokio::time::timeout(bound, run(&args, relay, &database_url, &secret, pid))
         .await
@@ -322,6 +327,13 @@ async fn run(
     }
     let end = pid.and_then(procstat::sample).unwrap_or_default();
     let metrics_after = scrape(&args.metrics_url).await;
+    let settled = if args.settle.is_zero() {
+        Default::default()
+    } else {
+        info!(settle = ?args.settle, "sessions closed; waiting before the last RSS sample");
+        tokio::time::sleep(args.settle).await;
+        pid.and_then(procstat::sample).unwrap_or_default()
+    };
 
     let mut report = Report::default();
     report::account(&mut report, &sent, &outcomes, &users_of);
@@ -330,12 +342,14 @@ async fn run(
     report.relay.max_rss_bytes = monitor.as_ref().map_or(0, |(rx, _)| rx.borrow().1);
     report.relay.rss_before_ramp_bytes = before.rss_bytes;
     report.relay.rss_after_ramp_bytes = after_ramp.rss_bytes;
+    report.relay.rss_settled_bytes = settled.rss_bytes;
     report.relay.rss_per_connection_bytes =
         after_ramp.rss_bytes.saturating_sub(before.rss_bytes) / connected.max(1) as u64;
     report.relay_metrics = report::RelayMetrics::between(&metrics_before, &metrics_after);
     report.params = serde_json::json!({
         "connections": args.connections, "users": args.users, "firehose": args.firehose,
         "rate": args.rate, "duration_s": args.duration.as_secs_f64(),
+        "settle_s": args.settle.as_secs_f64(),
         "connect_rate": args.connect_rate, "slo_ms": args.slo_ms,
         "pg_settings": args.pg_settings,
     });

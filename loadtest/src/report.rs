@@ -39,6 +39,8 @@ pub struct RelayUsage {
     pub rss_after_ramp_bytes: u64,
     /// (after − before) / connected sessions, bytes.
     pub rss_per_connection_bytes: u64,
+    /// RSS `--settle` after every session closed, bytes (0 without `--settle`).
+    pub rss_settled_bytes: u64,
 }
 
 /// One of the relay's latency histograms over the run (bucket interpolation, as Prometheus'
@@ -288,6 +290,13 @@ pub fn summary(r: &Report) -> String {
         r.relay.max_rss_bytes as f64 / 1048576.0,
         r.relay.rss_per_connection_bytes
     );
+    if r.relay.rss_settled_bytes > 0 {
+        s += &format!(
+            "relay memory           rss {:.1} MiB before the ramp, {:.1} MiB settled after the sessions closed\n",
+            r.relay.rss_before_ramp_bytes as f64 / 1048576.0,
+            r.relay.rss_settled_bytes as f64 / 1048576.0
+        );
+    }
     s
 }
 
