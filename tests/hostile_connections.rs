@@ -381,3 +381,54 @@ async fn at_the_open_file_limit_readyz_and_metrics_keep_answering() {
     let (status, _) = relay.terminate(PROCESS_WAIT).await.unwrap();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
+    engagement_relay::limits::raise_nofile_limit();
+    const FILES: u64 = 512;
+    let db = TestDb::new().await;
+    // A cap beyond what the descriptors allow: the reserve is gone (the relay warns).
+    let env = [("RELAY_SERVER__MAX_SESSIONS", "5000")];
+    let relay = start_ready_with_open_files(&db, &env, FILES).await;
+    assert!(relay.message("server.max_sessions exceeds").is_some());
+    let token = user_token(Uuid::new_v4(), MINUTE);
+    let mut sessions = Vec::new();
+    // Open sessions until the relay cannot take another (at most the limit).
+    'fill: while sessions.len() < FILES as usize {
+        let mut batch = JoinSet::new();
+        for _ in 0..25 {
+            let (addr, token) = (relay.addr, token.clone());
+            batch.spawn(async move {
+                tokio::time::timeout(Duration::from_secs(2), open_session(addr, &token)).await
+            });
+        }
+        for opened in batch.join_all().await {
+            match opened {
+                Ok(Ok(ws)) => sessions.push(ws),
+                Ok(Err(status)) => panic!("refused with {status} below max_sessions"),
+                Err(_) => break 'fill,
+            }
+        }
+    }
+    assert!(
+        sessions.len() < FILES as usize,
+        "the descriptors never ran out"
+    );
+    // Freed descriptors: the relay accepts again, readiness and metrics included.
+    drop(sessions);
+    let readyz = format!("http://{}/readyz", relay.addr);
+    wait_until_async("/readyz answers again", Duration::from_secs(20), || {
+        let readyz = readyz.clone();
+        async move {
+            match reqwest::get(&readyz).await {
+                Ok(r) => r.status() == 200,
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    let exposition = relay.scrape().await;
+    assert!(metric(&exposition, "relay_refused_total{reason=\"descriptors\"}") >= 1.0);
+    let (status, _) = relay.terminate(PROCESS_WAIT).await.unwrap();
+    assert!(status.success());
+}
