@@ -432,3 +432,22 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
     let (status, _) = relay.terminate(PROCESS_WAIT).await.unwrap();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_connections_that_never_sent_a_head() {
+    let db = TestDb::new().await;
+    // A header timeout far beyond shutdown.grace (5 s in tests).
+    let relay = db
+        .relay_with(|c| c.server.header_timeout = Duration::from_secs(600))
+        .await;
+    let silent = open_many(relay.server_addr(), 10).await;
+    let mut slow = TcpStream::connect(relay.server_addr()).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    relay
+        .shutdown()
+        .await
+        .expect("shutdown within shutdown.grace");
+    drop((silent, slow));
+}

@@ -20,8 +20,9 @@
 //! "pending"; at most `max_pending` at once, and a connection accepted beyond that is closed at
 //! once (`max_pending`). When `accept` fails for lack of descriptors (`EMFILE`/`ENFILE`) the
 //! loop sleeps with an exponential backoff ([`BACKOFF_MIN`] to [`BACKOFF_MAX`]) and counts
-//! `descriptors`. On `stop` the listener closes, idle connections close, and requests in flight
-//! finish (hyper's graceful shutdown); [`serve`] returns once every connection has ended.
+//! `descriptors`. On `stop` the listener closes, connections waiting for a head close at once,
+//! and requests in flight finish (hyper's graceful shutdown); [`serve`] returns once every
+//! connection has ended.
 
 use std::convert::Infallible;
 use std::io;
@@ -172,6 +173,11 @@ async fn connection(
                 break;
             }
             _ = stop.cancelled(), if !stopping => {
+                // A connection waiting for a head is closed now (hyper would wait for the head,
+                // up to the header timeout); one with a request in flight finishes it first.
+                if watch.in_flight.load(Relaxed) == 0 {
+                    break;
+                }
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
             }
