@@ -11,6 +11,9 @@
 //! are `NonZero*`.
 
 pub mod bytes;
+mod server;
+
+pub use server::ServerConfig;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -104,25 +107,6 @@ impl Default for Config {
             shutdown: Default::default(),
             log: Default::default(),
             tables: default_tables(),
-        }
-    }
-}
-
-/// `[server]` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServerConfig {
-    /// Address of the WebSocket and HTTP listener (`server.listen`, default `0.0.0.0:4000`).
-    pub listen: SocketAddr,
-    /// Most concurrent WebSocket sessions; further upgrades get HTTP 503 (default 100,000).
-    pub max_sessions: NonZeroUsize,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: ([0, 0, 0, 0], 4000).into(),
-            max_sessions: nonzero(100_000),
         }
     }
 }
@@ -222,6 +206,10 @@ pub struct LimitsConfig {
     /// (default `60s`).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A Realtime socket that has not joined a channel with a valid token this long after it
+    /// opened is closed with 1008 (default `30s`); native sessions are authorized at the upgrade.
+    #[serde(with = "humantime_serde")]
+    pub join_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -231,6 +219,7 @@ impl Default for LimitsConfig {
             max_client_frame_bytes: 64 * 1024,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
+            join_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -467,6 +456,9 @@ impl Config {
         for (key, value) in [
             ("limits.ping_interval", self.limits.ping_interval),
             ("limits.idle_timeout", self.limits.idle_timeout),
+            ("limits.join_timeout", self.limits.join_timeout),
+            ("server.header_timeout", self.server.header_timeout),
+            ("server.idle_timeout", self.server.idle_timeout),
             ("database.status_interval", self.database.status_interval),
             ("database.reconnect_max", self.database.reconnect_max),
             ("shutdown.grace", self.shutdown.grace),
@@ -485,6 +477,15 @@ impl Config {
         }
         if self.limits.max_client_frame_bytes < 256 {
             return fail("limits.max_client_frame_bytes", "must be at least 256");
+        }
+        for (key, value) in [
+            ("limits.join_timeout", self.limits.join_timeout),
+            ("server.header_timeout", self.server.header_timeout),
+            ("server.idle_timeout", self.server.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return fail(key, "must be above 0");
+            }
         }
         if self.limits.ping_interval.is_zero() {
             return fail("limits.ping_interval", "must be above 0");

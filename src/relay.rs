@@ -3,9 +3,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use std::future::IntoFuture;
-
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +11,9 @@ use tracing::{info, warn};
 
 use crate::auth::Verifier;
 use crate::config::Config;
+use crate::http::serve::{self, Rules};
 use crate::http::{self, AppState};
+use crate::limits::{self, Budget};
 use crate::replication::{self, ReplicationContext, ReplicationError, StreamStatus};
 
 use crate::router::Router;
@@ -83,6 +82,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         Err(e) if e.is_definite() => return Err(e.into()),
         Err(e) => warn!("database not reachable yet ({e}); the relay will keep retrying"),
     }
+    let budget = session_budget(&config);
     let server = bind("server.listen", config.server.listen).await?;
     let metrics = bind("metrics.listen", config.metrics.listen).await?;
     let server_addr = local_addr("server.listen", &server)?;
@@ -105,7 +105,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         tables: tables.clone(),
         verifier: Arc::new(Verifier::new(&config.auth)),
         limits: config.limits.clone(),
-        session_permits: http::session_permits(config.server.max_sessions.get()),
+        session_permits: http::session_permits(budget.max_sessions),
         status: status.clone(),
         shutdown: sessions_stop.clone(),
         sessions: sessions.clone(),
@@ -126,24 +126,27 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         SLOT_WATCH_INTERVAL,
         stream_stop.clone(),
     ));
-    let stop = sessions_stop.clone();
-    let server_task = tokio::spawn(
-        axum::serve(
-            // Event frames are small and latency-bound: no Nagle delay.
-            server.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            }),
-            http::server_routes(state),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .into_future(),
-    );
-    let stop = sessions_stop.clone();
-    let metrics_task = tokio::spawn(
-        axum::serve(metrics, http::metrics_routes(handle))
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .into_future(),
-    );
+    let rules = Rules {
+        header_timeout: config.server.header_timeout,
+        idle_timeout: config.server.idle_timeout,
+        max_pending: budget.max_pending,
+    };
+    let server_task = tokio::spawn(serve::serve(
+        server,
+        http::server_routes(state),
+        rules,
+        sessions_stop.clone(),
+    ));
+    let metrics_rules = Rules {
+        max_pending: limits::METRICS_MAX_PENDING,
+        ..rules
+    };
+    let metrics_task = tokio::spawn(serve::serve(
+        metrics,
+        http::metrics_routes(handle),
+        metrics_rules,
+        sessions_stop.clone(),
+    ));
     info!(%server_addr, %metrics_addr, "relay listening");
 
     let grace = config.shutdown.grace;
@@ -188,6 +191,41 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         router,
         task,
     })
+}
+
+/// Divides the open-file limit ([`limits::budget`]) and says at start what it chose and why.
+fn session_budget(config: &Config) -> Budget {
+    let budget = limits::budget(
+        limits::nofile_limit(),
+        config.server.max_sessions.map(|n| n.get()),
+        config.server.max_pending.map(|n| n.get()),
+        config.ingest.pool_size.get(),
+    );
+    let from = |configured: bool| if configured { "configured" } else { "derived" };
+    info!(
+        max_sessions = budget.max_sessions,
+        max_sessions_from = from(budget.sessions_configured),
+        max_pending = budget.max_pending,
+        max_pending_from = from(budget.pending_configured),
+        open_files = budget.files,
+        reserve = budget.reserve,
+        "session budget: server.max_sessions = {} ({}), server.max_pending = {} ({}); open-file limit {}, of which {} reserved (max_pending + ingest.pool_size + {} for listeners, database, metrics and requests in flight)",
+        budget.max_sessions,
+        from(budget.sessions_configured),
+        budget.max_pending,
+        from(budget.pending_configured),
+        budget.files,
+        budget.reserve,
+        limits::FIXED_RESERVE,
+    );
+    if budget.max_sessions > budget.sessions_allowed() {
+        warn!(
+            max_sessions = budget.max_sessions,
+            allowed = budget.sessions_allowed(),
+            "server.max_sessions exceeds what the open-file limit allows beyond the reserve; at the cap, health checks and metrics may find no descriptor (raise LimitNOFILE or leave server.max_sessions unset)"
+        );
+    }
+    budget
 }
 
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, RelayError> {

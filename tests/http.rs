@@ -31,7 +31,7 @@ async fn healthz_is_ok_and_a_plain_get_on_the_realtime_socket_is_426() {
 async fn sessions_past_max_sessions_get_503() {
     let db = TestDb::new().await;
     let relay = db
-        .relay_with(|c| c.server.max_sessions = std::num::NonZero::new(2).unwrap())
+        .relay_with(|c| c.server.max_sessions = std::num::NonZero::new(2))
         .await;
     let token = user_token(Uuid::new_v4(), MINUTE);
     let a = connect(&relay, &token, "").await;

@@ -20,6 +20,7 @@ mod engagement_schema;
 mod fault_pg_restart;
 mod faults;
 mod history;
+mod hostile_connections;
 mod http;
 mod memory;
 mod module_cycles;

@@ -40,6 +40,11 @@ fn the_documented_config_file_loads_and_matches_the_defaults() {
     assert_eq!(config.limits.session_queue, defaults.limits.session_queue);
     assert_eq!(config.database.slot, defaults.database.slot);
     assert_eq!(config.shutdown.grace, defaults.shutdown.grace);
+    assert_eq!(config.server.max_sessions, defaults.server.max_sessions);
+    assert_eq!(config.server.max_pending, defaults.server.max_pending);
+    assert_eq!(config.server.header_timeout, defaults.server.header_timeout);
+    assert_eq!(config.server.idle_timeout, defaults.server.idle_timeout);
+    assert_eq!(config.limits.join_timeout, defaults.limits.join_timeout);
     assert_eq!(config.tables, defaults.tables);
 }
 
@@ -97,4 +102,49 @@ fn byte_sizes_take_iec_units_or_plain_integers_and_counts_refuse_zero() {
     }
     let err = load("[server]\nmax_sessions = 0\n").unwrap_err();
     assert!(err.contains("server.max_sessions"), "{err}");
+}
+
+#[test]
+fn connection_hygiene_keys_have_defaults_and_refuse_zero() {
+    let defaults = Config::default();
+    assert_eq!(defaults.server.header_timeout, Duration::from_secs(10));
+    assert_eq!(defaults.server.idle_timeout, Duration::from_secs(75));
+    assert_eq!(defaults.limits.join_timeout, Duration::from_secs(30));
+    assert_eq!(
+        defaults.server.max_sessions, None,
+        "derived from the open-file limit"
+    );
+    assert_eq!(
+        defaults.server.max_pending, None,
+        "derived from the open-file limit"
+    );
+    let scratch = Scratch::new("config-hygiene");
+    let config = scratch
+        .load(
+            "[server]\nheader_timeout = \"2s\"\nidle_timeout = \"5s\"\nmax_pending = 64\n\
+             max_sessions = 10\n[limits]\njoin_timeout = \"1s\"\n",
+        )
+        .unwrap();
+    assert_eq!(config.server.header_timeout, Duration::from_secs(2));
+    assert_eq!(config.server.idle_timeout, Duration::from_secs(5));
+    assert_eq!(config.server.max_pending.map(|n| n.get()), Some(64));
+    assert_eq!(config.server.max_sessions.map(|n| n.get()), Some(10));
+    assert_eq!(config.limits.join_timeout, Duration::from_secs(1));
+    for (section, key) in [
+        ("server", "header_timeout"),
+        ("server", "idle_timeout"),
+        ("limits", "join_timeout"),
+    ] {
+        let err = scratch
+            .load(&format!("[{section}]\n{key} = \"0s\"\n"))
+            .unwrap_err();
+        assert!(err.contains(&format!("{section}.{key}")), "{err}");
+        assert!(err.contains("above 0") && !err.contains('\n'), "{err}");
+        let err = scratch
+            .load(&format!("[{section}]\n{key} = \"2d\"\n"))
+            .unwrap_err();
+        assert!(err.contains(&format!("{section}.{key}")), "{err}");
+    }
+    let err = scratch.load("[server]\nmax_pending = 0\n").unwrap_err();
+    assert!(err.contains("server.max_pending"), "{err}");
 }

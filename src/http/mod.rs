@@ -11,6 +11,7 @@ pub mod bearer;
 mod error;
 pub mod health;
 pub mod query;
+pub mod serve;
 pub mod upgrade;
 
 use std::sync::Arc;

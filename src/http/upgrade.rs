@@ -24,6 +24,7 @@ use crate::auth::AuthError;
 use crate::filter::Interest;
 use crate::metrics as m;
 use crate::model::Cursor;
+use crate::refused::{self, Reason};
 use crate::session::realtime::phoenix::Vsn;
 use crate::session::{self, SessionContext};
 use crate::tables::{Selection, Tables};
@@ -202,7 +203,10 @@ where
         .session_permits
         .clone()
         .try_acquire_owned()
-        .map_err(|_| HttpError::too_many_sessions())?;
+        .map_err(|_| {
+            refused::one(Reason::MaxSessions);
+            HttpError::too_many_sessions()
+        })?;
     let max_frame = state.limits.max_client_frame_bytes;
     let ctx = SessionContext {
         router: state.router.clone(),

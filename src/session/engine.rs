@@ -1,8 +1,9 @@
 //! The session engine: one driver owns every WebSocket's loop, whatever its protocol.
 //!
 //! [`run`] selects, in priority order, on (1) shutdown, (2) a queue overflow, (3) a stream
-//! restart, (4) the token expiry, (5) the client's frames, (6) the ping timer, (7) queued
-//! events; each arm delegates to a `handle_*` method, so the loop reads as a table of contents.
+//! restart, (4) the token expiry, (5) the join deadline, (6) the client's frames, (7) the ping
+//! timer, (8) queued events; each arm delegates to a `handle_*` method, so the loop reads as a
+//! table of contents.
 //! Control comes first so that a busy stream never starves a refresh, a pong or a shutdown.
 //!
 //! A protocol plugs in as a [`Protocol`]: it encodes an event for its session (or skips it),
@@ -17,7 +18,9 @@
 //!   the next thing written after what the socket already holds, with its own bounded wait;
 //! - a client's close frame is echoed (RFC 6455 §5.5.1), then the connection is dropped;
 //! - a client frame over `limits.max_client_frame_bytes` closes with 1009 (RFC 6455 §7.4.1);
-//! - a peer from which nothing (not even a pong) arrived for `limits.idle_timeout` is dropped.
+//! - a peer from which nothing (not even a pong) arrived for `limits.idle_timeout` is dropped;
+//! - a session still [awaiting a join](Protocol::awaiting_join) `limits.join_timeout` after it
+//!   opened closes with 1008 (`relay_refused_total{reason="join_timeout"}`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,6 +38,7 @@ use super::{Close, SessionContext, CLOSE_INVALID_DATA, CLOSE_NORMAL, CLOSE_POLIC
 use crate::auth::now_s;
 use crate::metrics as m;
 use crate::model::{now_unix_us, Event};
+use crate::refused::{self, Reason};
 
 /// An encoded text frame, shared between the sessions that write the same bytes.
 pub type Frame = Utf8Bytes;
@@ -140,6 +144,14 @@ pub trait Protocol: Send {
     /// Ends what has expired: every token whose `exp` is at or before `cutoff` (Unix seconds,
     /// the configured leeway already taken off).
     fn on_expired(&mut self, cutoff: i64, subs: &mut Subscriptions) -> Outcome;
+
+    /// True while the session has yet to authorize itself on the socket (Realtime: until a
+    /// channel is joined with a valid token). Once false it must stay false; a session still
+    /// awaiting a join after `limits.join_timeout` is closed. Default: never (the native
+    /// protocol is authorized at the upgrade).
+    fn awaiting_join(&self) -> bool {
+        false
+    }
 }
 
 /// Frames to write before the loop starts (the native `ready`, a resume's replay and its
@@ -235,6 +247,9 @@ impl<P: Protocol> Engine<'_, P> {
         let mut armed_for = self.protocol.expires_at();
         let expiry = sleep_until(self.expiry_deadline());
         tokio::pin!(expiry);
+        let mut awaiting_join = self.protocol.awaiting_join();
+        let join_deadline = sleep_until(Instant::now() + ctx.limits.join_timeout);
+        tokio::pin!(join_deadline);
         loop {
             let step = tokio::select! {
                 biased;
@@ -246,11 +261,13 @@ impl<P: Protocol> Engine<'_, P> {
                 _ = ctx.restart.cancelled() => Some(End::Close(Close::restarted())),
                 // PRIORITY 4: a token ran out (or the capped wait for it elapsed).
                 _ = &mut expiry => self.handle_expiry().await,
-                // PRIORITY 5: the client's frames (refreshes, joins, heartbeats, close).
+                // PRIORITY 5: no channel joined in time (Realtime).
+                _ = &mut join_deadline, if awaiting_join => Some(self.handle_join_timeout()),
+                // PRIORITY 6: the client's frames (refreshes, joins, heartbeats, close).
                 msg = self.ws.next() => self.handle_client(msg).await,
-                // PRIORITY 6: ping, and drop a peer that stopped answering.
+                // PRIORITY 7: ping, and drop a peer that stopped answering.
                 _ = ping.tick() => self.handle_ping().await,
-                // PRIORITY 7: queued events, a batch per wake-up.
+                // PRIORITY 8: queued events, a batch per wake-up.
                 n = self.subs.recv_many(&mut self.batch, BATCH), if !self.subs.is_empty() => {
                     self.handle_events(n).await
                 }
@@ -258,6 +275,7 @@ impl<P: Protocol> Engine<'_, P> {
             if let Some(end) = step {
                 return end;
             }
+            awaiting_join = awaiting_join && self.protocol.awaiting_join();
             // A refresh, a join or a leave may have moved the earliest expiry; a capped wait
             // that elapsed is re-armed.
             let exp = self.protocol.expires_at();
@@ -300,6 +318,15 @@ impl<P: Protocol> Engine<'_, P> {
         }
         let outcome = self.protocol.on_expired(cutoff, &mut self.subs);
         self.apply(outcome).await
+    }
+
+    /// The join deadline passed with no channel joined: 1008, counted as a refusal.
+    fn handle_join_timeout(&self) -> End {
+        refused::one(Reason::JoinTimeout);
+        End::Close(Close::new(
+            CLOSE_POLICY,
+            "no channel joined within limits.join_timeout",
+        ))
     }
 
     async fn handle_client(&mut self, msg: Option<Result<Message, axum::Error>>) -> Option<End> {

@@ -10,7 +10,7 @@
 //! close handshake, pings and the idle timeout, and batched writes (one flush per wake-up).
 //!
 //! Close codes (README "Close codes"): 1000 normal (also the echo of a client's close), 1001
-//! server shutting down, 1007 a text frame that is not UTF-8, 1008 malformed client frame or bad `since` cursor, 1009 client frame
+//! server shutting down, 1007 a text frame that is not UTF-8, 1008 malformed client frame, bad `since` cursor or (Realtime) no channel joined within `limits.join_timeout`, 1009 client frame
 //! over `limits.max_client_frame_bytes`, 1012 the stream restarted, 4001 token expired or
 //! invalid, 4003 refresh changed identity, 4008 slow consumer.
 
@@ -35,7 +35,8 @@ pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code (RFC 6455 §7.4.1): a text frame that is not UTF-8.
 pub const CLOSE_INVALID_DATA: u16 = 1007;
-/// Close code: a malformed client frame (or a bad `since` cursor).
+/// Close code: a malformed client frame (or a bad `since` cursor, or a Realtime socket that
+/// joined no channel within `limits.join_timeout`).
 pub const CLOSE_POLICY: u16 = 1008;
 /// Close code (RFC 6455 §7.4.1): a client frame larger than `limits.max_client_frame_bytes`.
 pub const CLOSE_TOO_BIG: u16 = 1009;

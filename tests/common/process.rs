@@ -16,6 +16,27 @@ pub const PROCESS_WAIT: Duration = Duration::from_secs(30);
 /// variables, and waits until it is ready (`/readyz` 200). Fails the test if it is not.
 pub async fn start_ready(db: &TestDb, env: &[(&str, &str)]) -> RelayProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_engagement-relay"));
+    relay_args(&mut command, db, env);
+    ready(command).await
+}
+
+/// [`start_ready`] under an open-file limit (soft and hard) of `files`, as systemd's
+/// `LimitNOFILE=files` would start it.
+pub async fn start_ready_with_open_files(
+    db: &TestDb,
+    env: &[(&str, &str)],
+    files: u64,
+) -> RelayProcess {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_engagement-relay"));
+    relay_args(&mut command, db, env);
+    ready(command).await
+}
+
+fn relay_args(command: &mut Command, db: &TestDb, env: &[(&str, &str)]) {
     command
         .args(["--database-url", &db.url, "--jwt-secret", SECRET])
         .env("RELAY_DATABASE__SLOT", &db.name)
@@ -23,6 +44,9 @@ pub async fn start_ready(db: &TestDb, env: &[(&str, &str)]) -> RelayProcess {
         .env("RELAY_DATABASE__RECONNECT_MIN", "100ms")
         .env("RELAY_DATABASE__RECONNECT_MAX", "1s")
         .envs(env.iter().copied());
+}
+
+async fn ready(command: Command) -> RelayProcess {
     let mut relay = RelayProcess::start(command)
         .await
         .unwrap_or_else(|e| panic!("{e}"));

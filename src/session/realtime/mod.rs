@@ -11,6 +11,11 @@
 //! answered with a `phx_reply` error (the Supabase server logs `MalformedWebSocketMessage` and
 //! keeps the socket too), and a channel whose token expires or whose refresh is refused is
 //! closed alone (`system` error, then `phx_close`).
+//!
+//! A socket opens with any `apikey` (an `sb_…` key is not checked), so it is authorized only
+//! by its first join with a valid token: until then it [awaits a join](Protocol::awaiting_join),
+//! and the engine closes it (1008) after `limits.join_timeout`, so that unauthenticated sockets
+//! cannot hold `server.max_sessions` slots.
 
 pub mod channels;
 pub mod phoenix;
@@ -44,6 +49,7 @@ pub async fn run_realtime(ws: WebSocket, ctx: SessionContext, vsn: Vsn, apikey: 
         channels: HashMap::new(),
         topics: HashMap::new(),
         next_binding: 1,
+        joined: false,
     };
     engine::run(ws, &ctx, protocol, subs, Opening::default(), "realtime").await;
 }
@@ -69,6 +75,8 @@ struct Realtime {
     /// The topic of each subscription.
     topics: HashMap<Key, String>,
     next_binding: u64,
+    /// Whether a channel was ever joined with a valid token (`limits.join_timeout`).
+    joined: bool,
 }
 
 impl Protocol for Realtime {
@@ -132,6 +140,10 @@ impl Protocol for Realtime {
 
     fn expires_at(&self) -> Option<i64> {
         self.channels.values().map(|c| c.principal.expires_at).min()
+    }
+
+    fn awaiting_join(&self) -> bool {
+        !self.joined
     }
 
     fn on_expired(&mut self, cutoff: i64, subs: &mut Subscriptions) -> Outcome {
@@ -208,6 +220,7 @@ impl Realtime {
                 return out.push(self.reply(&msg, "error", json!({ "reason": reason })));
             }
         };
+        self.joined = true;
         let name = channel_name(&msg.topic).to_string();
         let requested = msg.payload["config"]["postgres_changes"]
             .as_array()

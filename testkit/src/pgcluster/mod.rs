@@ -172,7 +172,9 @@ impl Cluster {
             format!("listen_addresses={HOST}"),
             format!("unix_socket_directories={}", socket_dir.display()),
             "wal_level=logical".into(),
-            "max_replication_slots=64".into(),
+            // Every test relay leaves its permanent slot behind on the shared cluster (about
+            // one per test database); 64 ran out once the suite passed 64 relays.
+            "max_replication_slots=256".into(),
             "max_wal_senders=64".into(),
             format!("max_connections={n}"),
             "timezone=UTC".into(),

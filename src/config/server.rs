@@ -1,0 +1,50 @@
+//! `[server]`: the WebSocket/HTTP listener, its connection hygiene and its session cap.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `[server]` section.
+///
+/// Connection timeouts (enforced by `http::serve`, the relay's accept loop): a new connection
+/// must send a complete request head within `header_timeout` of being accepted; between
+/// requests a keep-alive connection may stay silent for `idle_timeout`, and once the next
+/// request's first byte arrives its head must complete within `header_timeout`. A connection
+/// upgraded to a WebSocket leaves these rules for the session's own (`limits.ping_interval`,
+/// `limits.idle_timeout`, `limits.join_timeout`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the WebSocket and HTTP listener (`server.listen`, default `0.0.0.0:4000`).
+    pub listen: SocketAddr,
+    /// Most concurrent WebSocket sessions; further upgrades get HTTP 503. Unset (the default):
+    /// the open-file limit minus a reserve (`limits::budget`), logged at start.
+    pub max_sessions: Option<NonZeroUsize>,
+    /// Longest a connection may take to send a complete request head, from its accept (or,
+    /// on a keep-alive connection, from the first byte of the next request); then it is closed
+    /// (default `10s`).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Longest a keep-alive HTTP connection may stay silent between requests (default `75s`:
+    /// longer than the 60 s idle timeout of common load balancers, so they close first).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most connections waiting for a request head at once (new ones and keep-alive ones
+    /// between requests); a connection accepted beyond it is closed at once. Unset (the
+    /// default): an eighth of the open-file limit, at most 1024.
+    pub max_pending: Option<NonZeroUsize>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ([0, 0, 0, 0], 4000).into(),
+            max_sessions: None,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            max_pending: None,
+        }
+    }
+}

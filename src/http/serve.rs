@@ -1,0 +1,484 @@
+//! The relay's accept loop for both ports: hyper's HTTP/1 connections (with upgrades) serving
+//! an axum router, with connection hygiene that `axum::serve` lacks.
+//!
+//! Per connection a watchdog enforces ([`Rules`]):
+//! - a new connection sends a complete request head within `server.header_timeout` of its
+//!   accept, else it is closed (`relay_refused_total{reason="header_timeout"}`): silent
+//!   connections and slowloris heads (a byte a second) alike;
+//! - between requests a keep-alive connection may stay silent for `server.idle_timeout`
+//!   (`idle_timeout`); once the next request's first byte arrives, its head must complete
+//!   within `server.header_timeout` of that byte (`header_timeout`);
+//! - while a request is in flight (its head read, its response not yet written) no timer runs;
+//!   once a connection is upgraded to a WebSocket hyper hands the socket over, and the session's
+//!   own rules apply (pings, `limits.idle_timeout`, `limits.join_timeout`).
+//!
+//! hyper's own `header_read_timeout` is not used: in hyper 1 it is re-armed whenever a
+//! keep-alive connection goes idle, so it would also close idle keep-alive connections after
+//! the header timeout, and it cannot tell the two refusals apart.
+//!
+//! Connections waiting for a request head (new ones and keep-alive ones between requests) are
+//! "pending"; at most `max_pending` at once, and a connection accepted beyond that is closed at
+//! once (`max_pending`). When `accept` fails for lack of descriptors (`EMFILE`/`ENFILE`) the
+//! loop sleeps with an exponential backoff ([`BACKOFF_MIN`] to [`BACKOFF_MAX`]) and counts
+//! `descriptors`. On `stop` the listener closes, connections waiting for a head close at once,
+//! and requests in flight finish (hyper's graceful shutdown); [`serve`] returns once every
+//! connection has ended.
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::Service as _;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::{sleep, sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use crate::refused::{self, Reason};
+
+/// First sleep after `accept` ran out of descriptors; doubles per failure in a row.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest sleep after `accept` ran out of descriptors.
+pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// The connection rules of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// Longest wait for a complete request head: from the accept for the first request, from
+    /// the first byte for later ones.
+    pub header_timeout: Duration,
+    /// Longest silence of a keep-alive connection between requests.
+    pub idle_timeout: Duration,
+    /// Most connections waiting for a request head at once.
+    pub max_pending: usize,
+}
+
+/// Serves `router` on `listener` until `stop` is cancelled, then waits for its connections
+/// (requests in flight finish; upgraded sessions are not waited for: they are tracked apart).
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    rules: Rules,
+    stop: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    let pending = Arc::new(Pending {
+        count: AtomicUsize::new(0),
+        max: rules.max_pending,
+    });
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) if out_of_descriptors(&e) => {
+                refused::one(Reason::Descriptors);
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+            // A connection that failed before it was accepted (reset, aborted): the next one.
+            Err(e) => {
+                debug!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        if !pending.admit() {
+            refused::one(Reason::MaxPending);
+            continue;
+        }
+        // Event frames are small and latency-bound: no Nagle delay.
+        let _ = tcp.set_nodelay(true);
+        let watch = Arc::new(Watch::new(pending.clone()));
+        connections.spawn(connection(tcp, router.clone(), rules, watch, stop.clone()));
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// `accept` failed for lack of descriptors or kernel memory: back off rather than spin.
+fn out_of_descriptors(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)
+    )
+}
+
+/// Serves one connection under its watchdog until it ends, is upgraded, or times out.
+async fn connection(
+    tcp: TcpStream,
+    router: axum::Router,
+    rules: Rules,
+    watch: Arc<Watch>,
+    stop: CancellationToken,
+) {
+    let io = TokioIo::new(WatchedIo {
+        tcp,
+        watch: watch.clone(),
+    });
+    let inner = TowerToHyperService::new(router);
+    let tracker = watch.clone();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let in_flight = InFlight::begin(&tracker);
+        let response = inner.call(request);
+        async move {
+            let response: Response = response.await?;
+            Ok::<_, Infallible>(response.map(|body| {
+                Body::new(TrackedBody {
+                    body,
+                    _in_flight: in_flight,
+                })
+            }))
+        }
+    });
+    let mut builder = http1::Builder::new();
+    // The watchdog below is the header timeout (see the module doc).
+    builder.header_read_timeout(None);
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    let mut deadline = watch.born + rules.header_timeout;
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            biased;
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = stop.cancelled(), if !stopping => {
+                // A connection waiting for a head is closed now (hyper would wait for the head,
+                // up to the header timeout); one with a request in flight finishes it first.
+                if watch.in_flight.load(Relaxed) == 0 {
+                    break;
+                }
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            // A request ended or the next one began: the deadline moves.
+            _ = watch.changed.notified() => deadline = Instant::now(),
+            _ = sleep_until(deadline) => match watch.check(&rules, Instant::now()) {
+                Ok(next) => deadline = next,
+                Err(reason) => {
+                    refused::one(reason);
+                    break;
+                }
+            },
+        }
+    }
+    watch.end();
+}
+
+/// The count of pending connections of one listener.
+struct Pending {
+    count: AtomicUsize,
+    max: usize,
+}
+
+impl Pending {
+    /// Counts a new connection in, unless `max` are pending.
+    fn admit(&self) -> bool {
+        self.count
+            .fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1))
+            .is_ok()
+    }
+}
+
+/// What the watchdog of one connection knows of it. Written by the connection's socket reads
+/// and its requests, all in the connection's own task; atomics only because the task may move
+/// between threads.
+struct Watch {
+    /// When the connection was accepted; the other instants are milliseconds after it.
+    born: Instant,
+    /// Requests whose response has not been written yet.
+    in_flight: AtomicU32,
+    /// Requests begun on this connection.
+    requests: AtomicU64,
+    /// When the last request ended (the connection became idle).
+    idle_since_ms: AtomicU64,
+    /// True from the end of a request until the next byte arrives.
+    awaiting_byte: AtomicBool,
+    /// When the first byte after the last request arrived.
+    first_byte_ms: AtomicU64,
+    /// Whether this connection counts in `pending`.
+    counted: AtomicBool,
+    /// Set once the connection has ended: it no longer counts anywhere.
+    ended: AtomicBool,
+    pending: Arc<Pending>,
+    /// Wakes the watchdog when a request begins or ends, or the next one's first byte arrives.
+    changed: Notify,
+}
+
+impl Watch {
+    /// A connection just admitted (counted as pending).
+    fn new(pending: Arc<Pending>) -> Watch {
+        Watch {
+            born: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            awaiting_byte: AtomicBool::new(false),
+            first_byte_ms: AtomicU64::new(0),
+            counted: AtomicBool::new(true),
+            ended: AtomicBool::new(false),
+            pending,
+            changed: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.born + Duration::from_millis(ms)
+    }
+
+    /// Counts the connection in or out of `pending`.
+    fn set_pending(&self, pending: bool) {
+        if self.counted.swap(pending, Relaxed) != pending {
+            if pending {
+                self.pending.count.fetch_add(1, Relaxed);
+            } else {
+                self.pending.count.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+
+    /// Bytes arrived on the socket.
+    fn on_read(&self) {
+        if self.awaiting_byte.load(Relaxed) {
+            self.first_byte_ms.store(self.now_ms(), Relaxed);
+            self.awaiting_byte.store(false, Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    /// The connection ended (closed, timed out or upgraded).
+    fn end(&self) {
+        self.ended.store(true, Relaxed);
+        self.set_pending(false);
+    }
+
+    /// The next deadline after `now`, or why the connection must close at `now`.
+    fn check(&self, rules: &Rules, now: Instant) -> Result<Instant, Reason> {
+        if self.in_flight.load(Relaxed) > 0 {
+            // Checked again when the request ends (or after a while, should that be missed).
+            return Ok(now + rules.idle_timeout);
+        }
+        let (deadline, reason) = if self.requests.load(Relaxed) == 0 {
+            (self.born + rules.header_timeout, Reason::HeaderTimeout)
+        } else if !self.awaiting_byte.load(Relaxed) {
+            let first_byte = self.at(self.first_byte_ms.load(Relaxed));
+            (first_byte + rules.header_timeout, Reason::HeaderTimeout)
+        } else {
+            let idle_since = self.at(self.idle_since_ms.load(Relaxed));
+            (idle_since + rules.idle_timeout, Reason::IdleTimeout)
+        };
+        if now >= deadline {
+            Err(reason)
+        } else {
+            Ok(deadline)
+        }
+    }
+}
+
+/// One request in flight on a connection, from its complete head until its response has been
+/// written (the response body is dropped) or abandoned.
+struct InFlight(Arc<Watch>);
+
+impl InFlight {
+    fn begin(watch: &Arc<Watch>) -> InFlight {
+        watch.requests.fetch_add(1, Relaxed);
+        if watch.in_flight.fetch_add(1, Relaxed) == 0 {
+            watch.set_pending(false);
+            watch.changed.notify_one();
+        }
+        InFlight(watch.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let watch = &self.0;
+        if watch.in_flight.fetch_sub(1, Relaxed) == 1 {
+            watch.idle_since_ms.store(watch.now_ms(), Relaxed);
+            watch.awaiting_byte.store(true, Relaxed);
+            if !watch.ended.load(Relaxed) {
+                watch.set_pending(true);
+            }
+            watch.changed.notify_one();
+        }
+    }
+}
+
+/// A response body that ends its request's [`InFlight`] when hyper drops it.
+struct TrackedBody {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The accepted socket, telling the watchdog when bytes arrive. It stays under an upgraded
+/// WebSocket, where the check is one relaxed load per read.
+struct WatchedIo {
+    tcp: TcpStream,
+    watch: Arc<Watch>,
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.watch.on_read();
+        }
+        read
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            max_pending: 2,
+        }
+    }
+
+    #[test]
+    fn pending_connections_are_capped_and_leave_the_count_once() {
+        let pending = Arc::new(Pending {
+            count: AtomicUsize::new(0),
+            max: 2,
+        });
+        assert!(pending.admit() && pending.admit() && !pending.admit());
+        let watch = Arc::new(Watch::new(pending.clone()));
+        let request = InFlight::begin(&watch);
+        assert_eq!(
+            pending.count.load(Relaxed),
+            1,
+            "a request in flight is not pending"
+        );
+        drop(request);
+        assert_eq!(
+            pending.count.load(Relaxed),
+            2,
+            "idle keep-alive is pending again"
+        );
+        watch.end();
+        watch.end();
+        assert_eq!(pending.count.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn the_first_head_has_the_header_timeout_and_idle_keep_alive_the_idle_timeout() {
+        let pending = Arc::new(Pending {
+            count: AtomicUsize::new(1),
+            max: 2,
+        });
+        let watch = Arc::new(Watch::new(pending));
+        let (rules, born) = (rules(), watch.born);
+        let header = born + rules.header_timeout;
+        assert_eq!(watch.check(&rules, born), Ok(header));
+        assert_eq!(watch.check(&rules, header), Err(Reason::HeaderTimeout));
+        // A request is in flight: no deadline of its own, checked again later.
+        let request = InFlight::begin(&watch);
+        assert_eq!(watch.check(&rules, header), Ok(header + rules.idle_timeout));
+        drop(request);
+        // Idle keep-alive: the idle timeout from the end of the request.
+        let idle_since = watch.at(watch.idle_since_ms.load(Relaxed));
+        let idle = idle_since + rules.idle_timeout;
+        assert_eq!(watch.check(&rules, idle_since), Ok(idle));
+        assert_eq!(watch.check(&rules, idle), Err(Reason::IdleTimeout));
+        // The next request's first byte: its head has the header timeout from there.
+        watch.on_read();
+        let first_byte = watch.at(watch.first_byte_ms.load(Relaxed));
+        let header = first_byte + rules.header_timeout;
+        assert_eq!(watch.check(&rules, first_byte), Ok(header));
+        assert_eq!(watch.check(&rules, header), Err(Reason::HeaderTimeout));
+    }
+}
