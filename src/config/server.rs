@@ -32,8 +32,9 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Most connections waiting for a request head at once (new ones and keep-alive ones
-    /// between requests); a connection accepted beyond it is closed at once. Unset (the
-    /// default): an eighth of the open-file limit, at most 1024.
+    /// between requests); a connection accepted beyond it takes the slot of the one waiting
+    /// longest, which is closed. Unset (the default): an eighth of the open-file limit, at most
+    /// 1024.
     pub max_pending: Option<NonZeroUsize>,
 }
 

@@ -17,18 +17,21 @@
 //! the header timeout, and it cannot tell the two refusals apart.
 //!
 //! Connections waiting for a request head (new ones and keep-alive ones between requests) are
-//! "pending"; at most `max_pending` at once, and a connection accepted beyond that is closed at
-//! once (`max_pending`). When `accept` fails for lack of descriptors (`EMFILE`/`ENFILE`) the
+//! "pending"; at most `max_pending` at once. A connection accepted beyond that takes the place
+//! of the one that has been pending longest, which is closed (`max_pending`): a flood of silent
+//! connections cycles through the pending slots, and a real client, whose head follows its
+//! connect within a round trip, still gets served (a probe of `/readyz` during the flood). When `accept` fails for lack of descriptors (`EMFILE`/`ENFILE`) the
 //! loop sleeps with an exponential backoff ([`BACKOFF_MIN`] to [`BACKOFF_MAX`]) and counts
 //! `descriptors`. On `stop` the listener closes, connections waiting for a head close at once,
 //! and requests in flight finish (hyper's graceful shutdown); [`serve`] returns once every
 //! connection has ended.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -77,10 +80,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let connections = TaskTracker::new();
-    let pending = Arc::new(Pending {
-        count: AtomicUsize::new(0),
-        max: rules.max_pending,
-    });
+    let pending = Arc::new(Pending::new(rules.max_pending));
     let mut backoff = BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
@@ -112,7 +112,7 @@ pub async fn serve(
         }
         // Event frames are small and latency-bound: no Nagle delay.
         let _ = tcp.set_nodelay(true);
-        let watch = Arc::new(Watch::new(pending.clone()));
+        let watch = Watch::new(pending.clone());
         connections.spawn(connection(tcp, router.clone(), rules, watch, stop.clone()));
     }
     drop(listener);
@@ -181,6 +181,13 @@ async fn connection(
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
             }
+            // A newer connection took this one's pending slot (unless a request just began).
+            _ = watch.evicted.cancelled(), if !stopping => {
+                if watch.in_flight.load(Relaxed) == 0 {
+                    refused::one(Reason::MaxPending);
+                    break;
+                }
+            }
             // A request ended or the next one began: the deadline moves.
             _ = watch.changed.notified() => deadline = Instant::now(),
             _ = sleep_until(deadline) => match watch.check(&rules, Instant::now()) {
@@ -195,18 +202,66 @@ async fn connection(
     watch.end();
 }
 
-/// The count of pending connections of one listener.
+/// The pending connections of one listener: their count, and the order in which they became
+/// pending (oldest first) to find the one a newcomer replaces.
 struct Pending {
     count: AtomicUsize,
     max: usize,
+    /// Each entry: a connection and the generation of its pending spell when it was pushed (a
+    /// keep-alive connection is pending again after each request; older entries are stale).
+    order: Mutex<VecDeque<(Weak<Watch>, u64)>>,
 }
 
 impl Pending {
-    /// Counts a new connection in, unless `max` are pending.
+    fn new(max: usize) -> Pending {
+        Pending {
+            count: AtomicUsize::new(0),
+            max,
+            order: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn order(&self) -> std::sync::MutexGuard<'_, VecDeque<(Weak<Watch>, u64)>> {
+        self.order.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a new connection in. At `max`, the connection pending longest is evicted to make
+    /// room (told through its `evicted` token); false only when there is none to evict.
     fn admit(&self) -> bool {
-        self.count
+        if self
+            .count
             .fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1))
             .is_ok()
+        {
+            return true;
+        }
+        let mut order = self.order();
+        while let Some((watch, generation)) = order.pop_front() {
+            let Some(watch) = watch.upgrade() else {
+                continue;
+            };
+            if watch.generation.load(Relaxed) != generation || !watch.leave_pending() {
+                continue;
+            }
+            watch.evicted.cancel();
+            // The evicted connection's slot is the newcomer's.
+            self.count.fetch_add(1, Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// Notes that `watch` became pending (in generation `generation`); drops stale entries
+    /// when they outnumber the live ones.
+    fn push(&self, watch: &Arc<Watch>, generation: u64) {
+        let mut order = self.order();
+        order.push_back((Arc::downgrade(watch), generation));
+        if order.len() > 2 * self.max + 64 {
+            order.retain(|(w, g)| {
+                w.upgrade()
+                    .is_some_and(|w| w.generation.load(Relaxed) == *g && w.counted.load(Relaxed))
+            });
+        }
     }
 }
 
@@ -228,6 +283,10 @@ struct Watch {
     first_byte_ms: AtomicU64,
     /// Whether this connection counts in `pending`.
     counted: AtomicBool,
+    /// Incremented each time the connection becomes pending (see [`Pending::push`]).
+    generation: AtomicU64,
+    /// Cancelled when a newer connection takes this one's pending slot.
+    evicted: CancellationToken,
     /// Set once the connection has ended: it no longer counts anywhere.
     ended: AtomicBool,
     pending: Arc<Pending>,
@@ -237,8 +296,8 @@ struct Watch {
 
 impl Watch {
     /// A connection just admitted (counted as pending).
-    fn new(pending: Arc<Pending>) -> Watch {
-        Watch {
+    fn new(pending: Arc<Pending>) -> Arc<Watch> {
+        let watch = Arc::new(Watch {
             born: Instant::now(),
             in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
@@ -246,10 +305,14 @@ impl Watch {
             awaiting_byte: AtomicBool::new(false),
             first_byte_ms: AtomicU64::new(0),
             counted: AtomicBool::new(true),
+            generation: AtomicU64::new(0),
+            evicted: CancellationToken::new(),
             ended: AtomicBool::new(false),
             pending,
             changed: Notify::new(),
-        }
+        });
+        watch.pending.push(&watch, 0);
+        watch
     }
 
     fn now_ms(&self) -> u64 {
@@ -260,14 +323,21 @@ impl Watch {
         self.born + Duration::from_millis(ms)
     }
 
-    /// Counts the connection in or out of `pending`.
-    fn set_pending(&self, pending: bool) {
-        if self.counted.swap(pending, Relaxed) != pending {
-            if pending {
-                self.pending.count.fetch_add(1, Relaxed);
-            } else {
-                self.pending.count.fetch_sub(1, Relaxed);
-            }
+    /// Counts the connection out of `pending`; false if it was not counted.
+    fn leave_pending(&self) -> bool {
+        let was = self.counted.swap(false, Relaxed);
+        if was {
+            self.pending.count.fetch_sub(1, Relaxed);
+        }
+        was
+    }
+
+    /// Counts the connection into `pending` again (a keep-alive connection between requests).
+    fn enter_pending(self: &Arc<Self>) {
+        if !self.counted.swap(true, Relaxed) {
+            self.pending.count.fetch_add(1, Relaxed);
+            let generation = self.generation.fetch_add(1, Relaxed) + 1;
+            self.pending.push(self, generation);
         }
     }
 
@@ -283,7 +353,7 @@ impl Watch {
     /// The connection ended (closed, timed out or upgraded).
     fn end(&self) {
         self.ended.store(true, Relaxed);
-        self.set_pending(false);
+        self.leave_pending();
     }
 
     /// The next deadline after `now`, or why the connection must close at `now`.
@@ -317,7 +387,7 @@ impl InFlight {
     fn begin(watch: &Arc<Watch>) -> InFlight {
         watch.requests.fetch_add(1, Relaxed);
         if watch.in_flight.fetch_add(1, Relaxed) == 0 {
-            watch.set_pending(false);
+            watch.leave_pending();
             watch.changed.notify_one();
         }
         InFlight(watch.clone())
@@ -331,7 +401,7 @@ impl Drop for InFlight {
             watch.idle_since_ms.store(watch.now_ms(), Relaxed);
             watch.awaiting_byte.store(true, Relaxed);
             if !watch.ended.load(Relaxed) {
-                watch.set_pending(true);
+                watch.enter_pending();
             }
             watch.changed.notify_one();
         }
@@ -431,36 +501,60 @@ mod tests {
 
     #[test]
     fn pending_connections_are_capped_and_leave_the_count_once() {
-        let pending = Arc::new(Pending {
-            count: AtomicUsize::new(0),
-            max: 2,
-        });
-        assert!(pending.admit() && pending.admit() && !pending.admit());
-        let watch = Arc::new(Watch::new(pending.clone()));
+        let pending = Arc::new(Pending::new(2));
+        // Admitted, then watched (as the accept loop does).
+        assert!(pending.admit());
+        let watch = Watch::new(pending.clone());
         let request = InFlight::begin(&watch);
         assert_eq!(
             pending.count.load(Relaxed),
-            1,
+            0,
             "a request in flight is not pending"
         );
         drop(request);
         assert_eq!(
             pending.count.load(Relaxed),
-            2,
+            1,
             "idle keep-alive is pending again"
         );
         watch.end();
         watch.end();
-        assert_eq!(pending.count.load(Relaxed), 1);
+        assert_eq!(pending.count.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn at_the_cap_a_newcomer_evicts_the_connection_pending_longest() {
+        let pending = Arc::new(Pending::new(2));
+        let mut watches = Vec::new();
+        for _ in 0..2 {
+            assert!(pending.admit());
+            watches.push(Watch::new(pending.clone()));
+        }
+        // The first went through a request and is pending again: now the youngest.
+        drop(InFlight::begin(&watches[0]));
+        assert!(pending.admit(), "room is made");
+        assert_eq!(pending.count.load(Relaxed), 2);
+        assert!(
+            watches[1].evicted.is_cancelled(),
+            "the oldest pending spell"
+        );
+        assert!(!watches[0].evicted.is_cancelled());
+        watches.push(Watch::new(pending.clone()));
+        // The evicted connection's end does not count it out twice.
+        watches[1].end();
+        assert_eq!(pending.count.load(Relaxed), 2);
+        // No pending connection to evict (both have requests in flight): refused.
+        let _busy = [InFlight::begin(&watches[0]), InFlight::begin(&watches[2])];
+        assert!(pending.admit() && pending.admit());
+        assert_eq!(pending.count.load(Relaxed), 2);
+        assert!(!pending.admit());
     }
 
     #[test]
     fn the_first_head_has_the_header_timeout_and_idle_keep_alive_the_idle_timeout() {
-        let pending = Arc::new(Pending {
-            count: AtomicUsize::new(1),
-            max: 2,
-        });
-        let watch = Arc::new(Watch::new(pending));
+        let pending = Arc::new(Pending::new(2));
+        assert!(pending.admit());
+        let watch = Watch::new(pending);
         let (rules, born) = (rules(), watch.born);
         let header = born + rules.header_timeout;
         assert_eq!(watch.check(&rules, born), Ok(header));
