@@ -5,10 +5,18 @@
 //! flood of full batches is bounded in rows, not requests). Over a limit is a 429
 //! `rate_limited` with `Retry-After` (whole seconds, at least 1), counted in
 //! `relay_refused_total` (`requests`, or `rows` by the rows refused).
+//!
+//! A caller refused for rows is told when its rows would fit (`Retry-After`); until then its
+//! ingest requests are refused before their body is parsed ([`Limits::check_rows_open`]), so a
+//! client that ignores `Retry-After` and keeps posting full batches costs a header check per
+//! request, not a JSON parse of thousands of rows.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -28,11 +36,13 @@ pub struct Limits {
     keys: DefaultKeyedRateLimiter<u64>,
     user_rows: DefaultKeyedRateLimiter<u128>,
     key_rows: DefaultKeyedRateLimiter<u64>,
+    /// Callers refused for rows, until their `Retry-After` has passed.
+    rows_closed: DashMap<Bucket, Instant>,
     checks: AtomicU64,
 }
 
 /// Whose bucket a request takes from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Bucket {
     User(u128),
     Key(u64),
@@ -68,6 +78,7 @@ impl Limits {
                 config.key_rows_per_second,
                 config.key_rows_burst,
             )),
+            rows_closed: DashMap::new(),
             checks: AtomicU64::new(0),
         }
     }
@@ -81,6 +92,8 @@ impl Limits {
             self.keys.retain_recent();
             self.user_rows.retain_recent();
             self.key_rows.retain_recent();
+            let now = Instant::now();
+            self.rows_closed.retain(|_, until| *until > now);
         }
         let outcome = match Bucket::of(principal, token) {
             Bucket::User(user) => self.users.check_key(&user),
@@ -92,8 +105,30 @@ impl Limits {
         })
     }
 
+    /// Whether the caller may ingest at all: not while the `Retry-After` of its last rows
+    /// refusal runs. Call before parsing the body.
+    ///
+    /// Errors: 429 `rate_limited` with the rest of that wait (counted as a refused request).
+    pub fn check_rows_open(&self, principal: &Principal, token: &str) -> Result<(), HttpError> {
+        let bucket = Bucket::of(principal, token);
+        let Some(until) = self.rows_closed.get(&bucket).map(|u| *u) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if until <= now {
+            self.rows_closed.remove_if(&bucket, |_, u| *u <= now);
+            return Ok(());
+        }
+        refused::one(Reason::Requests);
+        Err(HttpError::rows_limited(
+            whole_seconds(until - now),
+            "rows over the ingest rows limit; wait for the Retry-After of the last refusal".into(),
+        ))
+    }
+
     /// Takes `rows` cells from the caller's rows bucket, all or none (call after
-    /// [`Limits::check`], before anything is inserted).
+    /// [`Limits::check`], before anything is inserted). A refusal also closes the caller's
+    /// ingest until its `Retry-After` ([`Limits::check_rows_open`]).
     ///
     /// Errors: 429 `rate_limited` naming the rows limit, with the wait until `rows` would fit
     /// (`ingest.*_rows_burst` is at least `ingest.max_batch`, so every accepted batch fits one
@@ -107,7 +142,8 @@ impl Limits {
         let Some(n) = u32::try_from(rows).ok().and_then(NonZeroU32::new) else {
             return Ok(());
         };
-        let (outcome, key) = match Bucket::of(principal, token) {
+        let bucket = Bucket::of(principal, token);
+        let (outcome, key) = match bucket {
             Bucket::User(user) => (
                 self.user_rows.check_key_n(&user, n),
                 "ingest.user_rows_per_second",
@@ -125,6 +161,8 @@ impl Limits {
             Err(_) => 60,
         };
         refused::count(Reason::Rows, u64::from(n.get()));
+        self.rows_closed
+            .insert(bucket, Instant::now() + Duration::from_secs(wait_s));
         Err(HttpError::rows_limited(
             wait_s,
             format!("{rows} rows over {key}"),
@@ -161,7 +199,11 @@ mod tests {
         let refused = limits.check_rows(&user(1), "b", 6).err();
         assert_eq!(refused.as_ref().map(|e| e.code()), Some("rate_limited"));
         assert!(refused.is_some_and(|e| e.message().contains("ingest.user_rows_per_second")));
-        // Nothing was taken by the refusal: the 4 left still pass, and another user is apart.
+        // The refusal closes user 1's ingest until its Retry-After, but took nothing: once
+        // open again, the 4 left (and what refilled since) still pass.
+        assert!(limits.check_rows_open(&user(1), "c").is_err());
+        assert!(limits.check_rows_open(&user(2), "c").is_ok());
+        limits.rows_closed.clear();
         assert!(limits.check_rows(&user(1), "c", 4).is_ok());
         assert!(limits.check_rows(&user(2), "a", 10).is_ok());
         assert!(limits.check_rows(&user(1), "a", 0).is_ok());

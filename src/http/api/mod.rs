@@ -125,6 +125,7 @@ async fn ingest(
     single: bool,
 ) -> Result<Response, HttpError> {
     let config = &state.ingest;
+    state.rate_limits.check_rows_open(principal, token)?;
     let events = events_of(json_body(body)?, single, config.max_batch.get())?;
     // Rows are counted before any work on them: a refused flood costs a parse, nothing more.
     state
