@@ -103,6 +103,90 @@ async fn a_user_at_its_session_cap_gets_429_before_the_upgrade_even_when_racing(
     relay.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_role_has_a_cap_of_its_own() {
+    let db = TestDb::new().await;
+    let relay = db
+        .relay_with(|c| c.limits.max_service_sessions = 2.try_into().unwrap())
+        .await;
+    let (open, refused) = open_many(&relay, &crate::common::service_token(), "", 4).await;
+    assert_eq!((open.len(), refused.len()), (2, 2));
+    assert!(refused
+        .iter()
+        .all(|(status, body)| *status == 429 && body["error"] == "too_many_service_sessions"));
+    let exposition = scrape(&relay).await;
+    assert!(
+        metric(
+            &exposition,
+            "relay_refused_total{reason=\"service_sessions\"}"
+        ) >= 2.0
+    );
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_over_the_users_rows_limit_are_refused_whole_with_retry_after() {
+    let db = TestDb::new().await;
+    let relay = db
+        .relay_with(|c| {
+            c.ingest.max_batch = 10.try_into().unwrap();
+            c.ingest.user_rows_burst = 10.try_into().unwrap();
+            c.ingest.user_rows_per_second = 1.try_into().unwrap();
+        })
+        .await;
+    let pg = db.client().await;
+    let x = create_user(&pg).await;
+    let token = user_token(x, HOUR);
+    let post = |n: usize| {
+        let rows: Vec<Value> = (0..n)
+            .map(|i| json!({"user_id": x, "event_type": "flood", "value": {"i": i}}))
+            .collect();
+        let request = reqwest::Client::new()
+            .post(format!("http://{}/v1/events", relay.server_addr()))
+            .bearer_auth(&token)
+            .json(&json!({ "events": rows }));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let retry = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            (
+                status,
+                retry,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    assert_eq!(post(10).await.0, 201, "a full batch fits the burst");
+    let (status, retry, body) = post(5).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("rate_limited")),
+        "{body}"
+    );
+    assert!(body["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("ingest.user_rows_per_second"));
+    assert!(retry.is_some_and(|s| (1..=5).contains(&s)), "{retry:?}");
+    // Until that Retry-After has passed, even one row is refused before its body is read.
+    assert_eq!(post(1).await.0, 429);
+    let rows: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM public.engagement_events WHERE user_id = $1",
+            &[&x],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 10, "nothing of a refused request was inserted");
+    let exposition = scrape(&relay).await;
+    assert!(metric(&exposition, "relay_refused_total{reason=\"rows\"}") >= 5.0);
+    relay.shutdown().await.unwrap();
+}
+
 /// The next `phx_reply` on `ws` (skipping `system` and other frames).
 async fn reply(ws: &mut phoenix::Ws) -> Value {
     loop {
