@@ -11,6 +11,7 @@
 //! are `NonZero*`.
 
 pub mod bytes;
+mod fairness;
 mod server;
 
 pub use server::ServerConfig;
@@ -210,6 +211,13 @@ pub struct LimitsConfig {
     /// opened is closed with 1008 (default `30s`); native sessions are authorized at the upgrade.
     #[serde(with = "humantime_serde")]
     pub join_timeout: Duration,
+    /// Most sessions one user (`sub`) may hold at once: native sessions plus joined Realtime
+    /// channels; one more is refused (HTTP 429 `too_many_user_sessions`, or a `phx_reply`
+    /// error). Bounds the fan-out of each of the user's events (default 32).
+    pub max_sessions_per_user: NonZeroUsize,
+    /// Most service-role sessions (native sessions plus Realtime channels) at once; each
+    /// receives every event, so this bounds the fan-out of every event (default 1024).
+    pub max_service_sessions: NonZeroUsize,
 }
 
 impl Default for LimitsConfig {
@@ -220,6 +228,8 @@ impl Default for LimitsConfig {
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             join_timeout: Duration::from_secs(30),
+            max_sessions_per_user: nonzero(32),
+            max_service_sessions: nonzero(1024),
         }
     }
 }
@@ -244,6 +254,10 @@ pub struct ReplayConfig {
     /// to ~2,000 events/s of ~500-byte rows).
     #[serde(deserialize_with = "bytes::deserialize")]
     pub max_bytes: usize,
+    /// Most events of one owner (`sub`) kept (default 10,000): beyond it that user's oldest are
+    /// evicted first, so one user cannot use up the window of the others; that user's resume
+    /// from before them is `complete:false`.
+    pub max_events_per_user: NonZeroUsize,
 }
 
 impl Default for ReplayConfig {
@@ -252,6 +266,7 @@ impl Default for ReplayConfig {
             window: Duration::from_secs(300),
             max_events: 1_000_000,
             max_bytes: 512 << 20,
+            max_events_per_user: nonzero(10_000),
         }
     }
 }
@@ -281,6 +296,16 @@ pub struct IngestConfig {
     pub key_rate: NonZeroU32,
     /// ...with bursts of this many (default 100).
     pub key_burst: NonZeroU32,
+    /// Rows per second a user (`sub`) may ingest, sustained (default 100)...
+    pub user_rows_per_second: NonZeroU32,
+    /// ...with bursts of this many (default 5,000; at least `ingest.max_batch`); beyond,
+    /// HTTP 429 `rate_limited` with `Retry-After` and nothing inserted.
+    pub user_rows_burst: NonZeroU32,
+    /// Rows per second per service-role token, sustained (default 2,000: what the replay
+    /// window's default `max_bytes` holds for its 5 minutes)...
+    pub key_rows_per_second: NonZeroU32,
+    /// ...with bursts of this many (default 20,000; at least `ingest.max_batch`).
+    pub key_rows_burst: NonZeroU32,
 }
 
 impl Default for IngestConfig {
@@ -296,6 +321,10 @@ impl Default for IngestConfig {
             user_burst: nonzero32(20),
             key_rate: nonzero32(50),
             key_burst: nonzero32(100),
+            user_rows_per_second: nonzero32(100),
+            user_rows_burst: nonzero32(5_000),
+            key_rows_per_second: nonzero32(2_000),
+            key_rows_burst: nonzero32(20_000),
         }
     }
 }
@@ -513,6 +542,7 @@ impl Config {
         if self.ingest.max_body_bytes < 1024 {
             return fail("ingest.max_body_bytes", "must be at least 1024");
         }
+        self.validate_fairness()?;
         crate::tables::validate(&self.tables).map_err(|e| ConfigError(e.to_string()))
     }
 }

@@ -37,9 +37,11 @@ pub enum Reason {
     ServiceSessions,
     /// A Realtime socket joined no channel within `limits.join_timeout` (closed).
     JoinTimeout,
-    /// An API request over `ingest.user_rate`/`key_rate` (HTTP 429).
+    /// An API request over `ingest.user_rate`/`key_rate`, or an ingest request while the
+    /// `Retry-After` of its caller's last rows refusal runs (HTTP 429).
     Requests,
-    /// Ingested rows over `ingest.user_rows_per_second` (HTTP 429).
+    /// Ingested rows over `ingest.user_rows_per_second`/`key_rows_per_second` (HTTP 429; counted
+    /// by rows).
     Rows,
 }
 
@@ -85,8 +87,8 @@ impl Reason {
             Reason::UserSessions => "upgrades refused (429): a user holds limits.max_sessions_per_user sessions",
             Reason::ServiceSessions => "upgrades refused (429): the service role holds limits.max_service_sessions sessions",
             Reason::JoinTimeout => "Realtime sockets closed: no channel joined within limits.join_timeout",
-            Reason::Requests => "API requests refused (429): over ingest.user_rate/key_rate",
-            Reason::Rows => "ingested rows refused (429): over ingest.user_rows_per_second",
+            Reason::Requests => "API requests refused (429): over ingest.user_rate/key_rate, or within a rows refusal's Retry-After",
+            Reason::Rows => "ingested rows refused (429): over ingest.user_rows_per_second/key_rows_per_second",
         }
     }
 }

@@ -11,6 +11,13 @@
 //! dispatch takes to append and offer, so each event is either in the replay or queued live:
 //! no gap and no duplicate at the seam.
 //!
+//! Fairness (issue 12): each user's deque holds at most `replay.max_events_per_user` events;
+//! beyond it the user's oldest are removed from the deque and from the window (freeing their
+//! memory and their place under the window's count and byte bounds) and the user's own
+//! eviction floor moves past them, so only that user's older cursors resume `complete:false`.
+//! Every subscription holds a [`Slot`] ([`slots`]), so one user's event reaches at most
+//! `limits.max_sessions_per_user` queues.
+//!
 //! Locks: `global` (the window and the service-role sessions) may be held while taking a user's
 //! map entry (DashMap shard) — eviction trims user deques that way — so never take `global`
 //! while holding an entry (dispatch releases the entry first). `positions` and `restart` are
@@ -32,8 +39,13 @@ use crate::config::ReplayConfig;
 use crate::filter::Interest;
 use crate::metrics as m;
 use crate::model::{now_unix_us, Cursor, Event};
-use crate::replay::{self, Window};
+use crate::replay::{self, Evicted, Window};
 use crate::replication::Dispatch;
+
+mod slots;
+
+use self::slots::Slots;
+pub use self::slots::{Slot, SlotRefused};
 
 /// The router's side of a session.
 #[derive(Debug)]
@@ -56,6 +68,12 @@ struct UserEntry {
     sessions: Vec<SessionHandle>,
     /// The user's events still in the replay window, oldest first.
     recent: VecDeque<Arc<Event>>,
+    /// The newest of the user's events evicted because the deque held
+    /// `replay.max_events_per_user` (default before any): a resume from before it missed
+    /// something. The entry is removed only once `recent` is empty, which happens only by the
+    /// window's own eviction (the share keeps the newest event), and that moves the window's
+    /// floor past every event of the deque, so the floor is never lost while it matters.
+    floor: Cursor,
 }
 
 /// The window of every event and the service-role sessions (which receive every event).
@@ -76,6 +94,9 @@ struct Positions {
     wal_end: u64,
     /// Commit LSN of the newest event evicted (0 before any).
     evicted: u64,
+    /// The newest event evicted for its owner's share ([`UserEntry::floor`]) of any user: a
+    /// service-role resume from before it is incomplete (conservative).
+    shared: Cursor,
 }
 
 /// Identifies a registration; hand it back to [`Router::unsubscribe`] exactly once.
@@ -124,13 +145,19 @@ pub struct Router {
     restart: Mutex<CancellationToken>,
     next_id: AtomicU64,
     queue_capacity: usize,
+    /// `replay.max_events_per_user`.
+    max_per_user: usize,
+    /// Subscriptions held per user and by the service role ([`Router::take_slot`]).
+    slots: Arc<Slots>,
     dropped_slow: Counter,
     dropped_closed: Counter,
+    /// `relay_replay_evicted_total` by reason: `user_share`, then [`Evicted`] in order.
+    evicted: [Counter; 4],
 }
 
 impl Router {
     /// A router whose sessions queue at most `queue_capacity` events (`limits.session_queue`)
-    /// and whose replay window has `replay`'s bounds.
+    /// and whose replay window has `replay`'s bounds (with `replay.max_events_per_user`).
     pub fn new(queue_capacity: usize, replay: &ReplayConfig) -> Router {
         Router {
             users: DashMap::new(),
@@ -142,8 +169,12 @@ impl Router {
             restart: Mutex::new(CancellationToken::new()),
             next_id: AtomicU64::new(1),
             queue_capacity: queue_capacity.max(1),
+            max_per_user: replay.max_events_per_user.get(),
+            slots: Arc::default(),
             dropped_slow: counter!(m::EVENTS_DROPPED, "reason" => "slow_consumer"),
             dropped_closed: counter!(m::EVENTS_DROPPED, "reason" => "session_closed"),
+            evicted: ["user_share", "age", "count", "bytes"]
+                .map(|reason| counter!(m::REPLAY_EVICTED, "reason" => reason)),
         }
     }
 
@@ -163,10 +194,12 @@ impl Router {
             floor,
             wal_end: lsn,
             evicted: 0,
+            shared: Cursor::default(),
         };
         global.window.clear();
         for mut entry in self.users.iter_mut() {
             entry.recent.clear();
+            entry.floor = Cursor::default();
         }
         let mut restart = lock(&self.restart);
         restart.cancel();
@@ -177,6 +210,26 @@ impl Router {
     /// this relay): a session holding it must close (1012) so its client resumes.
     pub fn restart_signal(&self) -> CancellationToken {
         lock(&self.restart).clone()
+    }
+
+    /// Takes one of `principal`'s session slots: a user holds at most `per_user`
+    /// (`limits.max_sessions_per_user`), the service role at most `service`
+    /// (`limits.max_service_sessions`). Hold the [`Slot`] for as long as the subscription it
+    /// stands for; dropping it gives it back.
+    ///
+    /// Errors: [`SlotRefused`] naming the cap reached (counted in `relay_refused_total`).
+    pub fn take_slot(
+        &self,
+        principal: &Principal,
+        per_user: usize,
+        service: usize,
+    ) -> Result<Slot, SlotRefused> {
+        self.slots.take(principal, per_user, service)
+    }
+
+    /// Slots held: by `user` (`Some`), or by the service role (`None`).
+    pub fn slots_held(&self, user: Option<Uuid>) -> usize {
+        user.map_or_else(|| self.slots.held_by_service(), |u| self.slots.held(u))
     }
 
     /// Notes the server's WAL end (keepalives): cursors up to it are plausible.
@@ -214,14 +267,15 @@ impl Router {
                 let mut entry = self.users.entry(user).or_default();
                 let replay = since.map(|c| Self::replay(&handle, replay::after(&entry.recent, c)));
                 let newest = entry.recent.back().map(|e| e.cursor);
+                let floor = entry.floor;
                 entry.sessions.push(handle);
-                self.settle(since, replay, newest)
+                self.settle(since, replay, newest, Some(floor))
             }
             None => {
                 let mut global = lock(&self.global);
                 let replay = since.map(|c| Self::replay(&handle, global.window.after(c)));
                 global.service.push(handle);
-                self.settle(since, replay, None)
+                self.settle(since, replay, None, None)
             }
         };
         gauge!(m::SESSIONS, "role" => principal.role.as_str()).increment(1.0);
@@ -245,20 +299,26 @@ impl Router {
     }
 
     /// Decides completeness and the subscription's position, still under the lock that
-    /// registered it. `newest` is the newest event already in the subscriber's deque.
+    /// registered it. `newest` is the newest event already in the subscriber's deque;
+    /// `user_floor` the user's own eviction floor ([`UserEntry::floor`]), `None` for the
+    /// service role (whose resume must then be past every share eviction).
     fn settle(
         &self,
         since: Option<Cursor>,
         events: Option<Vec<Arc<Event>>>,
         newest: Option<Cursor>,
+        user_floor: Option<Cursor>,
     ) -> (Cursor, Option<Replay>) {
         let positions = *lock(&self.positions);
         let position = newest.map_or(positions.latest, |n| n.max(positions.latest));
         let replay = since.zip(events).map(|(since, events)| {
             // A cursor ahead of everything the server reported was not issued on this WAL.
             let issued = since.lsn <= positions.wal_end.max(positions.latest.lsn);
-            let complete =
-                since.history == positions.floor.history && since >= positions.floor && issued;
+            let shared = user_floor.unwrap_or(positions.shared);
+            let complete = since.history == positions.floor.history
+                && since >= positions.floor
+                && since >= shared
+                && issued;
             counter!(m::RESUMES, "complete" => if complete { "true" } else { "false" })
                 .increment(1);
             Replay {
@@ -291,15 +351,36 @@ impl Router {
     /// returns how many queued it. Never blocks on a session.
     pub fn dispatch(&self, event: Arc<Event>) -> usize {
         let mut queued = 0;
+        // The owner's events beyond its share, oldest first: out of the deque now (under the
+        // entry, with its floor), out of the window below (under `global`).
+        let mut over_share = Vec::new();
         if let Some(owner) = event.owner {
             let mut entry = self.users.entry(owner).or_default();
             entry.recent.push_back(Arc::clone(&event));
+            while entry.recent.len() > self.max_per_user {
+                let Some(old) = entry.recent.pop_front() else {
+                    break;
+                };
+                entry.floor = entry.floor.max(old.cursor);
+                over_share.push(old.cursor);
+            }
             entry
                 .sessions
                 .retain(|h| self.offer(h, &event, &mut queued));
         }
         let mut global = lock(&self.global);
         global.window.push(Arc::clone(&event));
+        if let Some(newest) = over_share.last() {
+            {
+                let mut positions = lock(&self.positions);
+                positions.shared = positions.shared.max(*newest);
+            }
+            for cursor in over_share {
+                if global.window.remove(cursor).is_some() {
+                    self.evicted[0].increment(1);
+                }
+            }
+        }
         let mut gone = Vec::new();
         for handle in &global.service {
             if !self.offer(handle, &event, &mut queued) {
@@ -334,7 +415,13 @@ impl Router {
 
     /// Moves the floor past each evicted event, then drops it from its owner's deque.
     fn evict(&self, global: &mut Global, now_us: i64) {
-        global.window.evict(now_us, |event| {
+        global.window.evict(now_us, |event, reason| {
+            let i = match reason {
+                Evicted::Age => 1,
+                Evicted::Count => 2,
+                Evicted::Bytes => 3,
+            };
+            self.evicted[i].increment(1);
             {
                 let mut positions = lock(&self.positions);
                 positions.floor = positions.floor.max(event.cursor);

@@ -4,6 +4,7 @@ use super::*;
 use crate::model::Operation;
 use crate::model::Relation;
 use serde_json::json;
+use std::num::NonZeroUsize;
 
 const HISTORY: u32 = 7;
 
@@ -20,10 +21,16 @@ fn principal(user: Option<Uuid>) -> Principal {
 }
 
 fn router(queue: usize, max_events: usize) -> Router {
+    shared_router(queue, max_events, 10_000)
+}
+
+/// A router whose window keeps `max_events` in all and `per_user` of each owner.
+fn shared_router(queue: usize, max_events: usize, per_user: usize) -> Router {
     let router = Router::new(
         queue,
         &ReplayConfig {
             max_events,
+            max_events_per_user: NonZeroUsize::new(per_user).unwrap(),
             ..ReplayConfig::default()
         },
     );
@@ -204,4 +211,159 @@ fn as_the_replication_dispatch_it_reports_what_the_window_holds() {
     dispatch.begin(HISTORY + 1, 20);
     assert_eq!((dispatch.oldest_lsn(), dispatch.evicted_lsn()), (None, 0));
     assert_eq!(router.latest_cursor(), Cursor::before(20, HISTORY + 1));
+}
+
+fn resume(router: &Router, user: Option<Uuid>, since: Cursor) -> Replay {
+    subscribe(router, user, Some(since)).replay.unwrap()
+}
+
+#[test]
+fn a_users_share_evicts_only_its_own_oldest_and_only_its_resume_is_incomplete() {
+    let router = shared_router(64, 100, 3);
+    let (b, x) = (Uuid::new_v4(), Uuid::new_v4());
+    router.dispatch(event(b, "app_open", 2));
+    for lsn in 3..=10 {
+        router.dispatch(event(x, "flood", lsn));
+    }
+    router.dispatch(event(b, "app_open", 11));
+    let mine = resume(&router, Some(b), Cursor::before(2, HISTORY));
+    assert!(mine.complete, "b lost nothing");
+    assert_eq!(lsns(&mine.events), [2, 11]);
+    assert!(
+        !resume(&router, Some(x), at(3, 0)).complete,
+        "x's 4 to 7 are gone"
+    );
+    let recent = resume(&router, Some(x), at(7, 0));
+    assert!(recent.complete, "after x's own floor");
+    assert_eq!(lsns(&recent.events), [8, 9, 10]);
+    // The service role cannot tell whose events it missed: conservative before the floor.
+    assert!(!resume(&router, None, Cursor::before(2, HISTORY)).complete);
+    let all = resume(&router, None, at(7, 0));
+    assert!(all.complete);
+    assert_eq!(lsns(&all.events), [8, 9, 10, 11]);
+    // The window freed x's evicted events; the slot may still confirm nothing past b's.
+    assert_eq!(router.oldest_lsn(), Some(2));
+    assert_eq!(router.evicted_lsn(), 0);
+    let global = lock(&router.global);
+    assert_eq!(global.window.len(), 5);
+}
+
+#[test]
+fn one_users_flood_leaves_the_window_bounds_to_the_others() {
+    let router = shared_router(64, 4, 2);
+    let (b, x) = (Uuid::new_v4(), Uuid::new_v4());
+    router.dispatch(event(b, "app_open", 2));
+    for lsn in 3..=500 {
+        router.dispatch(event(x, "flood", lsn));
+    }
+    let mine = resume(&router, Some(b), Cursor::before(2, HISTORY));
+    assert!(mine.complete, "x's flood never reached the count bound");
+    assert_eq!(lsns(&mine.events), [2]);
+}
+
+#[test]
+fn a_user_entry_removed_after_its_share_was_evicted_still_answers_incomplete() {
+    let router = shared_router(64, 3, 2);
+    let x = Uuid::new_v4();
+    for lsn in 2..=6 {
+        router.dispatch(event(x, "flood", lsn));
+    }
+    // Others' events push x's last two out by count: x's deque empties and its entry goes.
+    for lsn in 7..=9 {
+        router.dispatch(event(Uuid::new_v4(), "app_open", lsn));
+    }
+    assert!(router.users.get(&x).is_none());
+    for since in [at(2, 0), at(4, 0), at(5, 0)] {
+        assert!(!resume(&router, Some(x), since).complete, "{since:?}");
+    }
+    assert!(resume(&router, Some(x), at(6, 0)).complete);
+}
+
+#[test]
+fn session_slots_are_capped_per_user_and_for_the_service_role_and_given_back_on_drop() {
+    let router = router(8, 100);
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut held: Vec<Slot> = (0..3)
+        .map(|_| router.take_slot(&principal(Some(a)), 3, 2).unwrap())
+        .collect();
+    assert_eq!(
+        router.take_slot(&principal(Some(a)), 3, 2).err(),
+        Some(SlotRefused::User(3))
+    );
+    assert!(
+        router.take_slot(&principal(Some(b)), 3, 2).is_ok(),
+        "b is apart"
+    );
+    let service: Vec<Slot> = (0..2)
+        .map(|_| router.take_slot(&principal(None), 3, 2).unwrap())
+        .collect();
+    assert_eq!(
+        router.take_slot(&principal(None), 3, 2).err(),
+        Some(SlotRefused::Service(2))
+    );
+    drop(held.pop());
+    assert_eq!(router.slots_held(Some(a)), 2);
+    assert!(router.take_slot(&principal(Some(a)), 3, 2).is_ok());
+    drop(service);
+    assert_eq!(router.slots_held(None), 0);
+    assert_eq!(
+        router.slots_held(Some(b)),
+        0,
+        "b's slot was dropped at once"
+    );
+}
+
+#[test]
+fn concurrent_takers_never_exceed_the_cap() {
+    let router = router(8, 100);
+    let a = Uuid::new_v4();
+    let barrier = std::sync::Barrier::new(40);
+    let taken: Vec<Option<Slot>> = std::thread::scope(|scope| {
+        let takers: Vec<_> = (0..40)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    router.take_slot(&principal(Some(a)), 32, 1).ok()
+                })
+            })
+            .collect();
+        takers.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert_eq!(taken.iter().flatten().count(), 32);
+    assert_eq!(router.slots_held(Some(a)), 32);
+    drop(taken);
+    assert_eq!(router.slots_held(Some(a)), 0);
+}
+
+proptest::proptest! {
+    /// With no global eviction, a resume is complete exactly when no event of the user after
+    /// the cursor was evicted for the user's share, and then it is every such event.
+    #[test]
+    fn a_share_resume_is_complete_exactly_when_nothing_of_its_own_was_evicted(
+        owners in proptest::collection::vec(0usize..3, 1..120),
+        since in 1u64..130,
+        who in 0usize..3,
+    ) {
+        let router = shared_router(256, 10_000, 5);
+        let users = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
+        for (i, owner) in owners.iter().enumerate() {
+            router.dispatch(event(users[*owner], "e", i as u64 + 2));
+        }
+        router.note_wal_end(200);
+        let theirs: Vec<u64> = owners
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| **o == who)
+            .map(|(i, _)| i as u64 + 2)
+            .collect();
+        let evicted = theirs.len().saturating_sub(5);
+        let since = at(since, 0);
+        let lost = theirs[..evicted].iter().any(|l| *l > since.lsn);
+        let got = resume(&router, Some(users[who]), since);
+        proptest::prop_assert_eq!(got.complete, !lost);
+        if got.complete {
+            let expected: Vec<u64> = theirs.iter().copied().filter(|l| *l > since.lsn).collect();
+            proptest::prop_assert_eq!(lsns(&got.events), expected);
+        }
+    }
 }

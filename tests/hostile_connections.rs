@@ -313,15 +313,15 @@ async fn at_the_open_file_limit_readyz_and_metrics_keep_answering() {
     assert_eq!(line["max_sessions_from"], "derived", "{line}");
     assert_eq!(line["max_pending"], expected.max_pending as u64, "{line}");
 
-    // Every session slot taken (one user per 100 sessions).
-    let users: Vec<String> = (0..=expected.max_sessions / 100)
+    // Every session slot taken (one user per 25 sessions: under limits.max_sessions_per_user).
+    let users: Vec<String> = (0..=expected.max_sessions / 25)
         .map(|_| user_token(Uuid::new_v4(), MINUTE))
         .collect();
     let mut sessions = Vec::with_capacity(expected.max_sessions);
     while sessions.len() < expected.max_sessions {
         let mut batch = JoinSet::new();
         for i in sessions.len()..(sessions.len() + 50).min(expected.max_sessions) {
-            let (addr, token) = (relay.addr, users[i / 100].clone());
+            let (addr, token) = (relay.addr, users[i / 25].clone());
             batch.spawn(async move { open_session(addr, &token).await });
         }
         for opened in batch.join_all().await {

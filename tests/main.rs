@@ -17,6 +17,7 @@ mod cli;
 mod dev;
 mod doctor;
 mod engagement_schema;
+mod fairness;
 mod fault_pg_restart;
 mod faults;
 mod history;

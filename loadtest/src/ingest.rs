@@ -53,6 +53,9 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         extra: &[
             ("RELAY_INGEST__KEY_RATE", "1000000"),
             ("RELAY_INGEST__KEY_BURST", "1000000"),
+            // Throughput is the measurement: the rows limit (issue 12) must not be.
+            ("RELAY_INGEST__KEY_ROWS_PER_SECOND", "1000000"),
+            ("RELAY_INGEST__KEY_ROWS_BURST", "1000000"),
             ("RELAY_LIMITS__SESSION_QUEUE", "16384"),
         ],
     })

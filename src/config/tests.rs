@@ -148,3 +148,44 @@ fn connection_hygiene_keys_have_defaults_and_refuse_zero() {
     let err = scratch.load("[server]\nmax_pending = 0\n").unwrap_err();
     assert!(err.contains("server.max_pending"), "{err}");
 }
+
+#[test]
+fn fairness_keys_have_their_defaults_and_a_burst_must_hold_a_full_batch() {
+    let scratch = Scratch::new("config-fair");
+    let config = scratch.load("[auth]\njwt_secret = \"x\"\n").unwrap();
+    assert_eq!(config.limits.max_sessions_per_user.get(), 32);
+    assert_eq!(config.limits.max_service_sessions.get(), 1024);
+    assert_eq!(config.replay.max_events_per_user.get(), 10_000);
+    assert_eq!(config.ingest.user_rows_burst.get(), 5_000);
+    for key in ["user_rows_burst", "key_rows_burst"] {
+        let err = scratch
+            .load(&format!(
+                "[ingest]\n{key} = 4999\n[auth]\njwt_secret = \"x\"\n"
+            ))
+            .unwrap_err();
+        assert!(
+            err.contains(&format!("ingest.{key}")) && err.contains("ingest.max_batch"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
+    }
+    // A smaller batch lets a smaller burst pass.
+    let config = scratch
+        .load("[ingest]\nmax_batch = 10\nuser_rows_burst = 10\n[auth]\njwt_secret = \"x\"\n")
+        .unwrap();
+    assert_eq!(config.ingest.user_rows_burst.get(), 10);
+    for (section, key) in [
+        ("limits", "max_sessions_per_user"),
+        ("limits", "max_service_sessions"),
+        ("replay", "max_events_per_user"),
+        ("ingest", "user_rows_per_second"),
+        ("ingest", "key_rows_per_second"),
+    ] {
+        let err = scratch
+            .load(&format!(
+                "[{section}]\n{key} = 0\n[auth]\njwt_secret = \"x\"\n"
+            ))
+            .unwrap_err();
+        assert!(err.contains(&format!("{section}.{key}")), "{err}");
+    }
+}

@@ -1,6 +1,7 @@
 //! The one error response of the server port: JSON `{"error": code, "message": text}` with its
 //! HTTP status, plus `errors: [{index, field, error}]` on a 422 `validation_failed` and a
-//! `Retry-After` header (whole seconds) on 429 `rate_limited` and 503 `not_ready`.
+//! `Retry-After` header (whole seconds) on 429 `rate_limited`, `too_many_user_sessions` and
+//! `too_many_service_sessions`, and 503 `not_ready`.
 //!
 //! Every refusal of the server port, a WebSocket upgrade's or the API's, is one of these, so a
 //! client parses one shape (the OpenAPI document's `ErrorBody`).
@@ -15,6 +16,11 @@ use tracing::warn;
 use super::api::validate::FieldError;
 use crate::auth::AuthError;
 use crate::db::describe;
+use crate::router::SlotRefused;
+
+/// `Retry-After` of a 429 for a session cap, seconds: long enough for a client's other session
+/// to end, short enough not to strand a reconnecting tab.
+const SESSION_CAP_RETRY_S: u64 = 5;
 
 /// A JSON error response: status, machine-readable code, human message, and the optional
 /// `errors` list and `Retry-After` header.
@@ -103,6 +109,28 @@ impl HttpError {
             format!("too many requests; retry in {seconds} s"),
         )
         .retry_after(seconds)
+    }
+
+    /// 429 `rate_limited` for rows: `why` says which limit, retry after `seconds` (at least 1).
+    pub fn rows_limited(seconds: u64, why: String) -> HttpError {
+        let seconds = seconds.max(1);
+        HttpError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("{why}; retry in {seconds} s"),
+        )
+        .retry_after(seconds)
+    }
+
+    /// 429 `too_many_user_sessions` or `too_many_service_sessions` with `Retry-After: 5`: the
+    /// caller already holds its cap of sessions ([`SlotRefused`]); one must end first.
+    pub fn session_cap(refused: SlotRefused) -> HttpError {
+        HttpError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            refused.code(),
+            refused.to_string(),
+        )
+        .retry_after(SESSION_CAP_RETRY_S)
     }
 
     /// 503 `not_ready` with `Retry-After: 1`: the relay is rebuilding its replay window.

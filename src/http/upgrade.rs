@@ -5,8 +5,13 @@
 //! that does not parse (`invalid_query`), a table that is not streamed (`unknown_table`) or an
 //! unknown `vsn` (`unsupported_vsn`); 401 for a missing, malformed, wrongly signed or expired
 //! token, 403 for a valid token whose role may not subscribe; 426 for a plain GET without an
-//! upgrade; 503 while the replay window is rebuilt after start (`not_ready`, `Retry-After: 1`)
-//! or when every `server.max_sessions` permit is held (`too_many_sessions`).
+//! upgrade; 429 when the caller already holds its cap of sessions (`too_many_user_sessions`,
+//! `limits.max_sessions_per_user`; `too_many_service_sessions`, `limits.max_service_sessions`;
+//! `Retry-After: 5`); 503 while the replay window is rebuilt after start (`not_ready`,
+//! `Retry-After: 1`) or when every `server.max_sessions` permit is held (`too_many_sessions`).
+//!
+//! A Realtime socket takes no session slot: it subscribes to nothing until a channel joins,
+//! and each joined channel takes one (docs/PROTOCOL.md, "Session caps").
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -108,8 +113,18 @@ async fn native(
     let since = query.since.as_deref().map(str::parse::<Cursor>);
     let interest = interest(query.table, query.event_type, &state.tables)
         .map_err(|why| HttpError::bad_request("unknown_table", why))?;
-    start_session(&state, upgrade, move |ws, ctx| {
-        session::run_native(ws, ctx, principal, interest, since)
+    // Checked and taken in one step, held until the session ends (dropped with the task).
+    let slot = state
+        .router
+        .take_slot(
+            &principal,
+            state.limits.max_sessions_per_user.get(),
+            state.limits.max_service_sessions.get(),
+        )
+        .map_err(HttpError::session_cap)?;
+    start_session(&state, upgrade, move |ws, ctx| async move {
+        session::run_native(ws, ctx, principal, interest, since).await;
+        drop(slot);
     })
 }
 

@@ -5,7 +5,8 @@
 //! Every error is an [`HttpError`], JSON `{"error": code, "message": text}` with its status: 400
 //! malformed JSON or query,
 //! 401 token, 403 role or RLS, 413 body or batch too large, 422 validation (with `errors`:
-//! `[{index, field, error}]`), 503 database unavailable. Nothing is written unless every event
+//! `[{index, field, error}]`), 429 over a request or rows rate limit ([`limit`]), 503 database
+//! unavailable. Nothing is written unless every event
 //! is valid and the whole transaction commits.
 
 pub mod history;
@@ -59,12 +60,13 @@ pub fn pool(config: &Config) -> Result<Pool, ConfigError> {
         .map_err(|e| ConfigError(format!("ingest.pool_size: {e}")))
 }
 
-/// The caller, from `Authorization: Bearer <jwt>`, within its rate limit.
-fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, HttpError> {
+/// The caller, from `Authorization: Bearer <jwt>`, within its request rate limit; and its
+/// token, whose rows the ingest counts ([`limit::Limits::check_rows`]).
+fn caller<'h>(state: &AppState, headers: &'h HeaderMap) -> Result<(Principal, &'h str), HttpError> {
     let token = bearer::bearer(headers).ok_or(AuthError::Missing)?;
     let principal = state.verifier.verify(token)?;
     state.rate_limits.check(&principal, token)?;
-    Ok(principal)
+    Ok((principal, token))
 }
 
 /// The request's JSON body (400 malformed, 413 too large).
@@ -118,12 +120,17 @@ fn events_of(body: Value, single: bool, max: usize) -> Result<Vec<Value>, HttpEr
 async fn ingest(
     state: &AppState,
     headers: &HeaderMap,
-    principal: &Principal,
+    (principal, token): (&Principal, &str),
     body: Result<Bytes, BytesRejection>,
     single: bool,
 ) -> Result<Response, HttpError> {
     let config = &state.ingest;
+    state.rate_limits.check_rows_open(principal, token)?;
     let events = events_of(json_body(body)?, single, config.max_batch.get())?;
+    // Rows are counted before any work on them: a refused flood costs a parse, nothing more.
+    state
+        .rate_limits
+        .check_rows(principal, token, events.len())?;
     let valid = validate::validate(&events, chrono::Utc::now(), config.oldest_timestamp)
         .map_err(HttpError::validation)?;
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
@@ -155,13 +162,13 @@ pub async fn post_batch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
-    let principal = caller(&state, &headers)?;
+    let (principal, token) = caller(&state, &headers)?;
     if principal.role != Role::ServiceRole {
         return Err(HttpError::forbidden(
             "the batch endpoint needs a service_role token",
         ));
     }
-    ingest(&state, &headers, &principal, body, false).await
+    ingest(&state, &headers, (&principal, token), body, false).await
 }
 
 /// `POST /v1/events`: a user's own events (one object, or `{"events": […]}`), under RLS.
@@ -178,6 +185,6 @@ pub async fn post_events(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
-    let principal = caller(&state, &headers)?;
-    ingest(&state, &headers, &principal, body, true).await
+    let (principal, token) = caller(&state, &headers)?;
+    ingest(&state, &headers, (&principal, token), body, true).await
 }

@@ -16,6 +16,11 @@
 //! by its first join with a valid token: until then it [awaits a join](Protocol::awaiting_join),
 //! and the engine closes it (1008) after `limits.join_timeout`, so that unauthenticated sockets
 //! cannot hold `server.max_sessions` slots.
+//!
+//! Each joined channel with a served binding holds one of its token's session slots
+//! (`limits.max_sessions_per_user`, `limits.max_service_sessions`): a join over the cap is
+//! answered with a `phx_reply` error (`too_many_user_sessions: …`) and subscribes nothing. The
+//! socket itself takes no slot (docs/PROTOCOL.md, "Session caps").
 
 pub mod channels;
 pub mod phoenix;
@@ -33,6 +38,7 @@ use super::{refresh, SessionContext};
 use crate::auth::{now_s, Principal, Verifier};
 use crate::filter::Interest;
 use crate::model::Event;
+use crate::router::{Router, Slot};
 use crate::tables::Tables;
 
 /// Most channels one socket may join (Supabase's `max_channels_per_client` default).
@@ -44,6 +50,11 @@ pub async fn run_realtime(ws: WebSocket, ctx: SessionContext, vsn: Vsn, apikey: 
     let protocol = Realtime {
         verifier: ctx.verifier.clone(),
         tables: ctx.tables.clone(),
+        router: ctx.router.clone(),
+        caps: (
+            ctx.limits.max_sessions_per_user.get(),
+            ctx.limits.max_service_sessions.get(),
+        ),
         vsn,
         apikey,
         channels: HashMap::new(),
@@ -59,14 +70,19 @@ struct Channel {
     join_ref: Value,
     principal: Principal,
     bindings: Vec<Binding>,
-    /// Its router subscription; `None` when no binding could be served.
-    key: Option<Key>,
+    /// Its router subscription and the session slot it holds; `None` when no binding could be
+    /// served.
+    key: Option<(Key, Slot)>,
 }
 
 /// A Realtime socket's protocol state: its channels.
 struct Realtime {
     verifier: Arc<Verifier>,
     tables: Arc<Tables>,
+    /// Where channels take their session slots.
+    router: Arc<Router>,
+    /// `limits.max_sessions_per_user` and `limits.max_service_sessions`.
+    caps: (usize, usize),
     vsn: Vsn,
     /// The `apikey` parameter, the credential when a join carries no `access_token`.
     apikey: Option<String>,
@@ -241,11 +257,20 @@ impl Realtime {
             echoed.push(spec);
         }
         let any_valid = bindings.iter().any(|b| b.filter.is_some());
-        let key = any_valid.then(|| {
-            let (key, _, _) = subs.subscribe(&principal, Interest::default(), None);
-            self.topics.insert(key, msg.topic.clone());
-            key
-        });
+        let key = match any_valid {
+            false => None,
+            true => match self.router.take_slot(&principal, self.caps.0, self.caps.1) {
+                Ok(slot) => {
+                    let (key, _, _) = subs.subscribe(&principal, Interest::default(), None);
+                    self.topics.insert(key, msg.topic.clone());
+                    Some((key, slot))
+                }
+                Err(refused) => {
+                    let reason = format!("{}: {refused}", refused.code());
+                    return out.push(self.reply(&msg, "error", json!({ "reason": reason })));
+                }
+            },
+        };
         self.channels.insert(
             msg.topic.clone(),
             Channel {
@@ -294,9 +319,10 @@ impl Realtime {
     /// Drops a channel and its subscription (no frames); returns its join_ref if it existed.
     fn leave(&mut self, topic: &str, subs: &mut Subscriptions) -> Option<Value> {
         let channel = self.channels.remove(topic)?;
-        if let Some(key) = channel.key {
+        if let Some((key, slot)) = channel.key {
             self.topics.remove(&key);
             subs.unsubscribe(key);
+            drop(slot);
         }
         Some(channel.join_ref)
     }
