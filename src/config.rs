@@ -488,6 +488,7 @@ impl Config {
             ("limits.join_timeout", self.limits.join_timeout),
             ("server.header_timeout", self.server.header_timeout),
             ("server.idle_timeout", self.server.idle_timeout),
+            ("server.request_timeout", self.server.request_timeout),
             ("database.status_interval", self.database.status_interval),
             ("database.reconnect_max", self.database.reconnect_max),
             ("shutdown.grace", self.shutdown.grace),
@@ -511,6 +512,7 @@ impl Config {
             ("limits.join_timeout", self.limits.join_timeout),
             ("server.header_timeout", self.server.header_timeout),
             ("server.idle_timeout", self.server.idle_timeout),
+            ("server.request_timeout", self.server.request_timeout),
         ] {
             if value.is_zero() {
                 return fail(key, "must be above 0");

@@ -25,6 +25,8 @@ pub enum Reason {
     HeaderTimeout,
     /// A keep-alive HTTP connection stayed idle past `server.idle_timeout`.
     IdleTimeout,
+    /// An HTTP request (its body included) took longer than `server.request_timeout` (408).
+    RequestTimeout,
     /// `server.max_pending` connections were already reading their request head.
     MaxPending,
     /// `accept` failed for lack of file descriptors (`EMFILE`/`ENFILE`); the loop backed off.
@@ -47,9 +49,10 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in label order.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::HeaderTimeout,
         Reason::IdleTimeout,
+        Reason::RequestTimeout,
         Reason::MaxPending,
         Reason::Descriptors,
         Reason::MaxSessions,
@@ -65,6 +68,7 @@ impl Reason {
         match self {
             Reason::HeaderTimeout => "header_timeout",
             Reason::IdleTimeout => "idle_timeout",
+            Reason::RequestTimeout => "request_timeout",
             Reason::MaxPending => "max_pending",
             Reason::Descriptors => "descriptors",
             Reason::MaxSessions => "max_sessions",
@@ -81,6 +85,7 @@ impl Reason {
         match self {
             Reason::HeaderTimeout => "connections closed: no request head within server.header_timeout",
             Reason::IdleTimeout => "keep-alive connections closed: idle past server.idle_timeout",
+            Reason::RequestTimeout => "requests answered 408: not complete (body included) within server.request_timeout",
             Reason::MaxPending => "connections closed: server.max_pending connections were still reading a request head",
             Reason::Descriptors => "accept failed: out of file descriptors (backing off)",
             Reason::MaxSessions => "upgrades refused (503): server.max_sessions sessions are open",

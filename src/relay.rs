@@ -133,7 +133,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     };
     let server_task = tokio::spawn(serve::serve(
         server,
-        http::server_routes(state),
+        http::server_routes(state, config.server.request_timeout),
         rules,
         sessions_stop.clone(),
     ));

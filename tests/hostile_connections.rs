@@ -152,6 +152,50 @@ async fn idle_and_slowloris_connections_are_closed_within_the_header_timeout_whi
     relay.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_trickled_a_byte_at_a_time_gets_408_within_the_request_timeout() {
+    let db = TestDb::new().await;
+    let timeout = Duration::from_secs(2);
+    let relay = db.relay_with(|c| c.server.request_timeout = timeout).await;
+    let token = user_token(Uuid::new_v4(), MINUTE);
+    let mut tcp = TcpStream::connect(relay.server_addr()).await.unwrap();
+    let head = format!(
+        "POST /v1/events/batch HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n["
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let since = Instant::now();
+    let (mut read, mut write) = tcp.into_split();
+    let drip = tokio::spawn(async move {
+        while write.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let mut response = Vec::new();
+    let read_all = read.read_to_end(&mut response);
+    tokio::time::timeout(timeout + Duration::from_secs(5), read_all)
+        .await
+        .expect("answered and closed within the request timeout")
+        .ok();
+    let elapsed = since.elapsed();
+    drip.abort();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(
+        response.contains("\"error\":\"request_timeout\""),
+        "{response}"
+    );
+    assert!(elapsed >= timeout, "{elapsed:?}");
+    let exposition = scrape(&relay).await;
+    assert!(
+        metric(
+            &exposition,
+            "relay_refused_total{reason=\"request_timeout\"}"
+        ) >= 1.0
+    );
+    relay.shutdown().await.unwrap();
+}
+
 /// Sends one `GET /healthz` on `tcp` and reads its whole response (`Content-Length` bytes).
 async fn healthz_on(tcp: &mut TcpStream) -> String {
     tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
@@ -386,7 +430,11 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
     const FILES: u64 = 512;
     let db = TestDb::new().await;
     // A cap beyond what the descriptors allow: the reserve is gone (the relay warns).
-    let env = [("RELAY_SERVER__MAX_SESSIONS", "5000")];
+    // One user holds them all: its own cap is lifted too.
+    let env = [
+        ("RELAY_SERVER__MAX_SESSIONS", "5000"),
+        ("RELAY_LIMITS__MAX_SESSIONS_PER_USER", "5000"),
+    ];
     let relay = start_ready_with_open_files(&db, &env, FILES).await;
     assert!(relay.message("server.max_sessions exceeds").is_some());
     let token = user_token(Uuid::new_v4(), MINUTE);

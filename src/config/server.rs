@@ -31,6 +31,12 @@ pub struct ServerConfig {
     /// longer than the 60 s idle timeout of common load balancers, so they close first).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Longest an HTTP request may take from its complete head to its response, the body read
+    /// included (default `30s`); then it is answered 408 `request_timeout` and the connection
+    /// closed: a body trickled a byte at a time cannot hold a descriptor. WebSocket sessions
+    /// are not requests once upgraded.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Most connections waiting for a request head at once (new ones and keep-alive ones
     /// between requests); a connection accepted beyond it takes the slot of the one waiting
     /// longest, which is closed. Unset (the default): an eighth of the open-file limit, at most
@@ -45,6 +51,7 @@ impl Default for ServerConfig {
             max_sessions: None,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(75),
+            request_timeout: Duration::from_secs(30),
             max_pending: None,
         }
     }

@@ -130,9 +130,11 @@ fn connection_hygiene_keys_have_defaults_and_refuse_zero() {
     assert_eq!(config.server.max_pending.map(|n| n.get()), Some(64));
     assert_eq!(config.server.max_sessions.map(|n| n.get()), Some(10));
     assert_eq!(config.limits.join_timeout, Duration::from_secs(1));
+    assert_eq!(defaults.server.request_timeout, Duration::from_secs(30));
     for (section, key) in [
         ("server", "header_timeout"),
         ("server", "idle_timeout"),
+        ("server", "request_timeout"),
         ("limits", "join_timeout"),
     ] {
         let err = scratch

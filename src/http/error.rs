@@ -147,6 +147,18 @@ impl HttpError {
         )
     }
 
+    /// 408 `request_timeout`: the request (its body included) took longer than `timeout`.
+    pub fn request_timeout(timeout: std::time::Duration) -> HttpError {
+        HttpError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request was not complete within server.request_timeout ({})",
+                humantime::format_duration(timeout)
+            ),
+        )
+    }
+
     /// 503 `database_unavailable`: no pooled connection could be had.
     pub fn unavailable(e: impl std::fmt::Display) -> HttpError {
         HttpError::new(

@@ -15,9 +15,12 @@ pub mod serve;
 pub mod upgrade;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router as HttpRouter;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -29,6 +32,7 @@ pub use error::HttpError;
 
 use crate::auth::Verifier;
 use crate::config::{IngestConfig, LimitsConfig};
+use crate::refused::{self, Reason};
 use crate::replication::StreamStatus;
 use crate::router::Router;
 use crate::tables::Tables;
@@ -70,8 +74,9 @@ pub fn session_permits(max_sessions: usize) -> Arc<Semaphore> {
     Arc::new(Semaphore::new(max_sessions.min(Semaphore::MAX_PERMITS)))
 }
 
-/// The server port's routes.
-pub fn server_routes(state: AppState) -> HttpRouter {
+/// The server port's routes; each request, its body read included, must be answered within
+/// `request_timeout` (`server.request_timeout`), else it is a 408 ([`deadline`]).
+pub fn server_routes(state: AppState, request_timeout: Duration) -> HttpRouter {
     let body_limit = DefaultBodyLimit::max(state.ingest.max_body_bytes);
     HttpRouter::new()
         .route(
@@ -84,7 +89,22 @@ pub fn server_routes(state: AppState) -> HttpRouter {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .layer(body_limit)
+        .layer(middleware::from_fn_with_state(request_timeout, deadline))
         .with_state(state)
+}
+
+/// Answers 408 `request_timeout` when `request` (its body read included) is not handled within
+/// `timeout`, and counts it (`relay_refused_total{reason="request_timeout"}`): a client that
+/// trickles its body cannot hold a connection. The handler is dropped; hyper closes the
+/// connection, whose body was not read to its end.
+async fn deadline(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            refused::one(Reason::RequestTimeout);
+            HttpError::request_timeout(timeout).into_response()
+        }
+    }
 }
 
 /// The metrics port's routes: `GET /metrics` in Prometheus text format.
