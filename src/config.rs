@@ -207,8 +207,9 @@ pub struct LimitsConfig {
     /// (default `60s`).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// A Realtime socket that has not joined a channel with a valid token this long after it
-    /// opened is closed with 1008 (default `30s`); native sessions are authorized at the upgrade.
+    /// A Realtime socket without a subscribed channel (a valid token and a served binding) this
+    /// long after it opened or left its last channel is closed with 1008 (default `30s`);
+    /// native sessions are authorized at the upgrade.
     #[serde(with = "humantime_serde")]
     pub join_timeout: Duration,
     /// Most sessions one user (`sub`) may hold at once: native sessions plus joined Realtime

@@ -171,7 +171,8 @@ const DEMO_RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// connection is lost (PostgreSQL restarted) it reconnects with a doubling backoff
 /// ([`DEMO_RECONNECT_MIN`] to [`DEMO_RECONNECT_MAX`]), logging once per outage.
 async fn demo_traffic(url: String, users: Vec<Uuid>, rate: f64, stop: CancellationToken) {
-    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    // At most 1,000 per second: `interval` refuses a zero period (e.g. `--demo-rate inf`).
+    let period = Duration::from_secs_f64(1.0 / rate.clamp(0.001, 1000.0));
     let mut backoff = DEMO_RECONNECT_MIN;
     let mut outage = false;
     loop {

@@ -25,7 +25,7 @@ pub enum Reason {
     HeaderTimeout,
     /// A keep-alive HTTP connection stayed idle past `server.idle_timeout`.
     IdleTimeout,
-    /// An HTTP request (its body included) took longer than `server.request_timeout` (408).
+    /// An HTTP request's body had not fully arrived `server.request_timeout` after its head (408).
     RequestTimeout,
     /// `server.max_pending` connections were already reading their request head.
     MaxPending,
@@ -85,7 +85,7 @@ impl Reason {
         match self {
             Reason::HeaderTimeout => "connections closed: no request head within server.header_timeout",
             Reason::IdleTimeout => "keep-alive connections closed: idle past server.idle_timeout",
-            Reason::RequestTimeout => "requests answered 408: not complete (body included) within server.request_timeout",
+            Reason::RequestTimeout => "requests answered 408: body not complete within server.request_timeout",
             Reason::MaxPending => "connections closed: server.max_pending connections were still reading a request head",
             Reason::Descriptors => "accept failed: out of file descriptors (backing off)",
             Reason::MaxSessions => "upgrades refused (503): server.max_sessions sessions are open",

@@ -262,7 +262,7 @@ async fn keep_alive_connections_idle_up_to_the_idle_timeout_and_each_head_has_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_realtime_socket_that_never_joins_is_closed_after_the_join_timeout_and_one_that_joins_stays(
+async fn a_realtime_socket_without_a_subscribed_channel_is_closed_after_the_join_timeout_and_one_with_a_channel_stays(
 ) {
     let db = TestDb::new().await;
     let join_timeout = Duration::from_secs(1);
@@ -279,13 +279,27 @@ async fn a_realtime_socket_that_never_joins_is_closed_after_the_join_timeout_and
     let join = phoenix::join("realtime:a", "1", invalid, bindings.clone());
     refused.send(Message::text(join)).await.unwrap();
     assert_eq!(phoenix::next(&mut refused).await[4]["status"], "error");
+    // A channel with no postgres_changes binding subscribes nothing and holds no session slot:
+    // it does not count either (else one user's sockets could hold every max_sessions permit).
+    let mut bare = phoenix::open(&relay, "sb_publishable_anything", "2.0.0").await;
+    let join = phoenix::join("realtime:c", "1", &token, json!([]));
+    bare.send(Message::text(join)).await.unwrap();
+    assert_eq!(phoenix::next(&mut bare).await[4]["status"], "ok");
+    // Leaving the last channel starts the deadline again.
+    let mut left = phoenix::open(&relay, "sb_publishable_anything", "2.0.0").await;
+    let join = phoenix::join("realtime:d", "1", &token, bindings.clone());
+    left.send(Message::text(join)).await.unwrap();
+    assert_eq!(phoenix::next(&mut left).await[4]["status"], "ok");
+    tokio::time::sleep(join_timeout * 2).await;
+    let leave = json!(["1", "2", "realtime:d", "phx_leave", {}]).to_string();
+    left.send(Message::text(leave)).await.unwrap();
     // A socket that joins stays past the deadline.
     let mut joined = phoenix::open(&relay, "sb_publishable_anything", "2.0.0").await;
     let join = phoenix::join("realtime:b", "1", &token, bindings);
     joined.send(Message::text(join)).await.unwrap();
     assert_eq!(phoenix::next(&mut joined).await[4]["status"], "ok");
 
-    for ws in [&mut idle, &mut refused] {
+    for ws in [&mut idle, &mut refused, &mut bare, &mut left] {
         let close = tokio::time::timeout(join_timeout * 10, async {
             loop {
                 match ws.next().await {
@@ -310,8 +324,8 @@ async fn a_realtime_socket_that_never_joins_is_closed_after_the_join_timeout_and
     };
     assert_eq!(reply[4]["status"], "ok", "{reply}");
     let exposition = scrape(&relay).await;
-    assert!(metric(&exposition, "relay_refused_total{reason=\"join_timeout\"}") >= 2.0);
-    assert!(metric(&exposition, "relay_sessions_closed_total{code=\"1008\"}") >= 2.0);
+    assert!(metric(&exposition, "relay_refused_total{reason=\"join_timeout\"}") >= 4.0);
+    assert!(metric(&exposition, "relay_sessions_closed_total{code=\"1008\"}") >= 4.0);
     relay.shutdown().await.unwrap();
 }
 

@@ -31,10 +31,10 @@ pub struct ServerConfig {
     /// longer than the 60 s idle timeout of common load balancers, so they close first).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Longest an HTTP request may take from its complete head to its response, the body read
-    /// included (default `30s`); then it is answered 408 `request_timeout` and the connection
-    /// closed: a body trickled a byte at a time cannot hold a descriptor. WebSocket sessions
-    /// are not requests once upgraded.
+    /// Longest an HTTP request's body may take to arrive in full after its head (default
+    /// `30s`); then it is answered 408 `request_timeout` and the connection closed: a body
+    /// trickled a byte at a time cannot hold a descriptor. Only the body read is timed, never
+    /// the handler's work after it (an insert being committed).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Most connections waiting for a request head at once (new ones and keep-alive ones

@@ -147,13 +147,13 @@ impl HttpError {
         )
     }
 
-    /// 408 `request_timeout`: the request (its body included) took longer than `timeout`.
+    /// 408 `request_timeout`: the request's body had not fully arrived `timeout` after its head.
     pub fn request_timeout(timeout: std::time::Duration) -> HttpError {
         HttpError::new(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
             format!(
-                "the request was not complete within server.request_timeout ({})",
+                "the request body was not complete within server.request_timeout ({})",
                 humantime::format_duration(timeout)
             ),
         )

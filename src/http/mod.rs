@@ -14,15 +14,21 @@ pub mod query;
 pub mod serve;
 pub mod upgrade;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router as HttpRouter;
+use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -74,8 +80,8 @@ pub fn session_permits(max_sessions: usize) -> Arc<Semaphore> {
     Arc::new(Semaphore::new(max_sessions.min(Semaphore::MAX_PERMITS)))
 }
 
-/// The server port's routes; each request, its body read included, must be answered within
-/// `request_timeout` (`server.request_timeout`), else it is a 408 ([`deadline`]).
+/// The server port's routes; each request's body must arrive within `request_timeout`
+/// (`server.request_timeout`), else it is a 408 ([`deadline`]).
 pub fn server_routes(state: AppState, request_timeout: Duration) -> HttpRouter {
     let body_limit = DefaultBodyLimit::max(state.ingest.max_body_bytes);
     HttpRouter::new()
@@ -93,17 +99,62 @@ pub fn server_routes(state: AppState, request_timeout: Duration) -> HttpRouter {
         .with_state(state)
 }
 
-/// Answers 408 `request_timeout` when `request` (its body read included) is not handled within
-/// `timeout`, and counts it (`relay_refused_total{reason="request_timeout"}`): a client that
-/// trickles its body cannot hold a connection. The handler is dropped; hyper closes the
-/// connection, whose body was not read to its end.
+/// Gives `request`'s body `timeout` to arrive in full (`server.request_timeout`, from the
+/// complete head); a body still incomplete then ends the request with a 408 `request_timeout`,
+/// counted as `relay_refused_total{reason="request_timeout"}`: a client that trickles its body
+/// cannot hold a connection. Only the body read is timed: once the body is in, the handler's
+/// work (an insert being committed) is not cut short. hyper closes the connection, whose body
+/// was not read to its end.
 async fn deadline(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            refused::one(Reason::RequestTimeout);
-            HttpError::request_timeout(timeout).into_response()
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let request = request.map(|body| {
+        Body::new(DeadlineBody {
+            body,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timed_out: timed_out.clone(),
+        })
+    });
+    let response = next.run(request).await;
+    if timed_out.load(Ordering::Relaxed) {
+        refused::one(Reason::RequestTimeout);
+        return HttpError::request_timeout(timeout).into_response();
+    }
+    response
+}
+
+/// A request body that fails once its deadline passes before its last frame.
+struct DeadlineBody {
+    body: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timed_out: Arc<AtomicBool>,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            return Poll::Ready(frame);
         }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.timed_out.store(true, Ordering::Relaxed);
+            let late = std::io::Error::new(std::io::ErrorKind::TimedOut, "server.request_timeout");
+            return Poll::Ready(Some(Err(axum::Error::new(late))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -161,8 +161,12 @@ async fn connection(
     builder.header_read_timeout(None);
     let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
+    // Dropped before `conn` (locals drop in reverse order), so that however this task ends, a
+    // panicking handler included, the connection leaves the pending count before its requests.
+    let _end = EndOnDrop(watch.clone());
     let mut deadline = watch.born + rules.header_timeout;
     let mut stopping = false;
+    let mut evicted_late = false;
     loop {
         tokio::select! {
             biased;
@@ -181,12 +185,15 @@ async fn connection(
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
             }
-            // A newer connection took this one's pending slot (unless a request just began).
-            _ = watch.evicted.cancelled(), if !stopping => {
+            // A newer connection took this one's pending slot. If a request began meanwhile the
+            // eviction came too late: the connection is served and counts again once idle (the
+            // token stays cancelled, so the arm is disabled rather than polled in a spin).
+            _ = watch.evicted.cancelled(), if !stopping && !evicted_late => {
                 if watch.in_flight.load(Relaxed) == 0 {
                     refused::one(Reason::MaxPending);
                     break;
                 }
+                evicted_late = true;
             }
             // A request ended or the next one began: the deadline moves.
             _ = watch.changed.notified() => deadline = Instant::now(),
@@ -199,7 +206,15 @@ async fn connection(
             },
         }
     }
-    watch.end();
+}
+
+/// Ends its connection's [`Watch`] when dropped.
+struct EndOnDrop(Arc<Watch>);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.0.end();
+    }
 }
 
 /// The pending connections of one listener: their count, and the order in which they became

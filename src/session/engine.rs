@@ -145,10 +145,11 @@ pub trait Protocol: Send {
     /// the configured leeway already taken off).
     fn on_expired(&mut self, cutoff: i64, subs: &mut Subscriptions) -> Outcome;
 
-    /// True while the session has yet to authorize itself on the socket (Realtime: until a
-    /// channel is joined with a valid token). Once false it must stay false; a session still
-    /// awaiting a join after `limits.join_timeout` is closed. Default: never (the native
-    /// protocol is authorized at the upgrade).
+    /// True while the session holds no subscription it authorized on the socket (Realtime: no
+    /// joined channel holds a session slot). A session awaiting a join for `limits.join_timeout`
+    /// is closed; the wait starts when the socket opens and again whenever it becomes true
+    /// after being false (the last channel left). Default: never (the native protocol is
+    /// authorized at the upgrade).
     fn awaiting_join(&self) -> bool {
         false
     }
@@ -275,7 +276,14 @@ impl<P: Protocol> Engine<'_, P> {
             if let Some(end) = step {
                 return end;
             }
-            awaiting_join = awaiting_join && self.protocol.awaiting_join();
+            // The last channel left (or was refused): the deadline starts again.
+            let now_awaiting = self.protocol.awaiting_join();
+            if now_awaiting && !awaiting_join {
+                join_deadline
+                    .as_mut()
+                    .reset(Instant::now() + ctx.limits.join_timeout);
+            }
+            awaiting_join = now_awaiting;
             // A refresh, a join or a leave may have moved the earliest expiry; a capped wait
             // that elapsed is re-armed.
             let exp = self.protocol.expires_at();

@@ -13,9 +13,11 @@
 //! closed alone (`system` error, then `phx_close`).
 //!
 //! A socket opens with any `apikey` (an `sb_…` key is not checked), so it is authorized only
-//! by its first join with a valid token: until then it [awaits a join](Protocol::awaiting_join),
-//! and the engine closes it (1008) after `limits.join_timeout`, so that unauthenticated sockets
-//! cannot hold `server.max_sessions` slots.
+//! by a joined channel that holds a session slot: without one it [awaits a
+//! join](Protocol::awaiting_join), and the engine closes it (1008) after `limits.join_timeout`
+//! (counted from the opening, or from when its last such channel was left), so that neither
+//! unauthenticated sockets nor a user's channel-less sockets (which hold no per-user slot) can
+//! hold `server.max_sessions` permits. realtime-js disconnects once its last channel is removed.
 //!
 //! Each joined channel with a served binding holds one of its token's session slots
 //! (`limits.max_sessions_per_user`, `limits.max_service_sessions`): a join over the cap is
@@ -60,7 +62,6 @@ pub async fn run_realtime(ws: WebSocket, ctx: SessionContext, vsn: Vsn, apikey: 
         channels: HashMap::new(),
         topics: HashMap::new(),
         next_binding: 1,
-        joined: false,
     };
     engine::run(ws, &ctx, protocol, subs, Opening::default(), "realtime").await;
 }
@@ -91,8 +92,6 @@ struct Realtime {
     /// The topic of each subscription.
     topics: HashMap<Key, String>,
     next_binding: u64,
-    /// Whether a channel was ever joined with a valid token (`limits.join_timeout`).
-    joined: bool,
 }
 
 impl Protocol for Realtime {
@@ -159,7 +158,7 @@ impl Protocol for Realtime {
     }
 
     fn awaiting_join(&self) -> bool {
-        !self.joined
+        !self.channels.values().any(|c| c.key.is_some())
     }
 
     fn on_expired(&mut self, cutoff: i64, subs: &mut Subscriptions) -> Outcome {
@@ -236,7 +235,6 @@ impl Realtime {
                 return out.push(self.reply(&msg, "error", json!({ "reason": reason })));
             }
         };
-        self.joined = true;
         let name = channel_name(&msg.topic).to_string();
         let requested = msg.payload["config"]["postgres_changes"]
             .as_array()
