@@ -12,6 +12,12 @@ mod report;
 mod sessions;
 mod spawn;
 
+/// The allocator of the engagement-relay binary (jemalloc, background purging), so that the
+/// `__relay` child's RSS is the shipped binary's.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
