@@ -257,6 +257,9 @@ async fn probe(
     over: Duration,
 ) -> Vec<Duration> {
     let pg = crate::common::connect(url).await;
+    // The test clusters commit asynchronously (the walsender then waits up to 200 ms for the
+    // WAL writer): B's probes commit synchronously, so that what is measured is the relay.
+    pg.batch_execute("SET synchronous_commit = on").await.unwrap();
     let run = Uuid::new_v4().to_string();
     let sent: std::sync::Arc<std::sync::Mutex<HashMap<u64, Instant>>> = Default::default();
     let inserter = {
