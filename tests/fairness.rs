@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::common::phoenix::{self, join};
 use crate::common::ws::{connect, upgrade, Client, Next, Upgrade};
-use crate::common::{create_user, metric, scrape, user_token, TestDb};
+use crate::common::{assert_at_least, create_user, metric, scrape, user_token, TestDb};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const T: Duration = Duration::from_secs(10);
@@ -99,7 +99,11 @@ async fn a_user_at_its_session_cap_gets_429_before_the_upgrade_even_when_racing(
     let (more, _) = open_many(&relay, &token, "", 3).await;
     assert!(more.is_empty(), "back at the cap");
     let exposition = scrape(&relay).await;
-    assert!(metric(&exposition, "relay_refused_total{reason=\"user_sessions\"}") >= 11.0);
+    assert_at_least(
+        &exposition,
+        "relay_refused_total{reason=\"user_sessions\"}",
+        11.0,
+    );
     relay.shutdown().await.unwrap();
 }
 
@@ -115,11 +119,10 @@ async fn the_service_role_has_a_cap_of_its_own() {
         .iter()
         .all(|(status, body)| *status == 429 && body["error"] == "too_many_service_sessions"));
     let exposition = scrape(&relay).await;
-    assert!(
-        metric(
-            &exposition,
-            "relay_refused_total{reason=\"service_sessions\"}"
-        ) >= 2.0
+    assert_at_least(
+        &exposition,
+        "relay_refused_total{reason=\"service_sessions\"}",
+        2.0,
     );
     relay.shutdown().await.unwrap();
 }
@@ -183,7 +186,7 @@ async fn rows_over_the_users_rows_limit_are_refused_whole_with_retry_after() {
         .get(0);
     assert_eq!(rows, 10, "nothing of a refused request was inserted");
     let exposition = scrape(&relay).await;
-    assert!(metric(&exposition, "relay_refused_total{reason=\"rows\"}") >= 5.0);
+    assert_at_least(&exposition, "relay_refused_total{reason=\"rows\"}", 5.0);
     relay.shutdown().await.unwrap();
 }
 
@@ -242,7 +245,11 @@ async fn a_realtime_join_over_the_users_cap_is_a_phx_reply_error_and_native_sess
         .unwrap();
     assert_eq!(reply(&mut ws).await[4]["status"], "ok");
     let exposition = scrape(&relay).await;
-    assert!(metric(&exposition, "relay_refused_total{reason=\"user_sessions\"}") >= 1.0);
+    assert_at_least(
+        &exposition,
+        "relay_refused_total{reason=\"user_sessions\"}",
+        1.0,
+    );
     relay.shutdown().await.unwrap();
 }
 
@@ -259,7 +266,9 @@ async fn probe(
     let pg = crate::common::connect(url).await;
     // The test clusters commit asynchronously (the walsender then waits up to 200 ms for the
     // WAL writer): B's probes commit synchronously, so that what is measured is the relay.
-    pg.batch_execute("SET synchronous_commit = on").await.unwrap();
+    pg.batch_execute("SET synchronous_commit = on")
+        .await
+        .unwrap();
     let run = Uuid::new_v4().to_string();
     let sent: std::sync::Arc<std::sync::Mutex<HashMap<u64, Instant>>> = Default::default();
     let inserter = {
@@ -405,7 +414,11 @@ async fn one_users_sessions_and_row_flood_leave_another_users_latency_within_3x(
         "at most the burst plus 100 rows/s"
     );
     let exposition = scrape(&relay).await;
-    assert!(metric(&exposition, "relay_refused_total{reason=\"user_sessions\"}") >= 8.0);
+    assert_at_least(
+        &exposition,
+        "relay_refused_total{reason=\"user_sessions\"}",
+        8.0,
+    );
     let rows_or_requests = metric(&exposition, "relay_refused_total{reason=\"rows\"}")
         + metric(&exposition, "relay_refused_total{reason=\"requests\"}");
     assert!(rows_or_requests >= (refused / 5_000) as f64);
@@ -478,11 +491,10 @@ async fn one_users_flood_past_its_share_of_the_window_leaves_others_resumes_comp
     assert_eq!(recovered["complete"], false, "{recovered}");
     assert!(events.is_empty());
     let exposition = scrape(&relay).await;
-    assert!(
-        metric(
-            &exposition,
-            "relay_replay_evicted_total{reason=\"user_share\"}"
-        ) >= 1_500.0
+    assert_at_least(
+        &exposition,
+        "relay_replay_evicted_total{reason=\"user_share\"}",
+        1_500.0,
     );
     relay.shutdown().await.unwrap();
 }

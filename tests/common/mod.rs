@@ -258,6 +258,13 @@ pub async fn scrape(relay: &Relay) -> String {
         .expect("body")
 }
 
+/// Asserts that the sample named exactly `name` (with labels) in `exposition` is at least `n`
+/// (tests share the process: counters are compared with `>=`, never for equality).
+pub fn assert_at_least(exposition: &str, name: &str, n: f64) {
+    let value = metric(exposition, name);
+    assert!(value >= n, "{name} is {value}, expected at least {n}");
+}
+
 /// The value of the sample named exactly `name` (with labels) in a Prometheus exposition, or 0.
 pub fn metric(exposition: &str, name: &str) -> f64 {
     exposition
