@@ -15,7 +15,7 @@
 //! beyond it the user's oldest are removed from the deque and from the window (freeing their
 //! memory and their place under the window's count and byte bounds) and the user's own
 //! eviction floor moves past them, so only that user's older cursors resume `complete:false`.
-//! Every subscription holds a [`Slot`] ([`slots`]), so one user's event reaches at most
+//! Every subscription holds a [`Slot`] (`router/slots.rs`), so one user's event reaches at most
 //! `limits.max_sessions_per_user` queues.
 //!
 //! Locks: `global` (the window and the service-role sessions) may be held while taking a user's

@@ -81,7 +81,7 @@ pub fn session_permits(max_sessions: usize) -> Arc<Semaphore> {
 }
 
 /// The server port's routes; each request's body must arrive within `request_timeout`
-/// (`server.request_timeout`), else it is a 408 ([`deadline`]).
+/// (`server.request_timeout`), else it is a 408 (`deadline` below).
 pub fn server_routes(state: AppState, request_timeout: Duration) -> HttpRouter {
     let body_limit = DefaultBodyLimit::max(state.ingest.max_body_bytes);
     HttpRouter::new()

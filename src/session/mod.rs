@@ -16,6 +16,7 @@
 
 pub mod engine;
 pub mod native;
+pub mod protocol;
 pub mod realtime;
 pub mod subscriptions;
 
