@@ -3,17 +3,20 @@
 //! Precedence (lowest first): built-in defaults (the same values `config.toml` documents), the
 //! TOML file, environment variables, command-line flags. Environment variables are
 //! `RELAY_<SECTION>__<KEY>` (for example `RELAY_LIMITS__SESSION_QUEUE=4096`), plus the short
-//! aliases `RELAY_DATABASE_URL`, `RELAY_JWT_SECRET`, `RELAY_LISTEN` and `RELAY_METRICS_LISTEN`.
+//! aliases `RELAY_DATABASE_URL`, `RELAY_JWT_SECRET`, `RELAY_JWKS_URL`, `RELAY_LISTEN` and
+//! `RELAY_METRICS_LISTEN`.
 //! Every error names the key it is about, on one line.
 //!
 //! Types carry the rules where they can: durations are humantime strings (`250ms`, `5m`), byte
 //! sizes an integer or an IEC size (`512MiB`, [`bytes`]), and counts where zero means nothing
 //! are `NonZero*`.
 
+mod auth;
 pub mod bytes;
 mod fairness;
 mod server;
 
+pub use auth::AuthConfig;
 pub use server::ServerConfig;
 
 use std::fmt;
@@ -161,30 +164,6 @@ impl Default for DatabaseConfig {
             status_interval: Duration::from_secs(1),
             reconnect_min: Duration::from_millis(250),
             reconnect_max: Duration::from_secs(30),
-        }
-    }
-}
-
-/// `[auth]` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    /// HS256 secret that signs the tokens: the Supabase project's JWT secret. Required.
-    pub jwt_secret: Secret,
-    /// Audience required of user tokens (`aud`, default `authenticated`, as Supabase issues).
-    /// An empty string disables the audience check.
-    pub audience: String,
-    /// Clock skew tolerated on `exp` and `nbf`, in whole seconds (default `0s`).
-    #[serde(with = "humantime_serde")]
-    pub leeway: Duration,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            jwt_secret: Secret::default(),
-            audience: "authenticated".into(),
-            leeway: Duration::ZERO,
         }
     }
 }
@@ -444,11 +423,25 @@ impl Config {
         Ok(config)
     }
 
-    /// Errors unless `auth.jwt_secret` is set (the daemon and `token` need it; `migrate` not).
+    /// Errors unless `auth.jwt_secret` is set (`token` without `--key` needs it).
     pub fn require_jwt_secret(&self) -> Result<(), ConfigError> {
         if self.auth.jwt_secret.is_empty() {
             return Err(ConfigError(
                 "auth.jwt_secret: is required (set RELAY_JWT_SECRET or --jwt-secret to the project's JWT secret)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that tokens can be verified at all: `auth.jwt_secret` (HS256), `auth.jwks_url` or
+    /// `auth.jwks_file` (ES256, RS256, EdDSA), or several of them.
+    ///
+    /// Errors: one line naming the keys when none is set.
+    pub fn require_token_keys(&self) -> Result<(), ConfigError> {
+        if self.auth.jwt_secret.is_empty() && !self.auth.has_jwks() {
+            return Err(ConfigError(
+                "auth.jwt_secret or auth.jwks_url/auth.jwks_file: one is required (RELAY_JWT_SECRET for HS256 tokens, RELAY_AUTH__JWKS_URL for Supabase's asymmetric signing keys)"
                     .into(),
             ));
         }
@@ -545,6 +538,7 @@ impl Config {
         if self.ingest.max_body_bytes < 1024 {
             return fail("ingest.max_body_bytes", "must be at least 1024");
         }
+        self.auth.validate()?;
         self.validate_fairness()?;
         crate::tables::validate(&self.tables).map_err(|e| ConfigError(e.to_string()))
     }
@@ -567,6 +561,7 @@ fn env_provider() -> Env {
         match key.as_str() {
             "database_url" => "database.url".into(),
             "jwt_secret" => "auth.jwt_secret".into(),
+            "jwks_url" => "auth.jwks_url".into(),
             "listen" => "server.listen".into(),
             "metrics_listen" => "metrics.listen".into(),
             other => other.replace("__", ".").into(),

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use engagement_relay::auth::sign::{public_jwks, SigningKey};
 use engagement_relay::auth::{mint, Role};
 use engagement_relay::config::{bytes, Config, LogFormat, Overrides};
 use engagement_relay::{db, doctor, start};
@@ -83,7 +84,7 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         connect_timeout: Duration,
     },
-    /// Mint a JWT signed with the configured secret.
+    /// Mint a JWT signed with the configured secret (HS256), or with a private key (`--key`).
     Token {
         /// The user's UUID (`sub`); optional for the service role.
         #[arg(long)]
@@ -94,6 +95,16 @@ enum Command {
         /// Lifetime, e.g. `1h`, `15m`, `30s`.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// A PEM private key (PKCS#8) to sign with instead of the secret: EC P-256 → ES256,
+        /// RSA → RS256, Ed25519 → EdDSA.
+        #[arg(long, requires = "kid")]
+        key: Option<std::path::PathBuf>,
+        /// The key id written in the token's header (the `kid` the relay's JWKS lists).
+        #[arg(long, requires = "key")]
+        kid: Option<String>,
+        /// With `--key`: print the JWKS (the public key) to publish instead of a token.
+        #[arg(long, requires = "key")]
+        jwks: bool,
     },
 }
 
@@ -117,7 +128,7 @@ fn main() -> ExitCode {
 async fn run(command: Command, config: Config) -> ExitCode {
     match command {
         Command::Run => {
-            if let Err(e) = config.require_jwt_secret() {
+            if let Err(e) = config.require_token_keys() {
                 return fail(78, &e);
             }
             let relay = match start(config).await {
@@ -194,9 +205,35 @@ async fn run(command: Command, config: Config) -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Command::Token { sub, role, ttl } => {
-            if let Err(e) = config.require_jwt_secret() {
-                return fail(78, &e);
+        Command::Token {
+            sub,
+            role,
+            ttl,
+            key,
+            kid,
+            jwks,
+        } => {
+            let signer = match (key, kid) {
+                (Some(path), Some(kid)) => match read_signing_key(&path, &kid) {
+                    Ok(k) => Some(k),
+                    Err(e) => return fail(2, &e),
+                },
+                _ => None,
+            };
+            if signer.is_none() {
+                if let Err(e) = config.require_jwt_secret() {
+                    return fail(78, &e);
+                }
+            }
+            if let (true, Some(signer)) = (jwks, &signer) {
+                return match public_jwks(&[signer]).map(|set| serde_json::to_string_pretty(&set)) {
+                    Ok(Ok(json)) => {
+                        println!("{json}");
+                        ExitCode::SUCCESS
+                    }
+                    Ok(Err(e)) => fail(1, &e),
+                    Err(e) => fail(1, &e),
+                };
             }
             let role = match role.as_str() {
                 "authenticated" => Role::Authenticated,
@@ -211,7 +248,11 @@ async fn run(command: Command, config: Config) -> ExitCode {
             if role == Role::Authenticated && sub.is_none() {
                 return fail(2, &"--sub: required for role authenticated");
             }
-            match mint(config.auth.jwt_secret.expose(), sub, role, ttl) {
+            let minted = match &signer {
+                Some(signer) => signer.mint(sub, role, ttl),
+                None => mint(config.auth.jwt_secret.expose(), sub, role, ttl),
+            };
+            match minted {
                 Ok(token) => {
                     println!("{token}");
                     ExitCode::SUCCESS
@@ -220,6 +261,12 @@ async fn run(command: Command, config: Config) -> ExitCode {
             }
         }
     }
+}
+
+/// The `--key` file as a signing key with `--kid`; errors name the flag.
+fn read_signing_key(path: &std::path::Path, kid: &str) -> Result<SigningKey, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("--key {}: {e}", path.display()))?;
+    SigningKey::from_pem(&pem, kid).map_err(|e| format!("--key {}: {e}", path.display()))
 }
 
 async fn migrate(config: &Config, seed: bool) -> anyhow::Result<()> {

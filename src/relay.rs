@@ -49,6 +49,9 @@ pub enum RelayError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// `auth.jwks_file` is unreadable or not a JWKS (or the HTTP client cannot be built).
+    #[error(transparent)]
+    Jwks(#[from] crate::auth::fetch::LoadError),
     /// A task panicked or was aborted.
     #[error("internal: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -67,12 +70,26 @@ pub struct Relay {
     task: JoinHandle<Result<(), RelayError>>,
 }
 
+/// The token verifier; with a JWKS source, the key set is loaded (a file now, a URL by a
+/// background task that runs until `stop`).
+fn verifier(
+    config: &crate::config::AuthConfig,
+    stop: CancellationToken,
+) -> Result<Verifier, RelayError> {
+    if !config.has_jwks() {
+        return Ok(Verifier::new(config));
+    }
+    let jwks = Arc::new(crate::auth::jwks::Jwks::new());
+    crate::auth::fetch::start(config, jwks.clone(), stop)?;
+    Ok(Verifier::with_jwks(config, Some(jwks)))
+}
+
 /// Starts the relay: checks the database (a definite misconfiguration is returned here, an
 /// unreachable database is retried in the background), binds both listeners (port 0 picks a free
 /// port), and spawns the replication task and the servers.
 pub async fn start(config: Config) -> Result<Relay, RelayError> {
     config.validate()?;
-    config.require_jwt_secret()?;
+    config.require_token_keys()?;
     let handle = crate::metrics::install();
     crate::refused::register();
     metrics::gauge!(crate::metrics::REPLAY_WINDOW).set(config.replay.window.as_secs_f64());
@@ -94,6 +111,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     let shutdown = CancellationToken::new();
     let stream_stop = CancellationToken::new();
     let sessions_stop = CancellationToken::new();
+    let verifier = Arc::new(verifier(&config.auth, shutdown.clone())?);
     let router = Arc::new(Router::new(
         config.limits.session_queue.get(),
         &config.replay,
@@ -103,7 +121,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     let state = AppState {
         router: router.clone(),
         tables: tables.clone(),
-        verifier: Arc::new(Verifier::new(&config.auth)),
+        verifier,
         limits: config.limits.clone(),
         session_permits: http::session_permits(budget.max_sessions),
         status: status.clone(),

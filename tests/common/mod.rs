@@ -3,6 +3,7 @@
 //! fresh database per test cloned from a migrated template, a relay per test on port 0, and real
 //! WebSocket clients. The cluster machinery itself is `relay_testkit::pgcluster`.
 
+pub mod keys;
 pub mod node;
 pub mod phoenix;
 pub mod process;
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use engagement_relay::auth::sign::{public_jwks, SigningKey};
 use engagement_relay::auth::{mint, Role};
 use engagement_relay::config::{Config, Secret};
 use engagement_relay::db;

@@ -109,7 +109,10 @@ fn common_columns(tables: &Tables, selected: &Selection) -> Vec<Column> {
 pub(super) fn join_reason(e: &AuthError) -> String {
     match e {
         AuthError::Expired { .. } | AuthError::NotYetValid => format!("InvalidJWTToken: {e}"),
-        AuthError::BadSignature | AuthError::Algorithm => format!("JwtSignatureError: {e}"),
+        AuthError::BadSignature
+        | AuthError::Algorithm(_)
+        | AuthError::UnknownKid(_)
+        | AuthError::JwksUnavailable => format!("JwtSignatureError: {e}"),
         AuthError::Forbidden(_) => format!("Unauthorized: {e}"),
         AuthError::Missing
         | AuthError::Malformed(_)

@@ -1,0 +1,203 @@
+//! Loading the key set: `auth.jwks_file` read from disk, `auth.jwks_url` fetched over HTTP(S)
+//! by a background task (reqwest with rustls), both merged into [`Jwks`].
+//!
+//! Rules (docs/PROTOCOL.md "Credentials"): the URL is fetched at start, then again after the
+//! response's `Cache-Control: max-age` ([`refresh_after`]), or early when a token names an
+//! unknown `kid` (at most every 30 s, [`Jwks::unknown_kid_at`]). A failed fetch keeps the last
+//! good set and is retried after 1 s, doubling up to 30 s. The file is re-read with every
+//! refresh; an unreadable file keeps its last good keys too.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::jwks::{refresh_after, Jwks, KeySet, MIN_REFRESH};
+use crate::config::AuthConfig;
+
+/// Longest wait for one JWKS response (connect, headers and body).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest JWKS body accepted (Supabase's holds a few keys: well under 16 KiB).
+const MAX_BODY: usize = 1 << 20;
+/// First retry delay after a failed fetch (doubled up to [`MIN_REFRESH`]).
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+/// Why a key set could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// `auth.jwks_file` could not be read or is not a JWKS.
+    #[error("auth.jwks_file ({path}): {why}")]
+    File {
+        /// The configured path.
+        path: PathBuf,
+        /// The I/O or parse error.
+        why: String,
+    },
+    /// `auth.jwks_url` failed (connection, status, size or body).
+    #[error("auth.jwks_url ({url}): {why}")]
+    Url {
+        /// The configured URL.
+        url: String,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+/// Reads and parses a JWKS file; skipped keys are logged.
+///
+/// Errors: [`LoadError::File`].
+pub fn read_file(path: &Path) -> Result<KeySet, LoadError> {
+    let fail = |why: String| LoadError::File {
+        path: path.to_path_buf(),
+        why,
+    };
+    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let (set, skipped) = KeySet::parse(&bytes).map_err(|e| fail(e.to_string()))?;
+    for why in skipped {
+        warn!(file = %path.display(), "jwks: skipped {why}");
+    }
+    Ok(set)
+}
+
+/// Fetches and parses the JWKS at `url`; returns the set and how long to keep it.
+///
+/// Errors: [`LoadError::Url`] for a transport error, a non-2xx status, a body over 1 MiB or a
+/// document that is not a JWKS.
+pub async fn fetch_url(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<(KeySet, Duration), LoadError> {
+    let fail = |why: String| LoadError::Url {
+        url: url.to_string(),
+        why,
+    };
+    let mut response = client
+        .get(url)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(fail(format!("HTTP {}", response.status())));
+    }
+    let ttl = refresh_after(
+        response
+            .headers()
+            .get(reqwest::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| fail(e.to_string()))? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(fail("body larger than 1 MiB".into()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let (set, skipped) = KeySet::parse(&body).map_err(|e| fail(e.to_string()))?;
+    for why in skipped {
+        warn!(url, "jwks: skipped {why}");
+    }
+    Ok((set, ttl))
+}
+
+/// Loads `auth.jwks_file` into `jwks` now (so a bad file stops the start) and, when
+/// `auth.jwks_url` is set, spawns the task that keeps the set fresh until `shutdown`.
+///
+/// Errors: [`LoadError::File`] for an unreadable or invalid file; the URL is never waited for
+/// (tokens are refused `jwks_unavailable` until its first answer when there is no file).
+pub fn start(
+    config: &AuthConfig,
+    jwks: Arc<Jwks>,
+    shutdown: CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, LoadError> {
+    let file = config.jwks_file.clone();
+    let file_set = match &file {
+        Some(path) => {
+            let set = read_file(path)?;
+            info!(file = %path.display(), kids = ?set.kids(), "jwks: loaded");
+            jwks.replace(set.clone());
+            Some(set)
+        }
+        None => None,
+    };
+    if config.jwks_url.is_empty() {
+        return Ok(None);
+    }
+    let client = reqwest::Client::builder()
+        .timeout(FETCH_TIMEOUT)
+        .user_agent(concat!("engagement-relay/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| LoadError::Url {
+            url: config.jwks_url.clone(),
+            why: e.to_string(),
+        })?;
+    let task = Refresher {
+        client,
+        url: config.jwks_url.clone(),
+        file,
+        file_set,
+        url_set: None,
+        jwks,
+    };
+    Ok(Some(tokio::spawn(task.run(shutdown))))
+}
+
+/// The background task's state: the last good set of each source.
+struct Refresher {
+    client: reqwest::Client,
+    url: String,
+    file: Option<PathBuf>,
+    file_set: Option<KeySet>,
+    url_set: Option<KeySet>,
+    jwks: Arc<Jwks>,
+}
+
+impl Refresher {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut retry = FIRST_RETRY;
+        loop {
+            let wait = match fetch_url(&self.client, &self.url).await {
+                Ok((set, ttl)) => {
+                    info!(url = %self.url, kids = ?set.kids(), refresh_s = ttl.as_secs(), "jwks: fetched");
+                    self.url_set = Some(set);
+                    retry = FIRST_RETRY;
+                    ttl
+                }
+                Err(e) => {
+                    warn!(
+                        "jwks: {e}; keeping the last good key set, retrying in {}s",
+                        retry.as_secs()
+                    );
+                    let wait = retry;
+                    retry = (retry * 2).min(MIN_REFRESH);
+                    wait
+                }
+            };
+            if let Some(path) = &self.file {
+                match read_file(path) {
+                    Ok(set) => self.file_set = Some(set),
+                    Err(e) => warn!("jwks: {e}; keeping its last good keys"),
+                }
+            }
+            self.publish();
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+                () = self.jwks.refetch_requested() => {}
+            }
+        }
+    }
+
+    /// Merges the sources' last good sets into the store (nothing before the first success).
+    fn publish(&self) {
+        let set = match (&self.file_set, &self.url_set) {
+            (None, None) => return,
+            (Some(f), None) => f.clone(),
+            (None, Some(u)) => u.clone(),
+            (Some(f), Some(u)) => f.merged(u),
+        };
+        self.jwks.replace(set);
+    }
+}
