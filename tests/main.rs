@@ -23,6 +23,7 @@ mod faults;
 mod history;
 mod hostile_connections;
 mod http;
+mod jwks;
 mod memory;
 mod module_cycles;
 mod prometheus;

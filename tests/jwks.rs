@@ -1,0 +1,260 @@
+//! Asymmetric tokens (issue 13, part 3): the relay verifies ES256, RS256 and EdDSA tokens with
+//! the key of their `kid` from a JWKS served by a real HTTP server started here (axum on a free
+//! port), on the native upgrade, the HTTP API and the Realtime `phx_join`; it follows key
+//! rotation without a restart and keeps its keys while the endpoint is down.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use engagement_relay::auth::sign::SigningKey;
+use engagement_relay::auth::Role;
+use engagement_relay::config::Secret;
+use engagement_relay::Relay;
+use futures_util::SinkExt;
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use crate::common::keys::{generate, jwks_json};
+use crate::common::phoenix;
+use crate::common::ws::{upgrade, Upgrade};
+use crate::common::{create_user, TestDb};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// The JWKS endpoint the test controls: the document it serves, whether it answers, and how
+/// many requests it got.
+#[derive(Clone, Default)]
+struct Endpoint {
+    doc: Arc<Mutex<Value>>,
+    down: Arc<AtomicBool>,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Endpoint {
+    fn publish(&self, keys: &[&SigningKey]) {
+        *self.doc.lock().unwrap() = jwks_json(keys);
+    }
+}
+
+async fn serve_jwks(State(e): State<Endpoint>) -> impl IntoResponse {
+    e.hits.fetch_add(1, Ordering::SeqCst);
+    if e.down.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+    }
+    let doc = e.doc.lock().unwrap().to_string();
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            // Below the relay's 30 s floor: it refreshes every 30 s.
+            (header::CACHE_CONTROL, "public, max-age=1"),
+        ],
+        doc,
+    )
+        .into_response()
+}
+
+/// Starts the JWKS server; returns its URL.
+async fn jwks_server(endpoint: Endpoint) -> String {
+    let app = axum::Router::new()
+        .route(
+            "/auth/v1/.well-known/jwks.json",
+            axum::routing::get(serve_jwks),
+        )
+        .with_state(endpoint);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/auth/v1/.well-known/jwks.json")
+}
+
+/// A relay on `db` that knows no HS256 secret, only the JWKS at `url`.
+async fn jwks_relay(db: &TestDb, url: &str) -> Relay {
+    let url = url.to_string();
+    db.relay_with(move |c| {
+        c.auth.jwt_secret = Secret::default();
+        c.auth.jwks_url = url;
+    })
+    .await
+}
+
+fn token(key: &SigningKey, user: Uuid) -> String {
+    key.mint(Some(user), Role::Authenticated, HOUR).unwrap()
+}
+
+/// The upgrade's outcome: `Ok(())` when it opened, else the status and error code.
+async fn try_upgrade(relay: &Relay, token: &str) -> Result<(), (u16, String)> {
+    match upgrade(relay, "", Some(token)).await {
+        Upgrade::Open(_) => Ok(()),
+        Upgrade::Refused(status, body) => {
+            Err((status, body["error"].as_str().unwrap_or("").into()))
+        }
+    }
+}
+
+/// Retries the upgrade until it opens (the key set loads or refreshes in the background).
+async fn until_accepted(relay: &Relay, token: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        match try_upgrade(relay, token).await {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("still refused after {within:?}: {e:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+async fn post_event(relay: &Relay, token: &str, user: Uuid) -> (u16, Value) {
+    let body = json!({"events": [{"user_id": user, "event_type": "app_open"}]});
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/events", relay.server_addr()))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn es256_rs256_and_eddsa_tokens_are_accepted_by_kid_everywhere() {
+    let db = TestDb::new().await;
+    let user = create_user(&db.client().await).await;
+    let keys = [
+        generate(Algorithm::ES256, "ec-1"),
+        generate(Algorithm::RS256, "rsa-1"),
+        generate(Algorithm::EdDSA, "ed-1"),
+    ];
+    let endpoint = Endpoint::default();
+    endpoint.publish(&keys.iter().collect::<Vec<_>>());
+    let url = jwks_server(endpoint.clone()).await;
+    let relay = jwks_relay(&db, &url).await;
+    until_accepted(&relay, &token(&keys[0], user), Duration::from_secs(10)).await;
+    for key in &keys {
+        let t = token(key, user);
+        assert_eq!(try_upgrade(&relay, &t).await, Ok(()), "{:?}", key.alg);
+        let (status, reply) = post_event(&relay, &t, user).await;
+        assert_eq!(status, 201, "{:?}: {reply}", key.alg);
+    }
+    // A Realtime phx_join with an ES256 access_token.
+    let es = token(&keys[0], user);
+    let mut ws = phoenix::open(&relay, "sb_publishable_anything", "2.0.0").await;
+    let bindings = json!([{"event": "*", "schema": "public", "table": "engagement_events"}]);
+    ws.send(Message::text(phoenix::join(
+        "realtime:a",
+        "1",
+        &es,
+        bindings,
+    )))
+    .await
+    .unwrap();
+    let reply = phoenix::next(&mut ws).await;
+    assert_eq!(reply[4]["status"], "ok", "{reply}");
+
+    // Refusals: an unknown kid, HS256 "signed" with a published public key, alg none.
+    let stranger = generate(Algorithm::ES256, "stranger");
+    assert_eq!(
+        try_upgrade(&relay, &token(&stranger, user)).await,
+        Err((401, "unknown_kid".into()))
+    );
+    let public = serde_json::to_string(&keys[0].public_jwk().unwrap()).unwrap();
+    let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+    header.kid = Some("ec-1".into());
+    let claims = json!({"sub": user, "role": "authenticated", "aud": "authenticated",
+        "exp": engagement_relay::auth::now_s() + 600});
+    let confused = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(public.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        try_upgrade(&relay, &confused).await,
+        Err((401, "unsupported_algorithm".into()))
+    );
+    let (status, reply) = post_event(&relay, &confused, user).await;
+    assert_eq!(
+        (status, &reply["error"]),
+        (401, &json!("unsupported_algorithm"))
+    );
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let none = format!(
+        "{}.{}.",
+        b64.encode(r#"{"alg":"none","kid":"ec-1"}"#),
+        b64.encode(claims.to_string())
+    );
+    assert_eq!(
+        try_upgrade(&relay, &none).await,
+        Err((401, "unsupported_algorithm".into()))
+    );
+    let metrics = crate::common::scrape(&relay).await;
+    assert!(metrics.contains("relay_auth_failures_total{reason=\"unknown_kid\"}"));
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_is_followed_without_restart_and_keys_survive_an_outage() {
+    let db = TestDb::new().await;
+    let user = Uuid::new_v4();
+    let old = generate(Algorithm::ES256, "old");
+    let new = generate(Algorithm::EdDSA, "new");
+    let endpoint = Endpoint::default();
+    endpoint.publish(&[&old]);
+    let url = jwks_server(endpoint.clone()).await;
+    let relay = jwks_relay(&db, &url).await;
+    until_accepted(&relay, &token(&old, user), Duration::from_secs(10)).await;
+
+    // A new kid is published: its first token re-fetches the set, and is accepted soon after.
+    endpoint.publish(&[&old, &new]);
+    until_accepted(&relay, &token(&new, user), Duration::from_secs(5)).await;
+
+    // The old kid is withdrawn: refused once the set is refreshed (every 30 s at most).
+    endpoint.publish(&[&new]);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        match try_upgrade(&relay, &token(&old, user)).await {
+            Err((401, code)) if code == "unknown_kid" => break,
+            other if Instant::now() > deadline => panic!("old kid still {other:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+
+    // The endpoint goes down: the next scheduled refresh fails (the unknown-kid re-fetch just
+    // above is throttled for 30 s), and the cached keys keep working.
+    endpoint.down.store(true, Ordering::SeqCst);
+    let hits = endpoint.hits.load(Ordering::SeqCst);
+    crate::common::wait_until("a failed refresh", Duration::from_secs(40), || {
+        endpoint.hits.load(Ordering::SeqCst) > hits
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(try_upgrade(&relay, &token(&new, user)).await, Ok(()));
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_refused_jwks_unavailable_until_a_set_loads() {
+    let db = TestDb::new().await;
+    let endpoint = Endpoint::default();
+    endpoint.down.store(true, Ordering::SeqCst);
+    let url = jwks_server(endpoint.clone()).await;
+    let relay = jwks_relay(&db, &url).await;
+    let key = generate(Algorithm::EdDSA, "k");
+    let t = token(&key, Uuid::new_v4());
+    assert_eq!(
+        try_upgrade(&relay, &t).await,
+        Err((401, "jwks_unavailable".into()))
+    );
+    endpoint.publish(&[&key]);
+    endpoint.down.store(false, Ordering::SeqCst);
+    // Retried after 1 s, 2 s, 4 s… while failing.
+    until_accepted(&relay, &t, Duration::from_secs(15)).await;
+    relay.shutdown().await.unwrap();
+}
