@@ -25,6 +25,12 @@
 //!   the first entry (`engagement_events`) and the last (`user_engagement_states`). This is the
 //!   per-row cost of multi-table routing in the decode step.
 //!
+//! * `verify_token/{HS256,ES256,RS256,EdDSA}` — [`Verifier::verify`] of one user token, as
+//!   every upgrade, `phx_join`, `access_token` refresh and HTTP API request does: header read,
+//!   key lookup (by `kid` in the shared key set for the asymmetric ones), signature check and
+//!   claims. Keys are generated at start (P-256, RSA 2048, Ed25519; jsonwebtoken's rust_crypto
+//!   backend).
+//!
 //! The pgoutput messages are built here from the PostgreSQL docs, "Frontend/Backend Protocol" →
 //! "Logical Replication Message Formats" (big-endian integers, NUL-terminated strings).
 
@@ -33,7 +39,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use engagement_relay::auth::{Principal, Role};
+use engagement_relay::auth::jwks::{Jwks, KeySet};
+use engagement_relay::auth::sign::{public_jwks, SigningKey};
+use engagement_relay::auth::{mint, Principal, Role, Verifier};
+use engagement_relay::config::{AuthConfig, Secret};
 use engagement_relay::config::ReplayConfig;
 use engagement_relay::model::{Cursor, Event, Operation};
 use engagement_relay::model::{Record, Relation};
@@ -238,11 +247,51 @@ fn route_row(c: &mut Criterion) {
     group.finish();
 }
 
+#[path = "../tests/common/keys.rs"]
+mod keys;
+
+fn verify_token(c: &mut Criterion) {
+    let secret = "bench-secret-with-at-least-32-characters!";
+    let signers = [
+        keys::generate(jsonwebtoken::Algorithm::ES256, "ec"),
+        keys::generate(jsonwebtoken::Algorithm::RS256, "rsa"),
+        keys::generate(jsonwebtoken::Algorithm::EdDSA, "ed"),
+    ];
+    let doc = keys::jwks_json(&signers.iter().collect::<Vec<_>>()).to_string();
+    let jwks = Arc::new(Jwks::new());
+    jwks.replace(KeySet::parse(doc.as_bytes()).expect("a JWKS").0);
+    let config = AuthConfig {
+        jwt_secret: Secret::new(secret),
+        jwks_file: Some("unused".into()),
+        ..AuthConfig::default()
+    };
+    let verifier = Verifier::with_jwks(&config, Some(jwks));
+    let user = Uuid::new_v4();
+    let ttl = Duration::from_secs(3600);
+    let mut tokens = vec![(
+        "HS256".to_string(),
+        mint(secret, Some(user), Role::Authenticated, ttl).expect("HS256 token"),
+    )];
+    for s in &signers {
+        let token = s.mint(Some(user), Role::Authenticated, ttl).expect("token");
+        tokens.push((format!("{:?}", s.alg), token));
+    }
+    let mut group = c.benchmark_group("verify_token");
+    for (alg, token) in &tokens {
+        assert!(verifier.verify(token).is_ok(), "{alg}");
+        group.bench_function(alg.as_str(), |b| {
+            b.iter(|| black_box(verifier.verify(black_box(token))))
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     decode_insert,
     encode_event,
     router_fanout,
-    route_row
+    route_row,
+    verify_token
 );
 criterion_main!(benches);
