@@ -42,8 +42,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use engagement_relay::auth::jwks::{Jwks, KeySet};
 use engagement_relay::auth::sign::{public_jwks, SigningKey};
 use engagement_relay::auth::{mint, Principal, Role, Verifier};
-use engagement_relay::config::{AuthConfig, Secret};
 use engagement_relay::config::ReplayConfig;
+use engagement_relay::config::{AuthConfig, Secret};
 use engagement_relay::model::{Cursor, Event, Operation};
 use engagement_relay::model::{Record, Relation};
 use engagement_relay::replication::pgoutput::{Change, Decoder};
