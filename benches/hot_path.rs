@@ -247,9 +247,13 @@ fn route_row(c: &mut Criterion) {
     group.finish();
 }
 
+// Key generation for the benchmark: harness code that panics when it cannot go on.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 #[path = "../tests/common/keys.rs"]
 mod keys;
 
+// Setup that cannot go on without its keys and tokens panics, as the decode setups above do.
+#[allow(clippy::expect_used)]
 fn verify_token(c: &mut Criterion) {
     let secret = "bench-secret-with-at-least-32-characters!";
     let signers = [
