@@ -76,6 +76,39 @@ fn a_missing_secret_names_the_key() {
 }
 
 #[test]
+fn a_jwks_source_makes_the_secret_optional() {
+    let scratch = Scratch::new("config-jwks");
+    let none = scratch
+        .load("[auth]\naudience = \"authenticated\"\n")
+        .unwrap();
+    let err = none.require_token_keys().unwrap_err().to_string();
+    assert!(
+        err.contains("auth.jwt_secret") && err.contains("auth.jwks_url"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'));
+    let url = "https://abc.supabase.co/auth/v1/.well-known/jwks.json";
+    let jwks = scratch
+        .load(&format!("[auth]\njwks_url = \"{url}\"\n"))
+        .unwrap();
+    assert!(jwks.require_token_keys().is_ok());
+    assert!(
+        jwks.require_jwt_secret().is_err(),
+        "token without --key still needs it"
+    );
+    let file = scratch
+        .load("[auth]\njwks_file = \"/etc/jwks.json\"\n")
+        .unwrap();
+    assert!(file.require_token_keys().is_ok());
+    for bad in ["ftp://x/jwks.json", "not a url", "file:///etc/jwks.json"] {
+        let err = scratch
+            .load(&format!("[auth]\njwks_url = \"{bad}\"\n"))
+            .unwrap_err();
+        assert!(err.contains("auth.jwks_url"), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn byte_sizes_take_iec_units_or_plain_integers_and_counts_refuse_zero() {
     let scratch = Scratch::new("config-bytes");
     let load = |text: &str| scratch.load(text);
