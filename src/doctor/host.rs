@@ -20,9 +20,16 @@ const WARN_FREE_PERCENT: f64 = 20.0;
 /// …and fails below this one.
 const FAIL_FREE_PERCENT: f64 = 10.0;
 
-/// `auth.jwt_secret` is set (fail otherwise: the relay refuses to start) and at least 32
-/// bytes long (warn otherwise). The secret itself is never shown.
+/// `auth.jwt_secret` is set (fail otherwise, unless a JWKS source verifies the tokens: the
+/// relay refuses to start with neither) and at least 32 bytes long (warn otherwise). The
+/// secret itself is never shown.
 pub(super) fn jwt_secret(config: &Config) -> Check {
+    if config.auth.jwt_secret.is_empty() && config.auth.has_jwks() {
+        return Check::pass(
+            JWT_SECRET,
+            "auth.jwt_secret is not set: only asymmetric tokens (auth.jwks_url/auth.jwks_file) are accepted",
+        );
+    }
     evaluate_jwt_secret(config.auth.jwt_secret.expose().len())
 }
 
