@@ -17,6 +17,9 @@ fn table_facts() -> TableFacts {
         columns: vec![column("id", &Type::INT8), column("user_id", &Type::UUID)],
         can_select: true,
         user: "relay".into(),
+        replica_identity: b'f',
+        identity_columns: Vec::new(),
+        primary_key: vec!["id".into()],
     }
 }
 
@@ -24,6 +27,7 @@ fn publication_of(tables: &[TableConfig]) -> Publication {
     Publication {
         insert: true,
         update: true,
+        delete: true,
         tables: tables
             .iter()
             .map(|t| Published {

@@ -19,6 +19,9 @@ fn facts_with_owner(ty: Option<&Type>) -> TableFacts {
             .collect(),
         can_select: true,
         user: "relay".into(),
+        replica_identity: b'f',
+        identity_columns: Vec::new(),
+        primary_key: Vec::new(),
     }
 }
 
