@@ -235,7 +235,10 @@ pub async fn check(
         .iter()
         .zip(&facts.tables)
         .map(|(t, f)| {
-            let key = f.as_ref().map(|f| f.primary_key.clone()).unwrap_or_default();
+            let key = f
+                .as_ref()
+                .map(|f| f.primary_key.clone())
+                .unwrap_or_default();
             ((t.schema.clone(), t.table.clone()), key)
         })
         .collect();

@@ -99,11 +99,7 @@ pub async fn table(c: &Client, schema: &str, table: &str) -> Result<Option<Table
         },
     )
     .await?;
-    let replica_identity = row
-        .get::<_, String>(3)
-        .bytes()
-        .next()
-        .unwrap_or_default();
+    let replica_identity = row.get::<_, String>(3).bytes().next().unwrap_or_default();
     // Index columns in key order: the primary key's, and the replica identity index's.
     let index_columns = |which: &'static str| {
         let sql = format!(
