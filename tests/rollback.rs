@@ -67,7 +67,8 @@ async fn snapshot(pg: &Client) -> BTreeSet<String> {
         ),
         format!(
             "SELECT 'relation ' || n.nspname || '.' || c.relname || ' kind=' || c.relkind::text \
-                 || ' rls=' || c.relrowsecurity || ' acl=' || coalesce(c.relacl::text, '') \
+                 || ' rls=' || c.relrowsecurity || ' identity=' || c.relreplident::text \
+                 || ' acl=' || coalesce(c.relacl::text, '') \
                  || ' comment=' || coalesce(obj_description(c.oid, 'pg_class'), '') \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {OURS}"
         ),
