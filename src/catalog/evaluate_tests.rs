@@ -192,3 +192,26 @@ fn an_existing_slot_must_be_a_permanent_logical_pgoutput_slot_of_this_database()
         Err(Mismatch::SlotInOtherDatabase { .. })
     ));
 }
+
+#[test]
+fn deletes_need_the_owner_in_the_replica_identity_and_published_deletes() {
+    let tables = default_tables();
+    let mut facts = healthy();
+    if let Some(Some(events)) = facts.tables.first_mut() {
+        events.replica_identity = b'd';
+        events.identity_columns = vec!["id".into()];
+    }
+    let err = startup(&facts, "pub", &tables).unwrap_err().to_string();
+    assert!(
+        err.starts_with("tables[0].operations:")
+            && err.contains("ALTER TABLE public.engagement_events REPLICA IDENTITY FULL")
+            && !err.contains('\n'),
+        "{err}"
+    );
+    let mut facts = healthy();
+    if let Some(p) = facts.publication.as_mut() {
+        p.delete = false;
+    }
+    let err = startup(&facts, "pub", &tables).unwrap_err().to_string();
+    assert!(err.contains("does not publish deletes"), "{err}");
+}
