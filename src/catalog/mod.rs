@@ -50,7 +50,7 @@ pub enum Mismatch {
     #[error(
         "publication `{publication}` does not exist in this database: run `engagement-relay \
          migrate` (or CREATE PUBLICATION {publication} FOR TABLE {} WITH (publish = 'insert, \
-         update'))", .tables.join(", ")
+         update, delete'))", .tables.join(", ")
     )]
     NoPublication {
         /// `database.publication`.
