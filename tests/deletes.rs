@@ -63,16 +63,18 @@ async fn a_realtime_js_delete_listener_gets_the_old_row_and_nothing_of_others() 
     let pg = db.client().await;
     let (a, b) = (create_user(&pg).await, create_user(&pg).await);
     let url = format!("ws://{}/realtime/v1", relay.server_addr());
-    let listen = |user| {
+    let listen = |user, event| {
         let token = user_token(user, HOUR);
         NodeClient::start(
             "realtime",
-            json!({"url": url, "apikey": token, "token": token, "event": "DELETE"}),
+            json!({"url": url, "apikey": token, "token": token, "event": event}),
         )
     };
-    let (mut mine, mut theirs) = (listen(a), listen(b));
+    let (mut mine, mut theirs) = (listen(a, "DELETE"), listen(b, "DELETE"));
+    let mut every = listen(a, "*");
     mine.status("SUBSCRIBED").await;
     theirs.status("SUBSCRIBED").await;
+    every.status("SUBSCRIBED").await;
     let id = insert_event(&pg, a, "goal_complete", json!({"goal_id": 7})).await;
     pg.execute("DELETE FROM public.engagement_events WHERE id = $1", &[&id])
         .await
@@ -87,6 +89,12 @@ async fn a_realtime_js_delete_listener_gets_the_old_row_and_nothing_of_others() 
     assert_eq!(old["value"], json!({"goal_id": 7}));
     assert_eq!(change["table"], "engagement_events");
     theirs.no_change(Duration::from_millis(500)).await;
+    // A `*` binding gets the insert and the delete, the same old row.
+    let both = every.changes(2).await;
+    assert_eq!(both[0]["eventType"], "INSERT");
+    assert_eq!(both[1]["eventType"], "DELETE");
+    assert_eq!(both[1]["old"], change["old"]);
+    every.quit().await;
     mine.quit().await;
     theirs.quit().await;
     relay.shutdown().await.unwrap();
