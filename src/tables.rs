@@ -284,7 +284,10 @@ impl Tables {
     /// without a primary key, or a record without the key's values.
     pub fn row_key(&self, relation: &Relation, record: &crate::model::Record) -> Option<u64> {
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
-        let key = keys.get(&(relation.schema.clone(), relation.name.clone()))?;
+        // A scan of a few entries: no key tuple to allocate per row.
+        let (_, key) = keys
+            .iter()
+            .find(|((schema, table), _)| *schema == relation.schema && *table == relation.name)?;
         let values: Vec<_> = key.iter().map(|k| record.get(k)).collect();
         crate::model::row_key(&relation.schema, &relation.name, &values)
     }

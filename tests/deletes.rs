@@ -194,3 +194,31 @@ async fn start_up_refuses_delete_on_a_table_whose_identity_omits_the_owner() {
         .await;
     relay.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_auth_user_streams_the_cascaded_deletes_to_their_owner() {
+    let db = TestDb::new().await;
+    let relay = db.relay().await;
+    let pg = db.client().await;
+    let u = create_user(&pg).await;
+    let (mut session, _) = connect(&relay, &user_token(u, HOUR), "").await;
+    let ids = [
+        insert_event(&pg, u, "app_open", json!({})).await,
+        insert_event(&pg, u, "app_open", json!({})).await,
+    ];
+    session.events(2, WAIT).await;
+    pg.execute("DELETE FROM auth.users WHERE id = $1", &[&u])
+        .await
+        .unwrap();
+    let deletes = session.events(2, WAIT).await;
+    let mut deleted: Vec<String> = deletes
+        .iter()
+        .filter(|f| f["type"] == "delete")
+        .filter_map(|f| f["old_record"]["id"].as_str().map(String::from))
+        .collect();
+    deleted.sort();
+    let mut expected: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    expected.sort();
+    assert_eq!(deleted, expected, "{deletes:?}");
+    relay.shutdown().await.unwrap();
+}
