@@ -48,7 +48,8 @@ pub const REPLAY_OLDEST_AGE: &str = "relay_replay_oldest_age_seconds";
 pub const REPLAY_WINDOW: &str = "relay_replay_window_seconds";
 /// Counter by `reason`: events evicted from the replay window: `user_share` (the owner's
 /// `replay.max_events_per_user` exceeded), `age` (`replay.window`), `count`
-/// (`replay.max_events`), `bytes` (`replay.max_bytes`).
+/// (`replay.max_events`), `bytes` (`replay.max_bytes`), `erased` (a streamed delete removed its
+/// row's earlier events).
 pub const REPLAY_EVICTED: &str = "relay_replay_evicted_total";
 /// Counter by `complete` (`true`, `false`): sessions that resumed with `since`.
 pub const RESUMES: &str = "relay_resumes_total";
@@ -153,7 +154,7 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Gauge, REPLAY_WINDOW_EVENTS, None, "Events in the replay window."),
     (Gauge, REPLAY_WINDOW_BYTES, Some(Unit::Bytes), "Estimated memory of the replay window."),
     (Gauge, REPLAY_OLDEST_AGE, Some(Unit::Seconds), "Age of the oldest event in the replay window."),
-    (Counter, REPLAY_EVICTED, None, "Events evicted from the replay window, by reason (user_share, age, count, bytes)."),
+    (Counter, REPLAY_EVICTED, None, "Events evicted from the replay window, by reason (user_share, age, count, bytes, erased)."),
     (Counter, RESUMES, None, "Sessions resumed with a cursor, by completeness."),
     (Gauge, SLOT_RETAINED_WAL_BYTES, Some(Unit::Bytes), "WAL retained by the slot (current LSN minus restart_lsn)."),
     (Gauge, SLOT_SAFE_WAL_SIZE_BYTES, Some(Unit::Bytes), "WAL that may still be written before max_slot_wal_keep_size invalidates the slot."),

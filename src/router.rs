@@ -18,6 +18,13 @@
 //! Every subscription holds a [`Slot`] (`router/slots.rs`), so one user's event reaches at most
 //! `limits.max_sessions_per_user` queues.
 //!
+//! Erasure (issue 13): a delete removes the earlier events of its row (same
+//! [`Event::row`]: table and primary key) from its owner's deque and from the window as it is
+//! dispatched, and stays itself. A resume after it is therefore `complete` as usual: it never
+//! replays an erased event, it replays the delete (the client drops a row it may hold, or
+//! ignores a row it never saw), and nothing else is missing (the removed events' rows no
+//! longer exist, so no floor moves). docs/RETENTION.md, "engagement-relay".
+//!
 //! Locks: `global` (the window and the service-role sessions) may be held while taking a user's
 //! map entry (DashMap shard) — eviction trims user deques that way — so never take `global`
 //! while holding an entry (dispatch releases the entry first). `positions` and `restart` are
@@ -38,7 +45,7 @@ use crate::auth::{Principal, Role};
 use crate::config::ReplayConfig;
 use crate::filter::Interest;
 use crate::metrics as m;
-use crate::model::{now_unix_us, Cursor, Event};
+use crate::model::{now_unix_us, Cursor, Event, Operation};
 use crate::replay::{self, Evicted, Window};
 use crate::replication::Dispatch;
 
@@ -151,8 +158,9 @@ pub struct Router {
     slots: Arc<Slots>,
     dropped_slow: Counter,
     dropped_closed: Counter,
-    /// `relay_replay_evicted_total` by reason: `user_share`, then [`Evicted`] in order.
-    evicted: [Counter; 4],
+    /// `relay_replay_evicted_total` by reason: `user_share`, then [`Evicted`] in order, then
+    /// `erased` (events of a row a delete removed).
+    evicted: [Counter; 5],
 }
 
 impl Router {
@@ -173,7 +181,7 @@ impl Router {
             slots: Arc::default(),
             dropped_slow: counter!(m::EVENTS_DROPPED, "reason" => "slow_consumer"),
             dropped_closed: counter!(m::EVENTS_DROPPED, "reason" => "session_closed"),
-            evicted: ["user_share", "age", "count", "bytes"]
+            evicted: ["user_share", "age", "count", "bytes", "erased"]
                 .map(|reason| counter!(m::REPLAY_EVICTED, "reason" => reason)),
         }
     }
@@ -354,8 +362,20 @@ impl Router {
         // The owner's events beyond its share, oldest first: out of the deque now (under the
         // entry, with its floor), out of the window below (under `global`).
         let mut over_share = Vec::new();
+        // The earlier events of the row a delete erases: out of the deque now, out of the
+        // window below.
+        let mut erased = Vec::new();
         if let Some(owner) = event.owner {
             let mut entry = self.users.entry(owner).or_default();
+            if let (Operation::Delete, Some(row)) = (event.operation, event.row) {
+                entry.recent.retain(|e| {
+                    let keep = e.row != Some(row);
+                    if !keep {
+                        erased.push(e.cursor);
+                    }
+                    keep
+                });
+            }
             entry.recent.push_back(Arc::clone(&event));
             while entry.recent.len() > self.max_per_user {
                 let Some(old) = entry.recent.pop_front() else {
@@ -370,6 +390,11 @@ impl Router {
         }
         let mut global = lock(&self.global);
         global.window.push(Arc::clone(&event));
+        for cursor in erased {
+            if global.window.remove(cursor).is_some() {
+                self.evicted[4].increment(1);
+            }
+        }
         if let Some(newest) = over_share.last() {
             {
                 let mut positions = lock(&self.positions);

@@ -367,3 +367,51 @@ proptest::proptest! {
         }
     }
 }
+
+/// An event of row `row` (its [`Event::row`] key) of `owner`.
+fn row_event(owner: Uuid, operation: Operation, row: u64, lsn: u64) -> Arc<Event> {
+    let relation = Relation::fixture();
+    let record = json!({"id": row, "user_id": owner, "event_type": "app_open"});
+    let record = record.as_object().cloned().unwrap_or_default();
+    let mut event = Event::new(
+        at(lsn, 0),
+        now_unix_us(),
+        operation,
+        (relation, "user_id"),
+        record,
+    );
+    event.row = Some(row);
+    Arc::new(event)
+}
+
+#[test]
+fn a_delete_erases_its_rows_events_from_every_resume_and_is_replayed_itself() {
+    let router = router(64, 100);
+    let (u, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut live = subscribe(&router, Some(u), None);
+    router.dispatch(row_event(u, Operation::Insert, 1, 2));
+    router.dispatch(row_event(u, Operation::Insert, 2, 3));
+    router.dispatch(row_event(other, Operation::Insert, 1, 4));
+    router.dispatch(row_event(u, Operation::Update, 1, 5));
+    router.dispatch(row_event(u, Operation::Delete, 1, 6));
+    // The open session got everything live, the delete included.
+    let mut got = Vec::new();
+    while let Ok(e) = live.rx.try_recv() {
+        got.push((e.cursor.lsn, e.operation));
+    }
+    assert_eq!(got.last(), Some(&(6, Operation::Delete)));
+    assert_eq!(got.len(), 4);
+    // u's resume from before everything: complete, row 1's insert and update gone, the delete
+    // and row 2 kept.
+    let mine = resume(&router, Some(u), Cursor::before(2, HISTORY));
+    assert!(mine.complete);
+    assert_eq!(lsns(&mine.events), [3, 6]);
+    // Another user's row with the same key is another row: only u's deque is searched.
+    let theirs = resume(&router, Some(other), Cursor::before(2, HISTORY));
+    assert_eq!(lsns(&theirs.events), [4]);
+    // The service role's window lost them too, and stays complete.
+    let all = resume(&router, None, Cursor::before(2, HISTORY));
+    assert!(all.complete);
+    assert_eq!(lsns(&all.events), [3, 4, 6]);
+    assert_eq!(router.oldest_lsn(), Some(3));
+}

@@ -31,8 +31,10 @@ pub struct TableConfig {
     /// The `uuid` column compared with the JWT `sub` to route a row (default `user_id`).
     #[serde(default = "user_id")]
     pub owner_column: String,
-    /// Row changes streamed: `insert` and/or `update` (default `["insert"]`). Deletes are not
-    /// streamed: pgoutput sends only the replica identity of a deleted row, not its owner.
+    /// Row changes streamed: `insert`, `update` and/or `delete` (default `["insert"]`). A
+    /// delete's owner is read from its old tuple, which pgoutput fills with the replica
+    /// identity's columns only: `delete` needs an identity covering the owner column
+    /// (`REPLICA IDENTITY FULL`; checked at start-up and by `doctor`).
     #[serde(default = "insert_only")]
     pub operations: Vec<Operation>,
 }
@@ -65,12 +67,14 @@ impl TableConfig {
     }
 }
 
-/// The default `[[tables]]`: `engagement_events` (insert, update: a soft delete reaches
-/// dashboards), `engagement_state_transitions` (insert), `user_engagement_states` (update).
+/// The default `[[tables]]`: `engagement_events` (insert, update, delete: a soft delete and an
+/// erasure reach dashboards; migration `20241213000000_engagement_events_deletes.sql` makes its
+/// replica identity full), `engagement_state_transitions` (insert), `user_engagement_states`
+/// (update).
 pub fn default_tables() -> Vec<TableConfig> {
-    use Operation::{Insert, Update};
+    use Operation::{Delete, Insert, Update};
     vec![
-        TableConfig::new("engagement_events", &[Insert, Update]),
+        TableConfig::new("engagement_events", &[Insert, Update, Delete]),
         TableConfig::new("engagement_state_transitions", &[Insert]),
         TableConfig::new("user_engagement_states", &[Update]),
     ]
@@ -96,7 +100,7 @@ pub enum TablesError {
         key: &'static str,
     },
     /// `operations` is empty.
-    #[error("tables[{entry}].operations: list at least one of \"insert\", \"update\"")]
+    #[error("tables[{entry}].operations: list at least one of \"insert\", \"update\", \"delete\"")]
     NoOperation {
         /// Index of the entry.
         entry: usize,
@@ -216,6 +220,8 @@ pub struct Tables {
     entries: Vec<TableConfig>,
     /// `schema.table` → columns in attribute order; filled by [`Tables::set_columns`].
     columns: RwLock<HashMap<(String, String), Vec<Column>>>,
+    /// `schema.table` → primary key columns in key order; filled by [`Tables::set_keys`].
+    keys: RwLock<HashMap<(String, String), Vec<String>>>,
 }
 
 impl Tables {
@@ -224,6 +230,7 @@ impl Tables {
         Tables {
             entries: entries.to_vec(),
             columns: RwLock::new(HashMap::new()),
+            keys: RwLock::new(HashMap::new()),
         }
     }
 
@@ -272,6 +279,25 @@ impl Tables {
             .unwrap_or_default()
     }
 
+    /// The [`crate::model::Event::row`] key of `record`, a row of `relation`: its primary key
+    /// values as the catalog check read the key ([`Tables::set_keys`]); `None` for a table
+    /// without a primary key, or a record without the key's values.
+    pub fn row_key(&self, relation: &Relation, record: &crate::model::Record) -> Option<u64> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        // A scan of a few entries: no key tuple to allocate per row.
+        let (_, key) = keys
+            .iter()
+            .find(|((schema, table), _)| *schema == relation.schema && *table == relation.name)?;
+        let values: Vec<_> = key.iter().map(|k| record.get(k)).collect();
+        crate::model::row_key(&relation.schema, &relation.name, &values)
+    }
+
+    /// Replaces the primary key columns of every table (`schema.table` → columns in key
+    /// order), as the catalog check ([`crate::catalog::check`]) read them at connect.
+    pub fn set_keys(&self, keys: HashMap<(String, String), Vec<String>>) {
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+    }
+
     /// Replaces the columns of every table (`schema.table` → columns in attribute order), as
     /// the catalog check ([`crate::catalog::check`]) read them at connect.
     pub fn set_columns(&self, columns: HashMap<(String, String), Vec<Column>>) {
@@ -300,12 +326,14 @@ mod tests {
         let events = relation("public", "engagement_events");
         assert_eq!(tables.route(&events, Operation::Insert), Some("user_id"));
         assert_eq!(tables.route(&events, Operation::Update), Some("user_id"));
+        assert_eq!(tables.route(&events, Operation::Delete), Some("user_id"));
         let transitions = relation("public", "engagement_state_transitions");
         assert_eq!(
             tables.route(&transitions, Operation::Insert),
             Some("user_id")
         );
         assert_eq!(tables.route(&transitions, Operation::Update), None);
+        assert_eq!(tables.route(&transitions, Operation::Delete), None);
         let states = relation("public", "user_engagement_states");
         assert_eq!(tables.route(&states, Operation::Update), Some("user_id"));
         assert_eq!(tables.route(&states, Operation::Insert), None);
@@ -375,9 +403,13 @@ mod tests {
         assert_eq!(config.tables.len(), 1);
         assert_eq!(config.tables[0].qualified(), "public.audit");
         assert_eq!(config.tables[0].operations, [Operation::Insert]);
-        let err = scratch
+        let config = scratch
             .load("[[tables]]\ntable = \"audit\"\noperations = [\"delete\"]\n")
+            .unwrap();
+        assert_eq!(config.tables[0].operations, [Operation::Delete]);
+        let err = scratch
+            .load("[[tables]]\ntable = \"audit\"\noperations = [\"truncate\"]\n")
             .unwrap_err();
-        assert!(err.contains("tables") && err.contains("delete"), "{err}");
+        assert!(err.contains("tables") && err.contains("truncate"), "{err}");
     }
 }

@@ -423,3 +423,24 @@ async fn the_default_tables_pass_and_a_dropped_story_index_fails() {
         "{fix}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_without_a_replica_identity_covering_the_owner_fail_the_table_check() {
+    let db = TestDb::new().await;
+    db.client()
+        .await
+        .batch_execute("ALTER TABLE public.engagement_events REPLICA IDENTITY DEFAULT")
+        .await
+        .unwrap();
+    let run = doctor(&db.url, &db.name, "", &["--json"]).await;
+    assert_fails_exactly(&run, &["table:public.engagement_events"]);
+    let report = run.json();
+    let fix = check(&report, "table:public.engagement_events")["fix"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        fix.starts_with("ALTER TABLE public.engagement_events REPLICA IDENTITY FULL;"),
+        "{fix}"
+    );
+}

@@ -525,7 +525,17 @@ async fn the_publication_streams_exactly_events_states_and_transitions() {
         .await
         .unwrap();
     let flags: (bool, bool, bool, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
-    assert_eq!(flags, (true, true, false, false), "insert, update only");
+    // Deletes since 20241213000000 (engagement_events has REPLICA IDENTITY FULL).
+    assert_eq!(flags, (true, true, true, false), "insert, update, delete");
+    let identity: String = pg
+        .query_one(
+            "SELECT relreplident::text FROM pg_class WHERE oid = 'public.engagement_events'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(identity, "f");
 }
 
 #[tokio::test]

@@ -32,7 +32,9 @@ pub fn publication_exists<'a>(
     })
 }
 
-/// Entry `entry` of `[[tables]]`: the table exists and its owner column is a `uuid`.
+/// Entry `entry` of `[[tables]]`: the table exists, its owner column is a `uuid`, and when the
+/// entry streams deletes, the table's replica identity covers the owner column (a delete's old
+/// tuple carries only the identity's columns, and the owner is read from it).
 /// (Whether the user may read it is for `doctor` to report: streaming does not need it.)
 pub fn table(entry: usize, t: &TableConfig, facts: Option<&TableFacts>) -> Result<(), Mismatch> {
     let Some(facts) = facts else {
@@ -53,6 +55,16 @@ pub fn table(entry: usize, t: &TableConfig, facts: Option<&TableFacts>) -> Resul
             column: t.owner_column.clone(),
             type_name: c.type_name.clone(),
         }),
+        Some(_)
+            if t.operations.contains(&Operation::Delete)
+                && !facts.identity_covers(&t.owner_column) =>
+        {
+            Err(Mismatch::IdentityOmitsOwner {
+                entry,
+                table: t.qualified(),
+                column: t.owner_column.clone(),
+            })
+        }
         Some(_) => Ok(()),
     }
 }
@@ -87,6 +99,7 @@ pub fn carried(entry: usize, t: &TableConfig, name: &str, p: &Publication) -> Ve
         let published = match operation {
             Operation::Insert => p.insert,
             Operation::Update => p.update,
+            Operation::Delete => p.delete,
         };
         if !published {
             found.push(Mismatch::OperationNotPublished {

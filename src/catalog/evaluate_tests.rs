@@ -17,6 +17,9 @@ fn table_facts() -> TableFacts {
         columns: vec![column("id", &Type::INT8), column("user_id", &Type::UUID)],
         can_select: true,
         user: "relay".into(),
+        replica_identity: b'f',
+        identity_columns: Vec::new(),
+        primary_key: vec!["id".into()],
     }
 }
 
@@ -24,6 +27,7 @@ fn publication_of(tables: &[TableConfig]) -> Publication {
     Publication {
         insert: true,
         update: true,
+        delete: true,
         tables: tables
             .iter()
             .map(|t| Published {
@@ -187,4 +191,27 @@ fn an_existing_slot_must_be_a_permanent_logical_pgoutput_slot_of_this_database()
         slot("s", &elsewhere),
         Err(Mismatch::SlotInOtherDatabase { .. })
     ));
+}
+
+#[test]
+fn deletes_need_the_owner_in_the_replica_identity_and_published_deletes() {
+    let tables = default_tables();
+    let mut facts = healthy();
+    if let Some(Some(events)) = facts.tables.first_mut() {
+        events.replica_identity = b'd';
+        events.identity_columns = vec!["id".into()];
+    }
+    let err = startup(&facts, "pub", &tables).unwrap_err().to_string();
+    assert!(
+        err.starts_with("tables[0].operations:")
+            && err.contains("ALTER TABLE public.engagement_events REPLICA IDENTITY FULL")
+            && !err.contains('\n'),
+        "{err}"
+    );
+    let mut facts = healthy();
+    if let Some(p) = facts.publication.as_mut() {
+        p.delete = false;
+    }
+    let err = startup(&facts, "pub", &tables).unwrap_err().to_string();
+    assert!(err.contains("does not publish deletes"), "{err}");
 }

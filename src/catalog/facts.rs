@@ -59,12 +59,27 @@ pub struct TableFacts {
     pub can_select: bool,
     /// The connected user (`current_user`), for fix lines.
     pub user: String,
+    /// `pg_class.relreplident`: `b'd'` default (the primary key), `b'f'` full, `b'i'` an index,
+    /// `b'n'` nothing (PostgreSQL docs, `ALTER TABLE … REPLICA IDENTITY`). 0 in hand-built facts.
+    pub replica_identity: u8,
+    /// The columns the replica identity covers: the primary key's for `d`, the index's for
+    /// `i`, none for `n` (every column for `f`, not listed). A delete's old tuple carries
+    /// only these (`'K'`), unless the identity is full (`'O'`).
+    pub identity_columns: Vec<String>,
+    /// The primary key's columns in key order (empty without one): what identifies a row in
+    /// the replay window ([`crate::model::Event::row`]).
+    pub primary_key: Vec<String>,
 }
 
 impl TableFacts {
     /// The column named `name`, if any.
     pub fn column(&self, name: &str) -> Option<&ColumnFacts> {
         self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// Whether a delete's old tuple carries `column`: the replica identity is full, or covers it.
+    pub fn identity_covers(&self, column: &str) -> bool {
+        self.replica_identity == b'f' || self.identity_columns.iter().any(|c| c == column)
     }
 }
 

@@ -50,7 +50,7 @@ pub enum Mismatch {
     #[error(
         "publication `{publication}` does not exist in this database: run `engagement-relay \
          migrate` (or CREATE PUBLICATION {publication} FOR TABLE {} WITH (publish = 'insert, \
-         update'))", .tables.join(", ")
+         update, delete'))", .tables.join(", ")
     )]
     NoPublication {
         /// `database.publication`.
@@ -93,6 +93,20 @@ pub enum Mismatch {
         column: String,
         /// Its type, as `format_type` names it.
         type_name: String,
+    },
+    /// The entry streams deletes, but the table's replica identity does not cover the owner
+    /// column: a delete's old tuple would not say whose row it was.
+    #[error(
+        "tables[{entry}].operations: deletes of {table} would not carry `{column}` (its replica \
+         identity omits it): run ALTER TABLE {table} REPLICA IDENTITY FULL, or remove \"delete\""
+    )]
+    IdentityOmitsOwner {
+        /// Index of the `[[tables]]` entry.
+        entry: usize,
+        /// `schema.table`.
+        table: String,
+        /// `owner_column`.
+        column: String,
     },
     /// The publication does not carry the table.
     #[error(
@@ -151,7 +165,7 @@ pub enum Mismatch {
     /// The publication does not publish an operation the entry streams.
     #[error(
         "tables[{entry}].operations: publication `{publication}` does not publish {}s: ALTER \
-         PUBLICATION {publication} SET (publish = 'insert, update')", .operation.as_str()
+         PUBLICATION {publication} SET (publish = 'insert, update, delete')", .operation.as_str()
     )]
     OperationNotPublished {
         /// Index of the `[[tables]]` entry.
@@ -216,6 +230,19 @@ pub async fn check(
 ) -> Result<(), CatalogError> {
     let facts = query_facts(client, publication, tables).await?;
     evaluate::startup(&facts, publication, tables.entries())?;
+    let keys: HashMap<(String, String), Vec<String>> = tables
+        .entries()
+        .iter()
+        .zip(&facts.tables)
+        .map(|(t, f)| {
+            let key = f
+                .as_ref()
+                .map(|f| f.primary_key.clone())
+                .unwrap_or_default();
+            ((t.schema.clone(), t.table.clone()), key)
+        })
+        .collect();
+    tables.set_keys(keys);
     let columns: HashMap<(String, String), Vec<Column>> = tables
         .entries()
         .iter()

@@ -77,7 +77,8 @@ pub async fn publication(c: &Client, name: &str) -> Result<Option<Publication>> 
 pub async fn table(c: &Client, schema: &str, table: &str) -> Result<Option<TableFacts>> {
     let row = c
         .query_opt(
-            "SELECT c.oid, has_table_privilege(c.oid, 'SELECT'), current_user::text \
+            "SELECT c.oid, has_table_privilege(c.oid, 'SELECT'), current_user::text, \
+                    c.relreplident::text \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
             &[&schema, &table],
@@ -98,10 +99,30 @@ pub async fn table(c: &Client, schema: &str, table: &str) -> Result<Option<Table
         },
     )
     .await?;
+    let replica_identity = row.get::<_, String>(3).bytes().next().unwrap_or_default();
+    // Index columns in key order: the primary key's, and the replica identity index's.
+    let index_columns = |which: &'static str| {
+        let sql = format!(
+            "SELECT a.attname::text FROM pg_catalog.pg_index i \
+             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1 AND i.{which} ORDER BY k.n"
+        );
+        async move { rows(c, &sql, &[&oid], |r| r.get::<_, String>(0)).await }
+    };
+    let primary_key = index_columns("indisprimary").await?;
+    let identity_columns = match replica_identity {
+        b'd' => primary_key.clone(),
+        b'i' => index_columns("indisreplident").await?,
+        _ => Vec::new(),
+    };
     Ok(Some(TableFacts {
         columns,
         can_select: row.get(1),
         user: row.get(2),
+        replica_identity,
+        identity_columns,
+        primary_key,
     }))
 }
 

@@ -45,7 +45,7 @@ pub(super) fn evaluate_publication(
             let ops = publish_list(
                 wanted(Operation::Insert),
                 wanted(Operation::Update),
-                false,
+                wanted(Operation::Delete),
                 false,
             );
             return Check::fail(
@@ -88,17 +88,22 @@ pub(super) fn evaluate_publication(
         )
     };
     let (lacks_insert, lacks_update) = (lacks(Operation::Insert), lacks(Operation::Update));
-    if lacks_insert || lacks_update {
-        let ops: Vec<&str> = [(lacks_insert, "inserts"), (lacks_update, "updates")]
-            .iter()
-            .filter(|(lacks, _)| *lacks)
-            .map(|(_, op)| *op)
-            .collect();
+    let lacks_delete = lacks(Operation::Delete);
+    if lacks_insert || lacks_update || lacks_delete {
+        let ops: Vec<&str> = [
+            (lacks_insert, "inserts"),
+            (lacks_update, "updates"),
+            (lacks_delete, "deletes"),
+        ]
+        .iter()
+        .filter(|(lacks, _)| *lacks)
+        .map(|(_, op)| *op)
+        .collect();
         problems.push(format!("does not publish {}", ops.join(" or ")));
         let list = publish_list(
             p.insert || lacks_insert,
             p.update || lacks_update,
-            p.delete,
+            p.delete || lacks_delete,
             p.truncate,
         );
         fixes.push(format!(
@@ -203,6 +208,16 @@ pub(super) fn evaluate_table(entry: usize, t: &TableConfig, facts: Option<&Table
             id,
             format!("{name}.{owner} is {type_name}, but the owner column must be a uuid (it is compared with the JWT sub)"),
             "set owner_column of this [[tables]] entry to a uuid column",
+        ),
+        (Err(Mismatch::IdentityOmitsOwner { .. }), _) => Check::fail(
+            id,
+            format!(
+                "{name} streams deletes, but its replica identity omits {owner}: a delete's old row would not say whose it was"
+            ),
+            format!(
+                "ALTER TABLE {} REPLICA IDENTITY FULL; (or engagement-relay migrate, or remove \"delete\" from this [[tables]] entry's operations)",
+                qualified(&t.schema, &t.table)
+            ),
         ),
         (Err(other), _) => Check::fail(
             id,

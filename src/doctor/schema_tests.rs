@@ -4,6 +4,7 @@ use super::*;
 use crate::catalog::{ColumnFacts, Published};
 use crate::doctor::report::assert_check;
 use crate::doctor::Status;
+use crate::model::Operation;
 use crate::tables::default_tables;
 use tokio_postgres::types::Type;
 
@@ -19,6 +20,9 @@ fn facts_with_owner(ty: Option<&Type>) -> TableFacts {
             .collect(),
         can_select: true,
         user: "relay".into(),
+        replica_identity: b'f',
+        identity_columns: Vec::new(),
+        primary_key: Vec::new(),
     }
 }
 
@@ -38,6 +42,7 @@ fn publication_of(tables: &[TableConfig]) -> Publication {
     Publication {
         insert: true,
         update: true,
+        delete: true,
         tables: tables.iter().map(published).collect(),
         ..Publication::default()
     }
@@ -63,7 +68,7 @@ fn a_missing_publication_fails_with_the_create_statement() {
     assert_eq!(c.status, Status::Fail);
     let fix = c.fix.unwrap();
     assert!(
-        fix.contains("CREATE PUBLICATION pub FOR TABLE public.engagement_events, public.engagement_state_transitions, public.user_engagement_states WITH (publish = 'insert, update')"),
+        fix.contains("CREATE PUBLICATION pub FOR TABLE public.engagement_events, public.engagement_state_transitions, public.user_engagement_states WITH (publish = 'insert, update, delete')"),
         "{fix}"
     );
 }
@@ -133,6 +138,39 @@ fn a_table_needs_a_uuid_owner_column_it_may_read() {
     assert_eq!(
         c.fix.unwrap(),
         "GRANT SELECT ON public.engagement_events TO relay;"
+    );
+}
+
+#[test]
+fn deletes_need_a_replica_identity_covering_the_owner_column() {
+    let t = events();
+    assert!(t.operations.contains(&Operation::Delete), "the default");
+    let by_key = TableFacts {
+        replica_identity: b'd',
+        identity_columns: vec!["id".into()],
+        ..facts_with_owner(Some(&Type::UUID))
+    };
+    let c = evaluate_table(0, &t, Some(&by_key));
+    assert_eq!(c.status, Status::Fail);
+    assert!(c.detail.contains("replica identity"), "{}", c.detail);
+    assert!(c
+        .fix
+        .unwrap()
+        .starts_with("ALTER TABLE public.engagement_events REPLICA IDENTITY FULL;"));
+    // An identity index that covers the owner is enough; without deletes nothing is needed.
+    let covering = TableFacts {
+        replica_identity: b'i',
+        identity_columns: vec!["user_id".into(), "id".into()],
+        ..by_key.clone()
+    };
+    assert_eq!(evaluate_table(0, &t, Some(&covering)).status, Status::Pass);
+    let inserts = TableConfig {
+        operations: vec![Operation::Insert, Operation::Update],
+        ..t
+    };
+    assert_eq!(
+        evaluate_table(0, &inserts, Some(&by_key)).status,
+        Status::Pass
     );
 }
 

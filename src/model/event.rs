@@ -20,23 +20,29 @@ use super::record::{self, Span};
 use super::relation::{Record, Relation};
 use super::values::format_unix_us;
 
-/// The kind of change a row event carries; in `[[tables]]` `operations`, `"insert"` or
-/// `"update"`.
+/// The kind of change a row event carries; in `[[tables]]` `operations`, `"insert"`,
+/// `"update"` or `"delete"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Operation {
     /// A new row.
     Insert,
-    /// A changed row (`record` is the new version).
+    /// A changed row (`record` is the new version; `old_record` the old one when the table's
+    /// replica identity sends it: PostgreSQL docs, "Logical Replication Message Formats",
+    /// Update's optional `'K'`/`'O'` tuple).
     Update,
+    /// A deleted row: the frame has no `record`, only `old_record`, the old tuple pgoutput sent
+    /// (`'O'`: the whole row under `REPLICA IDENTITY FULL`; `'K'`: the identity's columns).
+    Delete,
 }
 
 impl Operation {
-    /// `insert` or `update`: the native frame's `type`.
+    /// `insert`, `update` or `delete`: the native frame's `type`.
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::Insert => "insert",
             Operation::Update => "update",
+            Operation::Delete => "delete",
         }
     }
 }
@@ -48,17 +54,25 @@ pub struct Event {
     pub cursor: Cursor,
     /// Commit timestamp of the row's transaction, microseconds since the Unix epoch.
     pub commit_time_us: i64,
-    /// Insert or update.
+    /// Insert, update or delete.
     pub operation: Operation,
     /// The table, with its columns as the last Relation message described them.
     pub relation: Arc<Relation>,
     /// Value of the table's owner column (`[[tables]]` `owner_column`, default `user_id`), when
-    /// it is a UUID: the routing key.
+    /// it is a UUID: the routing key. A delete's is read from its old row.
     pub owner: Option<Uuid>,
-    /// `{"type":…,"schema":…,"table":…,"cursor":…,"commit_timestamp":…,"record":{…}}`, UTF-8.
+    /// Which row of which table the event is about: a 64-bit hash of the schema, the table and
+    /// the values of the table's key columns ([`row_key`]), `None` when the table has none or
+    /// the row lacks one. A delete removes the events of its row from the replay window by it.
+    pub row: Option<u64>,
+    /// `{"type":…,"schema":…,"table":…,"cursor":…,"commit_timestamp":…,"record":{…}}` (an
+    /// update may end with `,"old_record":{…}`; a delete has `"old_record":{…}` instead of
+    /// `record`), UTF-8.
     native: Bytes,
-    /// The `record` object inside `native`.
+    /// The `record` object inside `native`; a delete's `old_record`.
     record: Span,
+    /// An update's `old_record` object inside `native`, when the old tuple was sent.
+    old_record: Option<Span>,
     /// The contents (JSON-escaped, without quotes) of the `event_type` string inside `native`.
     event_type: Option<Span>,
     /// Other encodings (the Supabase frames), built on first use and shared, by key.
@@ -84,13 +98,28 @@ const fn block(n: usize) -> usize {
 
 impl Event {
     /// Builds the event, routed by `owner_column`'s value, and encodes its native frame once.
-    /// `record` is consumed: the event keeps its JSON, not the map.
+    /// `record` is consumed: the event keeps its JSON, not the map. For a delete `record` is
+    /// the old row (see [`Event::change`]).
     pub fn new(
+        cursor: Cursor,
+        commit_time_us: i64,
+        operation: Operation,
+        table: (Arc<Relation>, &str),
+        record: Record,
+    ) -> Event {
+        Event::change(cursor, commit_time_us, operation, table, record, None)
+    }
+
+    /// [`Event::new`] with an update's old row (`old`, written as `old_record` after `record`;
+    /// ignored for inserts and deletes). For a delete, `record` is the old row: it is written
+    /// as `old_record`, and the owner is read from it.
+    pub fn change(
         cursor: Cursor,
         commit_time_us: i64,
         operation: Operation,
         (relation, owner_column): (Arc<Relation>, &str),
         record: Record,
+        old: Option<Record>,
     ) -> Event {
         let owner = record
             .get(owner_column)
@@ -107,8 +136,18 @@ impl Event {
         frame.extend_from_slice(cursor.to_string().as_bytes());
         frame.extend_from_slice(b"\",\"commit_timestamp\":\"");
         frame.extend_from_slice(format_unix_us(commit_time_us).as_bytes());
-        frame.extend_from_slice(b"\",\"record\":");
+        frame.extend_from_slice(match operation {
+            Operation::Delete => b"\",\"old_record\":".as_slice(),
+            Operation::Insert | Operation::Update => b"\",\"record\":",
+        });
         let (record, event_type) = record::write_record(&mut frame, &record, "event_type");
+        let old_record = match (operation, old) {
+            (Operation::Update, Some(old)) => {
+                frame.extend_from_slice(b",\"old_record\":");
+                Some(record::write_record(&mut frame, &old, "").0)
+            }
+            _ => None,
+        };
         frame.push(b'}');
         Event {
             cursor,
@@ -116,8 +155,10 @@ impl Event {
             operation,
             relation,
             owner,
+            row: None,
             native: frozen(frame),
             record,
+            old_record,
             event_type,
             encodings: Mutex::new(Vec::new()),
         }
@@ -170,6 +211,17 @@ impl Event {
         record::str_at(&self.native, self.record).unwrap_or("{}")
     }
 
+    /// An update's old row as JSON text, when the table's replica identity sent it (the whole
+    /// row under `REPLICA IDENTITY FULL`, else only changed key columns); a delete's old row
+    /// (the same text as [`Event::record_json`]); `None` otherwise.
+    pub fn old_record_json(&self) -> Option<&str> {
+        match self.operation {
+            Operation::Delete => Some(self.record_json()),
+            Operation::Update => record::str_at(&self.native, self.old_record?),
+            Operation::Insert => None,
+        }
+    }
+
     /// The row, decoded from the frame: column name → JSON value, in column order. Allocates
     /// the whole map; to test a few columns use [`Event::select`].
     pub fn record(&self) -> Record {
@@ -213,6 +265,31 @@ impl Event {
         let mut encodings = self.encodings.lock().unwrap_or_else(|e| e.into_inner());
         *encodings = Vec::new();
     }
+}
+
+/// The [`Event::row`] key of a row of `schema.table` whose key columns (in key order) have
+/// the values `key`: FNV-1a (64 bits) over the names and the values' JSON text, each followed
+/// by a NUL. `None` when `key` is empty or a value is missing or null.
+pub fn row_key(schema: &str, table: &str, key: &[Option<&Value>]) -> Option<u64> {
+    if key.is_empty() {
+        return None;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes.iter().chain([0u8].iter()) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(schema.as_bytes());
+    eat(table.as_bytes());
+    for value in key {
+        match value {
+            None | Some(Value::Null) => return None,
+            Some(v) => eat(v.to_string().as_bytes()),
+        }
+    }
+    Some(hash)
 }
 
 /// A buffer as [`Bytes`] without spare capacity, so no slack stays allocated with the event.

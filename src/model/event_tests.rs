@@ -153,3 +153,51 @@ fn timestamps_have_microseconds_and_z() {
     );
     assert_eq!(format_unix_us(0), "1970-01-01T00:00:00.000000Z");
 }
+
+#[test]
+fn a_delete_frame_has_only_the_old_row_and_is_routed_by_it() {
+    let owner = Uuid::new_v4();
+    let old = json!({"id": 7, "user_id": owner.to_string(), "event_type": "app_open"});
+    let e = event(Operation::Delete, old.as_object().cloned().unwrap());
+    assert_eq!(e.owner, Some(owner));
+    let frame: Value = serde_json::from_slice(&e.native_frame()).unwrap();
+    assert_eq!(frame["type"], "delete");
+    assert!(frame.get("record").is_none(), "{frame}");
+    assert_eq!(frame["old_record"], old);
+    assert_eq!(e.old_record_json(), Some(e.record_json()));
+    assert_eq!(e.event_type().as_deref(), Some("app_open"));
+}
+
+#[test]
+fn an_update_carries_its_old_row_when_sent() {
+    let new = json!({"id": 7, "is_deleted": true});
+    let old = json!({"id": 7, "is_deleted": false});
+    let e = Event::change(
+        Cursor::default(),
+        0,
+        Operation::Update,
+        (Relation::fixture(), "user_id"),
+        new.as_object().cloned().unwrap(),
+        old.as_object().cloned(),
+    );
+    let frame: Value = serde_json::from_slice(&e.native_frame()).unwrap();
+    assert_eq!(frame["record"], new);
+    assert_eq!(frame["old_record"], old);
+    assert_eq!(e.record_json(), new.to_string());
+    assert_eq!(e.old_record_json(), Some(old.to_string().as_str()));
+    let plain = event(Operation::Update, new.as_object().cloned().unwrap());
+    assert_eq!(plain.old_record_json(), None);
+    assert!(!String::from_utf8_lossy(&plain.native_frame()).contains("old_record"));
+}
+
+#[test]
+fn row_keys_tell_rows_and_tables_apart() {
+    let (one, two) = (json!("a"), json!("b"));
+    let key = |t, v| row_key("public", t, &[Some(v)]);
+    assert_eq!(key("events", &one), key("events", &one));
+    assert_ne!(key("events", &one), key("events", &two));
+    assert_ne!(key("events", &one), key("other", &one));
+    assert_eq!(row_key("public", "events", &[]), None);
+    assert_eq!(row_key("public", "events", &[None]), None);
+    assert_eq!(row_key("public", "events", &[Some(&Value::Null)]), None);
+}

@@ -378,8 +378,10 @@ struct Transaction {
 }
 
 /// Decodes one pgoutput message; returns the row event it carries, if `tables` streams its
-/// table and operation. Every row change takes an index in its transaction, streamed or not,
-/// so cursors depend on the WAL alone.
+/// table and operation. Every row change (insert, update, delete) takes an index in its
+/// transaction, streamed or not, so cursors depend on the WAL alone. (Before issue 13 deletes
+/// took none: a transaction that mixed published deletes with other rows numbered them
+/// differently; the default publication published no deletes then.)
 fn decode(
     decoder: &mut Decoder,
     tables: &Tables,
@@ -387,9 +389,10 @@ fn decode(
     data: &[u8],
 ) -> Result<Option<Event>, ReplicationError> {
     let change = decoder.decode(data).map_err(ReplicationError::Decode)?;
-    let (operation, relation, record) = match change {
-        Change::Insert { relation, new } => (Operation::Insert, relation, new),
-        Change::Update { relation, new, .. } => (Operation::Update, relation, new),
+    let (operation, relation, record, old) = match change {
+        Change::Insert { relation, new } => (Operation::Insert, relation, new, None),
+        Change::Update { relation, new, old } => (Operation::Update, relation, new, old),
+        Change::Delete { relation, old } => (Operation::Delete, relation, old, None),
         _ => return Ok(None),
     };
     let Some(tx) = tx else {
@@ -407,11 +410,15 @@ fn decode(
     if cursor.index < tx.skip_below {
         return Ok(None);
     }
-    Ok(Some(Event::new(
+    let row = tables.row_key(&relation, &record);
+    let mut event = Event::change(
         cursor,
         tx.commit_time_us,
         operation,
         (relation, owner_column),
         record,
-    )))
+        old,
+    );
+    event.row = row;
+    Ok(Some(event))
 }

@@ -114,7 +114,11 @@ impl Client {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             match self.next(timeout).await {
-                Next::Json(v) if v["type"] == "insert" || v["type"] == "update" => out.push(v),
+                Next::Json(v)
+                    if matches!(v["type"].as_str(), Some("insert" | "update" | "delete")) =>
+                {
+                    out.push(v)
+                }
                 other => panic!("expected {n} events, got {} then {other:?}", out.len()),
             }
         }

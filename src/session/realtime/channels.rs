@@ -37,7 +37,10 @@ impl Binding {
     pub(super) fn matches(&self, event: &Event) -> bool {
         let kind_ok = matches!(
             (self.kind, event.operation),
-            (Kind::All, _) | (Kind::Insert, Operation::Insert) | (Kind::Update, Operation::Update)
+            (Kind::All, _)
+                | (Kind::Insert, Operation::Insert)
+                | (Kind::Update, Operation::Update)
+                | (Kind::Delete, Operation::Delete)
         );
         kind_ok
             && self.tables.contains(&event.relation)

@@ -175,10 +175,14 @@ pub fn change_frame(
 
 /// `data` of a `postgres_changes` payload: `schema`, `table`, `commit_timestamp` (UTC,
 /// milliseconds, `Z`), `type`, `columns` (`[{name, type}]`, PostgreSQL type names), `record`,
-/// `errors`; for updates also `old_record` (`{}`: the relay streams the new row only, and
-/// realtime-js reads `old_record` of every UPDATE). `record` is the native frame's record,
-/// embedded as it is (not decoded and encoded again).
-fn change_data(event: &Event) -> String {
+/// `errors`; for updates also `old_record` (the old tuple when the table's replica identity sends
+/// one, else `{}`: realtime-js reads `old_record` of every UPDATE); a delete has `old_record` and
+/// no `record`, as the Supabase server's `DeletedRecord` (supabase/realtime,
+/// `lib/realtime/adapters/changes.ex`; realtime-js turns `old_record` into the payload's `old`).
+/// Under `REPLICA IDENTITY FULL` `old_record` is the whole old row: the relay routes a delete to
+/// the row's owner only, where Supabase with RLS would send only the primary key. Records are
+/// the native frame's, embedded as they are (not decoded and encoded again).
+fn change_data<'a>(event: &'a Event) -> String {
     #[derive(Serialize)]
     struct Data<'a> {
         schema: &'a str,
@@ -187,7 +191,8 @@ fn change_data(event: &Event) -> String {
         #[serde(rename = "type")]
         kind: &'static str,
         columns: Vec<Value>,
-        record: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        record: Option<&'a RawValue>,
         errors: Option<()>,
         #[serde(skip_serializing_if = "Option::is_none")]
         old_record: Option<&'a RawValue>,
@@ -202,28 +207,36 @@ fn change_data(event: &Event) -> String {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default();
     let empty = RawValue::from_string("{}".into()).ok();
-    let record = serde_json::from_str::<&RawValue>(event.record_json()).ok();
+    let empty = empty.as_deref().unwrap_or(RawValue::NULL);
+    let raw = |json: Option<&'a str>| {
+        json.and_then(|j| serde_json::from_str::<&RawValue>(j).ok())
+            .unwrap_or(empty)
+    };
     let data = Data {
         schema: &event.relation.schema,
         table: &event.relation.name,
         commit_timestamp: commit,
         kind: supabase_type(event.operation),
         columns,
-        record: record.unwrap_or(empty.as_deref().unwrap_or(RawValue::NULL)),
+        record: match event.operation {
+            Operation::Insert | Operation::Update => Some(raw(Some(event.record_json()))),
+            Operation::Delete => None,
+        },
         errors: None,
         old_record: match event.operation {
-            Operation::Update => empty.as_deref(),
+            Operation::Update | Operation::Delete => Some(raw(event.old_record_json())),
             Operation::Insert => None,
         },
     };
     serde_json::to_string(&data).unwrap_or_default()
 }
 
-/// `INSERT` / `UPDATE`, as Supabase names the change types.
+/// `INSERT` / `UPDATE` / `DELETE`, as Supabase names the change types.
 pub fn supabase_type(op: Operation) -> &'static str {
     match op {
         Operation::Insert => "INSERT",
         Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
     }
 }
 
