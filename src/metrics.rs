@@ -65,6 +65,13 @@ pub const SLOT_SAFE_WAL_SIZE_BYTES: &str = "relay_slot_safe_wal_size_bytes";
 /// relay or other users.
 pub const REFUSED: &str = "relay_refused_total";
 
+/// Counter by `result` (`ok`, `error`): fetches of `auth.jwks_url`.
+pub const JWKS_FETCHES: &str = "relay_jwks_fetches_total";
+/// Keys in the JWKS in use (`auth.jwks_url` and `auth.jwks_file` merged); absent without one.
+pub const JWKS_KEYS: &str = "relay_jwks_keys";
+/// Unix time (s) of the last successful fetch of `auth.jwks_url`; absent before the first.
+pub const JWKS_LAST_SUCCESS: &str = "relay_jwks_last_success_timestamp_seconds";
+
 /// The SLO target in seconds (PRD §8: "Realtime latency < 500 ms from insert to dashboard").
 pub const SLO_TARGET_SECONDS: f64 = 0.5;
 
@@ -156,6 +163,9 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Gauge, REPLAY_OLDEST_AGE, Some(Unit::Seconds), "Age of the oldest event in the replay window."),
     (Counter, REPLAY_EVICTED, None, "Events evicted from the replay window, by reason (user_share, age, count, bytes, erased)."),
     (Counter, RESUMES, None, "Sessions resumed with a cursor, by completeness."),
+    (Counter, JWKS_FETCHES, None, "Fetches of auth.jwks_url, by result (ok, error)."),
+    (Gauge, JWKS_KEYS, None, "Keys in the JWKS in use (auth.jwks_url and auth.jwks_file merged)."),
+    (Gauge, JWKS_LAST_SUCCESS, Some(Unit::Seconds), "Unix time of the last successful fetch of auth.jwks_url."),
     (Gauge, SLOT_RETAINED_WAL_BYTES, Some(Unit::Bytes), "WAL retained by the slot (current LSN minus restart_lsn)."),
     (Gauge, SLOT_SAFE_WAL_SIZE_BYTES, Some(Unit::Bytes), "WAL that may still be written before max_slot_wal_keep_size invalidates the slot."),
 ];

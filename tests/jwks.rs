@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use crate::common::keys::{generate, jwks_json};
+use crate::common::keys::{generate, generate_pem, jwks_json};
 use crate::common::phoenix;
 use crate::common::ws::{upgrade, Upgrade};
 use crate::common::{create_user, TestDb};
@@ -196,7 +196,66 @@ async fn es256_rs256_and_eddsa_tokens_are_accepted_by_kid_everywhere() {
     );
     let metrics = crate::common::scrape(&relay).await;
     assert!(metrics.contains("relay_auth_failures_total{reason=\"unknown_kid\"}"));
+    crate::common::assert_at_least(&metrics, "relay_jwks_fetches_total{result=\"ok\"}", 1.0);
+    assert!(metrics.contains("relay_jwks_last_success_timestamp_seconds "));
     relay.shutdown().await.unwrap();
+}
+
+/// Runs `engagement-relay token` with `args`; returns its standard output.
+fn relay_token(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_engagement-relay"))
+        .env_remove("RELAY_JWT_SECRET")
+        .env_remove("RELAY_JWKS_URL")
+        .arg("token")
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "token {args:?}: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_minted_by_the_cli_with_a_private_key_verify_against_a_jwks_file() {
+    let db = TestDb::new().await;
+    let dir = std::env::temp_dir().join(format!("relay-jwks-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (pem, jwks) = (dir.join("signing.pem"), dir.join("jwks.json"));
+    std::fs::write(&pem, generate_pem(Algorithm::ES256)).unwrap();
+    let pem_arg = pem.to_str().unwrap();
+    std::fs::write(
+        &jwks,
+        relay_token(&["--key", pem_arg, "--kid", "cli-1", "--jwks"]),
+    )
+    .unwrap();
+    let user = Uuid::new_v4();
+    let minted = relay_token(&[
+        "--key",
+        pem_arg,
+        "--kid",
+        "cli-1",
+        "--sub",
+        &user.to_string(),
+    ]);
+
+    let file = jwks.clone();
+    let relay = db
+        .relay_with(move |c| {
+            c.auth.jwt_secret = Secret::default();
+            c.auth.jwks_file = Some(file);
+        })
+        .await;
+    // The file is read before the relay starts serving: accepted at once.
+    assert_eq!(try_upgrade(&relay, minted.trim()).await, Ok(()));
+    let stranger = generate(Algorithm::ES256, "not-in-the-file");
+    assert_eq!(
+        try_upgrade(&relay, &token(&stranger, user)).await,
+        Err((401, "unknown_kid".into()))
+    );
+    let metrics = crate::common::scrape(&relay).await;
+    assert!(metrics.contains("relay_jwks_keys "));
+    relay.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

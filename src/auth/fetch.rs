@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::jwks::{refresh_after, Jwks, KeySet, MIN_REFRESH};
 use crate::config::AuthConfig;
+use crate::metrics::{JWKS_FETCHES, JWKS_KEYS, JWKS_LAST_SUCCESS};
 
 /// Longest wait for one JWKS response (connect, headers and body).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,15 +46,26 @@ pub enum LoadError {
     },
 }
 
-/// Reads and parses a JWKS file; skipped keys are logged.
+/// Reads and parses a JWKS file (blocking: for start-up); skipped keys are logged.
 ///
 /// Errors: [`LoadError::File`].
 pub fn read_file(path: &Path) -> Result<KeySet, LoadError> {
+    parse_file(path, std::fs::read(path))
+}
+
+/// [`read_file`] without blocking the runtime thread (for the refresh task).
+///
+/// Errors: [`LoadError::File`].
+pub async fn read_file_async(path: &Path) -> Result<KeySet, LoadError> {
+    parse_file(path, tokio::fs::read(path).await)
+}
+
+fn parse_file(path: &Path, read: std::io::Result<Vec<u8>>) -> Result<KeySet, LoadError> {
     let fail = |why: String| LoadError::File {
         path: path.to_path_buf(),
         why,
     };
-    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let bytes = read.map_err(|e| fail(e.to_string()))?;
     let (set, skipped) = KeySet::parse(&bytes).map_err(|e| fail(e.to_string()))?;
     for why in skipped {
         warn!(file = %path.display(), "jwks: skipped {why}");
@@ -117,7 +129,7 @@ pub fn start(
         Some(path) => {
             let set = read_file(path)?;
             info!(file = %path.display(), kids = ?set.kids(), "jwks: loaded");
-            jwks.replace(set.clone());
+            publish(&jwks, set.clone());
             Some(set)
         }
         None => None,
@@ -160,12 +172,15 @@ impl Refresher {
         loop {
             let wait = match fetch_url(&self.client, &self.url).await {
                 Ok((set, ttl)) => {
+                    metrics::counter!(JWKS_FETCHES, "result" => "ok").increment(1);
+                    metrics::gauge!(JWKS_LAST_SUCCESS).set(unix_now());
                     info!(url = %self.url, kids = ?set.kids(), refresh_s = ttl.as_secs(), "jwks: fetched");
                     self.url_set = Some(set);
                     retry = FIRST_RETRY;
                     ttl
                 }
                 Err(e) => {
+                    metrics::counter!(JWKS_FETCHES, "result" => "error").increment(1);
                     warn!(
                         "jwks: {e}; keeping the last good key set, retrying in {}s",
                         retry.as_secs()
@@ -176,7 +191,7 @@ impl Refresher {
                 }
             };
             if let Some(path) = &self.file {
-                match read_file(path) {
+                match read_file_async(path).await {
                     Ok(set) => self.file_set = Some(set),
                     Err(e) => warn!("jwks: {e}; keeping its last good keys"),
                 }
@@ -198,6 +213,19 @@ impl Refresher {
             (None, Some(u)) => u.clone(),
             (Some(f), Some(u)) => f.merged(u),
         };
-        self.jwks.replace(set);
+        publish(&self.jwks, set);
     }
+}
+
+/// Makes `set` current and exports its size ([`JWKS_KEYS`]).
+fn publish(jwks: &Jwks, set: KeySet) {
+    metrics::gauge!(JWKS_KEYS).set(set.len() as f64);
+    jwks.replace(set);
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
