@@ -21,9 +21,10 @@ use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use crate::common::keys::{generate, generate_pem, jwks_json};
+use crate::common::node::NodeClient;
 use crate::common::phoenix;
 use crate::common::ws::{upgrade, Upgrade};
-use crate::common::{create_user, TestDb};
+use crate::common::{create_user, insert_event, TestDb};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -201,6 +202,31 @@ async fn es256_rs256_and_eddsa_tokens_are_accepted_by_kid_everywhere() {
     relay.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_joins_with_an_es256_access_token() {
+    let db = TestDb::new().await;
+    let key = generate(Algorithm::ES256, "supabase-es256");
+    let endpoint = Endpoint::default();
+    endpoint.publish(&[&key]);
+    let relay = jwks_relay(&db, &jwks_server(endpoint).await).await;
+    let pg = db.client().await;
+    let user = create_user(&pg).await;
+    let access_token = token(&key, user);
+    until_accepted(&relay, &access_token, Duration::from_secs(10)).await;
+    let url = format!("ws://{}/realtime/v1", relay.server_addr());
+    let mut client = NodeClient::start(
+        "realtime",
+        json!({"url": url, "apikey": "sb_publishable_anything", "token": access_token}),
+    );
+    client.status("SUBSCRIBED").await;
+    insert_event(&pg, user, "app_open", json!({})).await;
+    let change = client.changes(1).await.remove(0);
+    assert_eq!(change["eventType"], "INSERT");
+    assert_eq!(change["new"]["user_id"], user.to_string());
+    client.quit().await;
+    relay.shutdown().await.unwrap();
+}
+
 /// Runs `engagement-relay token` with `args`; returns its standard output.
 fn relay_token(args: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_engagement-relay"))
@@ -284,6 +310,25 @@ async fn rotation_is_followed_without_restart_and_keys_survive_an_outage() {
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
+    // ... and on a token refresh: a Realtime channel joined with the new kid ends when its
+    // access_token is refreshed with a token of the withdrawn one.
+    let mut ws = phoenix::open(&relay, "sb_publishable_anything", "2.0.0").await;
+    let bindings = json!([{"event": "INSERT", "schema": "public", "table": "engagement_events"}]);
+    let join = phoenix::join("realtime:r", "1", &token(&new, user), bindings);
+    ws.send(Message::text(join)).await.unwrap();
+    assert_eq!(phoenix::next(&mut ws).await[4]["status"], "ok");
+    let subscribed = phoenix::next(&mut ws).await;
+    assert_eq!(subscribed[3], "system", "{subscribed}");
+    let refresh =
+        json!(["1", "2", "realtime:r", "access_token", {"access_token": token(&old, user)}]);
+    ws.send(Message::text(refresh.to_string())).await.unwrap();
+    let system = phoenix::next(&mut ws).await;
+    assert_eq!(system[3], "system", "{system}");
+    assert_eq!(system[4]["status"], "error", "{system}");
+    assert!(
+        system[4]["message"].as_str().unwrap_or("").contains("kid"),
+        "{system}"
+    );
 
     // The endpoint goes down: the next scheduled refresh fails (the unknown-kid re-fetch just
     // above is throttled for 30 s), and the cached keys keep working.
