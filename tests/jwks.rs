@@ -326,7 +326,10 @@ async fn rotation_is_followed_without_restart_and_keys_survive_an_outage() {
     assert_eq!(system[3], "system", "{system}");
     assert_eq!(system[4]["status"], "error", "{system}");
     assert!(
-        system[4]["message"].as_str().unwrap_or("").contains("kid"),
+        system[4]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unknown key id"),
         "{system}"
     );
 
