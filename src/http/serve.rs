@@ -25,6 +25,9 @@
 //! `descriptors`. On `stop` the listener closes, connections waiting for a head close at once,
 //! and requests in flight finish (hyper's graceful shutdown); [`serve`] returns once every
 //! connection has ended.
+//!
+//! A listener with TLS ([`super::tls`]) runs each connection's handshake first, in its task,
+//! as part of its first request head: under the same header timeout and pending slot.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -48,10 +51,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::{sleep, sleep_until, Instant};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use super::tls::{self, Tls};
 use crate::refused::{self, Reason};
 
 /// First sleep after `accept` ran out of descriptors; doubles per failure in a row.
@@ -73,10 +78,12 @@ pub struct Rules {
 
 /// Serves `router` on `listener` until `stop` is cancelled, then waits for its connections
 /// (requests in flight finish; upgraded sessions are not waited for: they are tracked apart).
+/// With `tls`, every connection is a TLS one (`https://`, `wss://`).
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     rules: Rules,
+    tls: Option<Arc<Tls>>,
     stop: CancellationToken,
 ) {
     let connections = TaskTracker::new();
@@ -113,7 +120,8 @@ pub async fn serve(
         // Event frames are small and latency-bound: no Nagle delay.
         let _ = tcp.set_nodelay(true);
         let watch = Watch::new(pending.clone());
-        connections.spawn(connection(tcp, router.clone(), rules, watch, stop.clone()));
+        let tls = tls.clone();
+        connections.spawn(connection(tcp, router.clone(), rules, tls, watch, stop.clone()));
     }
     drop(listener);
     connections.close();
@@ -134,12 +142,25 @@ async fn connection(
     tcp: TcpStream,
     router: axum::Router,
     rules: Rules,
+    tls: Option<Arc<Tls>>,
     watch: Arc<Watch>,
     stop: CancellationToken,
 ) {
-    let io = TokioIo::new(WatchedIo {
+    // However the handshake ends, the connection leaves the pending count.
+    let _handshaking = EndOnDrop(watch.clone());
+    let watched = WatchedIo {
         tcp,
         watch: watch.clone(),
+    };
+    let io = TokioIo::new(match tls {
+        None => Either::Left(watched),
+        Some(tls) => {
+            let deadline = watch.born + rules.header_timeout;
+            match tls::handshake(&tls, watched, deadline, &watch.evicted, &stop).await {
+                Some(stream) => Either::Right(stream),
+                None => return,
+            }
+        }
     });
     let inner = TowerToHyperService::new(router);
     let tracker = watch.clone();
