@@ -121,7 +121,14 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let watch = Watch::new(pending.clone());
         let tls = tls.clone();
-        connections.spawn(connection(tcp, router.clone(), rules, tls, watch, stop.clone()));
+        connections.spawn(connection(
+            tcp,
+            router.clone(),
+            rules,
+            tls,
+            watch,
+            stop.clone(),
+        ));
     }
     drop(listener);
     connections.close();

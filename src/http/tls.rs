@@ -59,7 +59,12 @@ struct Current(RwLock<Arc<CertifiedKey>>);
 
 impl ResolvesServerCert for Current {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.read().unwrap_or_else(PoisonError::into_inner).clone())
+        Some(
+            self.0
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
     }
 }
 
@@ -102,7 +107,11 @@ impl Tls {
     pub fn reload(&self) -> Result<(), TlsError> {
         let provider = ring::default_provider();
         let key = read(&self.files, &provider)?;
-        *self.current.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
+        *self
+            .current
+            .0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
         Ok(())
     }
 }
