@@ -107,13 +107,20 @@ fn wss_url(addr: std::net::SocketAddr, token: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wss_session_receives_an_inserted_event_and_https_health_answers() {
-    let certs = Certs::new("native");
+/// A relay serving TLS with a new CA's certificate (see [`Certs::new`]), a database
+/// connection and a user.
+async fn tls_relay(tag: &str) -> (Certs, Relay, tokio_postgres::Client, uuid::Uuid) {
+    let certs = Certs::new(tag);
     let db = TestDb::new().await;
     let relay = db.relay_with(server_tls(&certs)).await;
     let pg = db.client().await;
     let user = create_user(&pg).await;
+    (certs, relay, pg, user)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wss_session_receives_an_inserted_event_and_https_health_answers() {
+    let (certs, relay, pg, user) = tls_relay("native").await;
     let url = wss_url(relay.server_addr(), &user_token(user, HOUR));
     let (mut client, ready) = ws::connect_tls(&url, certs.ca.client_config().unwrap()).await;
     assert_eq!(ready["user_id"], user.to_string());
@@ -136,11 +143,7 @@ async fn a_wss_session_receives_an_inserted_event_and_https_health_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_js_joins_and_receives_an_insert_over_wss() {
-    let certs = Certs::new("realtime");
-    let db = TestDb::new().await;
-    let relay = db.relay_with(server_tls(&certs)).await;
-    let pg = db.client().await;
-    let user = create_user(&pg).await;
+    let (certs, relay, pg, user) = tls_relay("realtime").await;
     let token = user_token(user, HOUR);
     let url = format!("wss://localhost:{}/realtime/v1", relay.server_addr().port());
     let ca = certs.ca_pem().display().to_string();
@@ -281,13 +284,7 @@ async fn plaintext_http_to_a_tls_port_is_closed_not_hung() {
         "served in plaintext: {:?}",
         String::from_utf8_lossy(&got)
     );
-    let text = crate::common::scrape(&relay).await;
-    assert_at_least(
-        &text,
-        r#"relay_tls_handshakes_total{listener="server",result="failed"}"#,
-        1.0,
-    );
-    relay.shutdown().await.unwrap();
+    assert_handshakes_counted(relay, "failed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,12 +300,14 @@ async fn a_stalled_handshake_is_closed_at_the_header_timeout() {
     // Connected, and silent: no ClientHello.
     let mut tcp = TcpStream::connect(relay.server_addr()).await.unwrap();
     assert!(read_to_close(&mut tcp).await.is_empty());
+    assert_handshakes_counted(relay, "timeout").await;
+}
+
+/// Asserts the relay counted a server handshake with `result`, then stops it.
+async fn assert_handshakes_counted(relay: Relay, result: &str) {
     let text = crate::common::scrape(&relay).await;
-    assert_at_least(
-        &text,
-        r#"relay_tls_handshakes_total{listener="server",result="timeout"}"#,
-        1.0,
-    );
+    let sample = format!(r#"relay_tls_handshakes_total{{listener="server",result="{result}"}}"#);
+    assert_at_least(&text, &sample, 1.0);
     relay.shutdown().await.unwrap();
 }
 
