@@ -15,14 +15,16 @@ mod auth;
 pub mod bytes;
 mod fairness;
 mod server;
+mod tls;
 
 pub use auth::AuthConfig;
 pub use server::ServerConfig;
+pub use tls::TlsFiles;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
@@ -121,12 +123,18 @@ impl Default for Config {
 pub struct MetricsConfig {
     /// Address serving `GET /metrics` in Prometheus text format (default `0.0.0.0:9898`).
     pub listen: SocketAddr,
+    /// PEM certificate chain: with `tls_key`, the port serves `https://` (default unset).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (default unset).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: ([0, 0, 0, 0], 9898).into(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -540,6 +548,7 @@ impl Config {
         }
         self.auth.validate()?;
         self.validate_fairness()?;
+        self.validate_tls()?;
         crate::tables::validate(&self.tables).map_err(|e| ConfigError(e.to_string()))
     }
 }

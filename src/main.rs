@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use engagement_relay::auth::sign::{public_jwks, SigningKey};
 use engagement_relay::auth::{mint, Role};
 use engagement_relay::config::{bytes, Config, LogFormat, Overrides};
-use engagement_relay::{db, doctor, start};
+use engagement_relay::{db, doctor, start, RelayError};
 use relay_testkit::pgcluster;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -133,6 +133,8 @@ async fn run(command: Command, config: Config) -> ExitCode {
             }
             let relay = match start(config).await {
                 Ok(r) => r,
+                // A certificate or key that cannot be used is bad configuration.
+                Err(e @ (RelayError::Config(_) | RelayError::Tls(_))) => return fail(78, &e),
                 Err(e) => return fail(1, &e),
             };
             let stop = relay.shutdown_token();

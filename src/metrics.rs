@@ -71,6 +71,11 @@ pub const JWKS_FETCHES: &str = "relay_jwks_fetches_total";
 pub const JWKS_KEYS: &str = "relay_jwks_keys";
 /// Unix time (s) of the last successful fetch of `auth.jwks_url`; absent before the first.
 pub const JWKS_LAST_SUCCESS: &str = "relay_jwks_last_success_timestamp_seconds";
+/// Counter by `listener` (`server`, `metrics`) and `result` (`ok`; `failed`: not TLS, no
+/// common version or cipher, a certificate the client refused; `timeout`: not done within
+/// `server.header_timeout`; `evicted`: its pending slot taken, `server.max_pending`): TLS
+/// handshakes on a listener with `tls_cert` set.
+pub const TLS_HANDSHAKES: &str = "relay_tls_handshakes_total";
 
 /// The SLO target in seconds (PRD §8: "Realtime latency < 500 ms from insert to dashboard").
 pub const SLO_TARGET_SECONDS: f64 = 0.5;
@@ -153,6 +158,7 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Gauge, SESSIONS, None, "Open WebSocket sessions, by role."),
     (Counter, SESSIONS_CLOSED, None, "Sessions closed by the server, by close code."),
     (Counter, AUTH_FAILURES, None, "Refused tokens, by reason."),
+    (Counter, TLS_HANDSHAKES, None, "TLS handshakes on the listeners serving TLS, by listener and result (ok, failed, timeout, evicted)."),
     (Counter, REFUSED, None, "Connections, sessions, requests and rows refused under load, by reason."),
     (Gauge, REPLICATION_CONNECTED, None, "1 while the replication stream is connected."),
     (Gauge, REPLICATION_LAG_BYTES, Some(Unit::Bytes), "Server WAL end minus the LSN processed by the relay."),

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::http::serve::{self, Rules};
+use crate::http::tls::{self, Tls, TlsError};
 use crate::http::{self, AppState};
 use crate::limits::{self, Budget};
 use crate::replication::{self, ReplicationContext, ReplicationError, StreamStatus};
@@ -49,6 +50,10 @@ pub enum RelayError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A `tls_cert`/`tls_key` file is unreadable, not PEM, or the key does not fit the
+    /// certificate (one line naming the key and the file).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// `auth.jwks_file` is unreadable or not a JWKS (or the HTTP client cannot be built).
     #[error(transparent)]
     Jwks(#[from] crate::auth::fetch::LoadError),
@@ -90,6 +95,8 @@ fn verifier(
 pub async fn start(config: Config) -> Result<Relay, RelayError> {
     config.validate()?;
     config.require_token_keys()?;
+    let server_tls = load_tls(config.server.tls()?)?;
+    let metrics_tls = load_tls(config.metrics.tls()?)?;
     let handle = crate::metrics::install();
     crate::refused::register();
     metrics::gauge!(crate::metrics::REPLAY_WINDOW).set(config.replay.window.as_secs_f64());
@@ -153,6 +160,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         server,
         http::server_routes(state, config.server.request_timeout),
         rules,
+        server_tls.clone(),
         sessions_stop.clone(),
     ));
     let metrics_rules = Rules {
@@ -163,9 +171,22 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         metrics,
         http::metrics_routes(handle),
         metrics_rules,
+        metrics_tls.clone(),
         sessions_stop.clone(),
     ));
     info!(%server_addr, %metrics_addr, "relay listening");
+    if let Some(tls) = &server_tls {
+        let cert = tls.files().cert.display();
+        info!(%server_addr, %cert, "serving https/wss on {server_addr} (server.tls_cert {cert})");
+    }
+    if let Some(tls) = &metrics_tls {
+        let cert = tls.files().cert.display();
+        info!(%metrics_addr, %cert, "serving https on {metrics_addr} (metrics.tls_cert {cert})");
+    }
+    let reloadable: Vec<_> = server_tls.into_iter().chain(metrics_tls).collect();
+    if !reloadable.is_empty() {
+        tokio::spawn(tls::reload_on_hangup(reloadable, shutdown.clone()));
+    }
 
     let grace = config.shutdown.grace;
     let stop = shutdown.clone();
@@ -244,6 +265,11 @@ fn session_budget(config: &Config) -> Budget {
         );
     }
     budget
+}
+
+/// The TLS side of a listener whose `tls_cert`/`tls_key` are set, its files read now.
+fn load_tls(files: Option<crate::config::TlsFiles>) -> Result<Option<Arc<Tls>>, RelayError> {
+    Ok(files.map(Tls::load).transpose()?.map(Arc::new))
 }
 
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, RelayError> {

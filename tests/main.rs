@@ -14,6 +14,7 @@ mod api;
 mod api_properties;
 mod auth;
 mod cli;
+mod client_tls;
 mod deletes;
 mod dev;
 mod doctor;

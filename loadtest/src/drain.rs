@@ -118,6 +118,7 @@ async fn time_relay(url: &str, slot: &str, events: u64) -> anyhow::Result<f64> {
         database_url: url,
         slot,
         extra: &[],
+        https: None,
     })
     .await?;
     let metrics = format!("http://{}/metrics", relay.metrics_addr);

@@ -58,6 +58,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
             ("RELAY_INGEST__KEY_ROWS_BURST", "1000000"),
             ("RELAY_LIMITS__SESSION_QUEUE", "16384"),
         ],
+        https: None,
     })
     .await?;
     let token = mint(

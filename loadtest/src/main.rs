@@ -58,9 +58,16 @@ enum Command {
 /// A soak run.
 #[derive(Args, Clone)]
 struct SoakArgs {
-    /// Relay WebSocket base URL (loopback only).
+    /// Relay WebSocket base URL (loopback only): `ws://` or `wss://` (then give `--ca`).
     #[arg(long, default_value = "ws://127.0.0.1:4000")]
     url: String,
+    /// PEM file of the CA that signed the relay's certificate, trusted (alone) for `wss://`.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// With --spawn-dev: the relay serves wss:// with a certificate for 127.0.0.1 from a CA
+    /// generated at start (written to a temporary folder; the sessions trust it).
+    #[arg(long, requires = "spawn_dev")]
+    tls: bool,
     /// Relay metrics URL.
     #[arg(long, default_value = "http://127.0.0.1:9898/metrics")]
     metrics_url: String,
@@ -172,16 +179,33 @@ async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
     }
     let mut _cluster = None;
     let mut child = None;
+    let mut _certs = None;
     if args.spawn_dev {
         let cluster = spawn::start_cluster(args.pg_settings.clone()).await?;
         let url = cluster.url("postgres");
+        let tls = if args.tls {
+            let certs = spawn::TlsFiles::generate()?;
+            args.ca = Some(certs.ca.clone());
+            Some(certs)
+        } else {
+            None
+        };
+        let extra = tls.as_ref().map(spawn::TlsFiles::env).unwrap_or_default();
+        let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let https = match &args.ca {
+            Some(ca) if args.tls => Some(https_client(ca)?),
+            _ => None,
+        };
         let relay = spawn::spawn_relay(spawn::RelayEnv {
             database_url: &url,
             slot: "relay_soak",
-            extra: &[],
+            extra: &extra,
+            https,
         })
         .await?;
-        args.url = format!("ws://{}", relay.addr);
+        let scheme = if args.tls { "wss" } else { "ws" };
+        args.url = format!("{scheme}://{}", relay.addr);
+        _certs = tls;
         args.metrics_url = format!("http://{}/metrics", relay.metrics_addr);
         args.database_url = Some(url);
         args.jwt_secret = Some(DEV_JWT_SECRET.into());
@@ -190,6 +214,16 @@ async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
         _cluster = Some(cluster);
     }
     let relay = loopback_target(&args.url)?;
+    let tls = match (&args.ca, args.url.starts_with("wss://")) {
+        (Some(ca), true) => Some(
+            relay_testkit::tls::client_config_from_pem(ca)
+                .with_context(|| format!("--ca {}", ca.display()))?,
+        ),
+        (None, true) => {
+            bail!("--url wss://… needs --ca <pem> (the CA that signed the relay's certificate)")
+        }
+        (_, false) => None,
+    };
     let database_url = args
         .database_url
         .clone()
@@ -207,7 +241,7 @@ async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
         + args.drain
         + args.settle
         + Duration::from_secs(180);
-    let report = tokio::time::timeout(bound, run(&args, relay, &database_url, &secret, pid))
+    let report = tokio::time::timeout(bound, run(&args, relay, tls, &database_url, &secret, pid))
         .await
         .map_err(|_| anyhow::anyhow!("the run exceeded its time bound ({bound:?})"))??;
     if let Some(child) = child {
@@ -228,7 +262,8 @@ async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
 fn loopback_target(url: &str) -> anyhow::Result<SocketAddr> {
     let rest = url
         .strip_prefix("ws://")
-        .context("--url must start with ws://")?;
+        .or_else(|| url.strip_prefix("wss://"))
+        .context("--url must start with ws:// or wss://")?;
     let host_port = rest.split('/').next().unwrap_or(rest);
     let addr: SocketAddr = host_port
         .parse()
@@ -242,6 +277,7 @@ fn loopback_target(url: &str) -> anyhow::Result<SocketAddr> {
 async fn run(
     args: &SoakArgs,
     relay: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
     database_url: &str,
     secret: &str,
     pid: Option<u32>,
@@ -260,6 +296,7 @@ async fn run(
             user: Some(user),
             user_id: Some(users[user].to_string()),
             url: format!("{base}/v1/events?access_token={token}"),
+            tls: tls.clone(),
             relay,
             source: sessions::source_address(i),
         });
@@ -270,6 +307,7 @@ async fn run(
             user: None,
             user_id: None,
             url: format!("{base}/v1/events?access_token={service}"),
+            tls: tls.clone(),
             relay,
             source: sessions::source_address(args.connections + i),
         });
@@ -305,7 +343,9 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let connected = live.ready.load(Ordering::Relaxed);
-    info!(connected, total, ramp = ?started.elapsed(), "sessions connected");
+    let ramp = started.elapsed();
+    let ramp_end = pid.and_then(procstat::sample).unwrap_or_default();
+    info!(connected, total, ramp = ?ramp, "sessions connected");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after_ramp = pid.and_then(procstat::sample).unwrap_or_default();
 
@@ -344,6 +384,13 @@ async fn run(
     let mut report = Report::default();
     report::account(&mut report, &sent, &outcomes, &users_of);
     report.relay.pid = pid.unwrap_or(0);
+    report.ramp = report::Ramp {
+        tls: tls.is_some(),
+        connected,
+        seconds: ramp.as_secs_f64(),
+        per_second: connected as f64 / ramp.as_secs_f64().max(1e-9),
+        relay_cpu_seconds: (ramp_end.cpu_seconds - before.cpu_seconds).max(0.0),
+    };
     report.relay.cpu_seconds = (end.cpu_seconds - before.cpu_seconds).max(0.0);
     report.relay.max_rss_bytes = monitor.as_ref().map_or(0, |(rx, _)| rx.borrow().1);
     report.relay.rss_before_ramp_bytes = before.rss_bytes;
@@ -393,6 +440,15 @@ async fn run(
         plot::draw(path, &report::latencies_ms(&outcomes), args.slo_ms, &title)?;
     }
     Ok(report)
+}
+
+/// An HTTP client trusting only the CA in the PEM file `ca` (the spawned relay's `/readyz`).
+fn https_client(ca: &std::path::Path) -> anyhow::Result<reqwest::Client> {
+    let pem = std::fs::read(ca).with_context(|| format!("--ca {}", ca.display()))?;
+    Ok(reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+        .build()?)
 }
 
 async fn scrape(url: &str) -> String {

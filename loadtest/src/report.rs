@@ -24,6 +24,21 @@ pub struct Quantiles {
     pub max: f64,
 }
 
+/// The connect ramp: every session opened and its `ready` frame read.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Ramp {
+    /// Sessions connected over `wss://`.
+    pub tls: bool,
+    /// Sessions that reached `ready`.
+    pub connected: usize,
+    /// From the first connect to the last `ready` (or the ramp's 120 s bound), seconds.
+    pub seconds: f64,
+    /// `connected / seconds`: the connect rate achieved.
+    pub per_second: f64,
+    /// The relay's CPU seconds over the ramp (0 when its pid is unknown).
+    pub relay_cpu_seconds: f64,
+}
+
 /// The relay process over the run.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct RelayUsage {
@@ -92,6 +107,8 @@ pub struct Report {
     pub leaks: u64,
     /// Sessions that never reached `ready`.
     pub connection_errors: u64,
+    /// The connect ramp.
+    pub ramp: Ramp,
     /// Sessions closed by the relay, by close code.
     pub closes: BTreeMap<String, u64>,
     /// Commit timestamp → client receive.
@@ -270,6 +287,14 @@ pub fn summary(r: &Report) -> String {
     s += &format!("duplicates             {:>12}\n", r.duplicates);
     s += &format!("leaks                  {:>12}\n", r.leaks);
     s += &format!("connection errors      {:>12}\n", r.connection_errors);
+    s += &format!(
+        "connect ramp           {} sessions ({}) in {:.2} s = {:.0}/s, relay cpu {:.2} s\n",
+        r.ramp.connected,
+        if r.ramp.tls { "wss" } else { "ws" },
+        r.ramp.seconds,
+        r.ramp.per_second,
+        r.ramp.relay_cpu_seconds
+    );
     s += &format!("closes by code         {:>12}\n", format!("{:?}", r.closes));
     s += "latency (ms)               p50      p90      p99    p99.9      max\n";
     s += &format!("  commit → receive  {}\n", q(&r.latency_ms));

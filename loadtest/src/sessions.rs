@@ -20,8 +20,10 @@ pub struct SessionSpec {
     pub user: Option<usize>,
     /// The user's UUID as text (compared with each record's `user_id`).
     pub user_id: Option<String>,
-    /// `ws://…/v1/events?access_token=…`.
+    /// `ws://…/v1/events?access_token=…` (or `wss://`).
     pub url: String,
+    /// For `wss://`: the client configuration trusting the relay's CA (`--ca`, `--tls`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The relay's address.
     pub relay: SocketAddr,
     /// Loopback source address (127.0.0.x) to spread local ports over.
@@ -132,7 +134,8 @@ pub async fn run(spec: SessionSpec, live: Arc<Live>, stop: StopToken) -> Session
     out
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(spec: &SessionSpec) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
@@ -149,10 +152,20 @@ async fn connect(spec: &SessionSpec) -> Result<Ws, String> {
     let config = WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
         .write_buffer_size(0);
-    let (ws, _) =
-        tokio_tungstenite::client_async_with_config(spec.url.as_str(), stream, Some(config))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
+    // With `tls`, a `wss://` URL is served through rustls (TLS handshake, then the upgrade).
+    let connector = spec
+        .tls
+        .clone()
+        .map(tokio_tungstenite::Connector::Rustls)
+        .unwrap_or(tokio_tungstenite::Connector::Plain);
+    let (ws, _) = tokio_tungstenite::client_async_tls_with_config(
+        spec.url.as_str(),
+        stream,
+        Some(config),
+        Some(connector),
+    )
+    .await
+    .map_err(|e| format!("handshake: {e}"))?;
     Ok(ws)
 }
 

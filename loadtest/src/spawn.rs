@@ -2,6 +2,7 @@
 //! applied, and the relay as a child process (this binary re-run as `__relay`, through the kit's
 //! `RelayProcess`), so its CPU and memory are measured apart from the harness.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use engagement_relay::db;
 use relay_testkit::demo::DEV_JWT_SECRET;
 use relay_testkit::pgcluster::{Cluster, ClusterOptions};
 use relay_testkit::{RelayProcess, StartOptions};
+use tracing::info;
 
 /// A private cluster with the migrations applied. Durable settings (not the tests' `fast`
 /// ones): with `synchronous_commit=off` the walsender waits for the WAL writer (up to 200 ms)
@@ -40,6 +42,9 @@ pub struct RelayEnv<'a> {
     pub slot: &'a str,
     /// Further `RELAY_*` variables.
     pub extra: &'a [(&'a str, &'a str)],
+    /// When the relay serves TLS (`RELAY_SERVER__TLS_CERT` in `extra`): a client trusting its
+    /// certificate, to wait for `https://…/readyz`.
+    pub https: Option<reqwest::Client>,
 }
 
 /// How long the child may take to become ready (the replay-window rebuild of a long slot).
@@ -66,7 +71,10 @@ pub async fn spawn_relay(env: RelayEnv<'_>) -> anyhow::Result<RelayProcess> {
     let mut relay = RelayProcess::start_with(command, options)
         .await
         .context("starting the relay child process")?;
-    relay.wait_ready(READY).await?;
+    match &env.https {
+        Some(client) => relay.wait_ready_with(client, "https", READY).await?,
+        None => relay.wait_ready(READY).await?,
+    }
     Ok(relay)
 }
 
@@ -87,4 +95,45 @@ pub async fn serve_relay() -> anyhow::Result<()> {
     });
     relay.wait().await?;
     Ok(())
+}
+
+/// The certificate files of a relay spawned with `--tls`: a CA generated at start and a
+/// certificate for 127.0.0.1 it signed, in a temporary folder removed on drop.
+pub struct TlsFiles {
+    dir: PathBuf,
+    /// The CA certificate (PEM), what the sessions trust.
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    /// Generates the CA and the server certificate into `relay-soak-tls-<pid>` under the
+    /// temporary directory.
+    pub fn generate() -> anyhow::Result<TlsFiles> {
+        let dir = std::env::temp_dir().join(format!("relay-soak-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let ca = relay_testkit::tls::TestCa::new("relay-soak test CA")?;
+        ca.issue(1)?
+            .write(&dir.join("server.pem"), &dir.join("server.key"))?;
+        std::fs::write(dir.join("ca.pem"), ca.pem())?;
+        info!(dir = %dir.display(), "--tls: relay certificate and CA generated");
+        Ok(TlsFiles {
+            ca: dir.join("ca.pem"),
+            dir,
+        })
+    }
+
+    /// The relay's `RELAY_SERVER__TLS_CERT` / `RELAY_SERVER__TLS_KEY`.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let path = |name: &str| self.dir.join(name).display().to_string();
+        vec![
+            ("RELAY_SERVER__TLS_CERT", path("server.pem")),
+            ("RELAY_SERVER__TLS_KEY", path("server.key")),
+        ]
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -42,6 +43,12 @@ pub struct ServerConfig {
     /// longest, which is closed. Unset (the default): an eighth of the open-file limit, at most
     /// 1024.
     pub max_pending: Option<NonZeroUsize>,
+    /// PEM certificate chain (leaf first): with `tls_key`, the listener serves `https://` and
+    /// `wss://` (default unset: plain `http://`/`ws://`, e.g. behind a TLS-terminating proxy).
+    /// Read again on SIGHUP; a reload that fails keeps the certificate in use.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1; default unset).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +60,8 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(75),
             request_timeout: Duration::from_secs(30),
             max_pending: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -224,3 +224,37 @@ fn fairness_keys_have_their_defaults_and_a_burst_must_hold_a_full_batch() {
         assert!(err.contains(&format!("{section}.{key}")), "{err}");
     }
 }
+
+#[test]
+fn tls_is_off_by_default_and_its_keys_come_in_pairs() {
+    let scratch = Scratch::new("config-tls");
+    let config = scratch.load("[auth]\njwt_secret = \"x\"\n").unwrap();
+    assert_eq!(config.server.tls().unwrap(), None);
+    assert_eq!(config.metrics.tls().unwrap(), None);
+    let config = scratch
+        .load("[server]\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n[auth]\njwt_secret = \"x\"\n")
+        .unwrap();
+    let files = config.server.tls().unwrap().unwrap();
+    assert_eq!(
+        (files.cert_key(), files.key_key()),
+        ("server.tls_cert".into(), "server.tls_key".into())
+    );
+    assert_eq!(files.cert, Path::new("/c.pem"));
+    for (section, set, missing) in [
+        ("server", "tls_cert", "server.tls_key"),
+        ("server", "tls_key", "server.tls_cert"),
+        ("metrics", "tls_cert", "metrics.tls_key"),
+        ("metrics", "tls_key", "metrics.tls_cert"),
+    ] {
+        let err = scratch
+            .load(&format!(
+                "[{section}]\n{set} = \"/x.pem\"\n[auth]\njwt_secret = \"x\"\n"
+            ))
+            .unwrap_err();
+        assert!(
+            err.starts_with(&format!("config error: {missing}: ")),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
+    }
+}

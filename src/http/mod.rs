@@ -12,6 +12,7 @@ mod error;
 pub mod health;
 pub mod query;
 pub mod serve;
+pub mod tls;
 pub mod upgrade;
 
 use std::future::Future;

@@ -7,6 +7,8 @@
 //!   port-0 listeners, waited for (`/readyz`), terminated with SIGTERM.
 //! * [`free_port`]: a loopback port that stays bound until it is handed on; [`refusing_port`]:
 //!   one that stays bound and refuses connections.
+//! * [`tls`] (feature `tls`): a test CA, server certificates for `localhost` it signs, and
+//!   rustls client configurations trusting it.
 //! * [`demo`]: the demo traffic's event shapes and the `dev` JWT secret.
 //!
 //! It does not depend on the `engagement_relay` library (the `engagement-relay` binary depends on
@@ -21,8 +23,10 @@ pub mod pgoutput_writer;
 #[cfg(feature = "process")]
 mod process;
 mod signal;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use net::{free_port, refusing_port, reserve_port, PortGuard, RefusingPort};
 #[cfg(feature = "process")]
 pub use process::{RelayLog, RelayProcess, RelayProcessError, StartOptions};
-pub use signal::{sigint, sigterm};
+pub use signal::{sighup, sigint, sigterm};

@@ -174,10 +174,25 @@ impl RelayProcess {
     /// # Errors
     /// [`RelayProcessError::Exited`], or [`RelayProcessError::NotReady`] after `timeout`.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), RelayProcessError> {
-        let url = format!("http://{}/readyz", self.addr);
+        self.wait_ready_with(&reqwest::Client::new(), "http", timeout)
+            .await
+    }
+
+    /// [`RelayProcess::wait_ready`] with `client` and `scheme`: `https` with a client that
+    /// trusts the relay's certificate when it serves TLS (`server.tls_cert`).
+    ///
+    /// # Errors
+    /// As [`RelayProcess::wait_ready`].
+    pub async fn wait_ready_with(
+        &mut self,
+        client: &reqwest::Client,
+        scheme: &str,
+        timeout: Duration,
+    ) -> Result<(), RelayProcessError> {
+        let url = format!("{scheme}://{}/readyz", self.addr);
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(r) = reqwest::get(&url).await {
+            if let Ok(r) = client.get(&url).send().await {
                 if r.status() == 200 {
                     return Ok(());
                 }

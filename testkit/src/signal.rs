@@ -17,6 +17,11 @@ pub fn sigint(pid: u32) -> io::Result<()> {
     send(pid, Signal::INT)
 }
 
+/// Sends SIGHUP (reload the TLS certificates) to process `pid`. Errors as [`sigterm`].
+pub fn sighup(pid: u32) -> io::Result<()> {
+    send(pid, Signal::HUP)
+}
+
 fn send(pid: u32, signal: Signal) -> io::Result<()> {
     let pid = i32::try_from(pid)
         .ok()

@@ -19,9 +19,16 @@ pub struct NodeClient {
 impl NodeClient {
     /// Starts `node tests/js/client.mjs <mode> <options>`.
     pub fn start(mode: &str, options: Value) -> NodeClient {
+        Self::start_with_env(mode, options, &[])
+    }
+
+    /// [`NodeClient::start`] with extra environment variables, e.g. `NODE_EXTRA_CA_CERTS` to
+    /// trust a test CA.
+    pub fn start_with_env(mode: &str, options: Value, env: &[(&str, &str)]) -> NodeClient {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js");
         let mut child = Command::new("node")
             .current_dir(dir)
+            .envs(env.iter().copied())
             .args(["client.mjs", mode, &options.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

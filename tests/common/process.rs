@@ -15,9 +15,15 @@ pub const PROCESS_WAIT: Duration = Duration::from_secs(30);
 /// Starts `engagement-relay run` on `db` (slot named after the database) with extra `RELAY_*`
 /// variables, and waits until it is ready (`/readyz` 200). Fails the test if it is not.
 pub async fn start_ready(db: &TestDb, env: &[(&str, &str)]) -> RelayProcess {
+    ready(relay_command(db, env)).await
+}
+
+/// The command [`start_ready`] runs, not started: for a caller that waits for readiness its own
+/// way (over `https://` when the relay serves TLS).
+pub fn relay_command(db: &TestDb, env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_engagement-relay"));
     relay_args(&mut command, db, env);
-    ready(command).await
+    command
 }
 
 /// [`start_ready`] under an open-file limit (soft and hard) of `files`, as systemd's

@@ -1,5 +1,6 @@
 //! A real WebSocket client (tokio-tungstenite) for the native protocol.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use engagement_relay::Relay;
@@ -61,6 +62,23 @@ pub async fn connect(relay: &Relay, token: &str, extra: &str) -> (Client, Value)
         }
         Upgrade::Refused(status, body) => panic!("refused with {status}: {body}"),
     }
+}
+
+/// Opens `url` (`wss://…/v1/events?access_token=…`) through rustls with `tls` (trusting a test
+/// CA) and consumes the `ready` frame.
+pub async fn connect_tls(url: &str, tls: Arc<rustls::ClientConfig>) -> (Client, Value) {
+    let connector = tokio_tungstenite::Connector::Rustls(tls);
+    let (ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+            .await
+            .unwrap_or_else(|e| panic!("wss upgrade failed: {e}"));
+    let mut client = Client { ws };
+    let ready = client
+        .next_json(Duration::from_secs(10))
+        .await
+        .expect("ready frame");
+    assert_eq!(ready["type"], "ready", "{ready}");
+    (client, ready)
 }
 
 /// What the next frame was.
