@@ -107,6 +107,8 @@ pub struct Report {
     pub leaks: u64,
     /// Sessions that never reached `ready`.
     pub connection_errors: u64,
+    /// Those sessions by error (its first 80 characters), with counts.
+    pub connection_error_kinds: BTreeMap<String, u64>,
     /// The connect ramp.
     pub ramp: Ramp,
     /// Sessions closed by the relay, by close code.
@@ -146,6 +148,8 @@ pub fn account(
     for (outcome, user) in outcomes.iter().zip(users) {
         if !outcome.connected {
             report.connection_errors += 1;
+            let kind = error_kind(outcome.error.as_deref().unwrap_or("unknown"));
+            *report.connection_error_kinds.entry(kind).or_default() += 1;
             continue;
         }
         if let Some(code) = outcome.close_code {
@@ -287,6 +291,9 @@ pub fn summary(r: &Report) -> String {
     s += &format!("duplicates             {:>12}\n", r.duplicates);
     s += &format!("leaks                  {:>12}\n", r.leaks);
     s += &format!("connection errors      {:>12}\n", r.connection_errors);
+    for (kind, n) in &r.connection_error_kinds {
+        s += &format!("  {n:>8} × {kind}\n");
+    }
     s += &format!(
         "connect ramp           {} sessions ({}) in {:.2} s = {:.0}/s, relay cpu {:.2} s\n",
         r.ramp.connected,
@@ -375,4 +382,9 @@ mod tests {
         assert_eq!((r.sent, r.expected, r.delivered), (4, 8, 7));
         assert_eq!((r.lost, r.duplicates, r.leaks), (1, 1, 1));
     }
+}
+
+/// An error's kind for counting: its first 80 characters.
+fn error_kind(error: &str) -> String {
+    error.chars().take(80).collect()
 }
