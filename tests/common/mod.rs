@@ -107,7 +107,7 @@ fn stop_with_this_process(cluster: &Cluster) {
 pub async fn connect(url: &str) -> Client {
     db::connect(url)
         .await
-        .unwrap_or_else(|e| panic!("connect {url}: {}", db::describe(&e)))
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
 }
 
 /// A fresh, migrated database of its own, with a slot name of its own.
