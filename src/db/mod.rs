@@ -181,7 +181,9 @@ fn rustls_cause(e: &tokio_postgres::Error) -> Option<String> {
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
         let io = cause.downcast_ref::<std::io::Error>();
-        let inner = io.and_then(|io| io.get_ref()).map(|i| i as &dyn std::error::Error);
+        let inner = io
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &dyn std::error::Error);
         if let Some(tls) = inner.unwrap_or(cause).downcast_ref::<rustls::Error>() {
             return Some(tls.to_string());
         }

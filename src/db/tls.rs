@@ -148,11 +148,9 @@ impl PgTls {
             None => SslMode::Prefer,
             Some(text) => match SslMode::parse(text) {
                 Some(mode) => mode,
-                None => {
-                    return fail(format!(
-                        "sslmode `{text}`: must be disable, prefer, require, verify-ca or verify-full"
-                    ))
-                }
+                None => return fail(format!(
+                    "sslmode `{text}`: must be disable, prefer, require, verify-ca or verify-full"
+                )),
             },
         };
         let mode = match (&roots, mode) {
@@ -171,11 +169,15 @@ impl PgTls {
             (Some(RootCerts::File(_)), SslMode::Require) => SslMode::VerifyCa,
             (_, m) => m,
         };
-        let client_cert = match (&params.sslcert, &params.sslkey) {
-            (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
-            (None, None) => None,
-            _ => return fail("sslcert and sslkey: give both (the client certificate and its key) or neither".into()),
-        };
+        let client_cert =
+            match (&params.sslcert, &params.sslkey) {
+                (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
+                (None, None) => None,
+                _ => return fail(
+                    "sslcert and sslkey: give both (the client certificate and its key) or neither"
+                        .into(),
+                ),
+            };
         let trusted = match &roots {
             Some(RootCerts::File(path)) => read_roots(path)?,
             Some(RootCerts::System) => {
@@ -228,12 +230,10 @@ impl PgTls {
     ) -> Result<MakeRustlsConnect, TlsSettingsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut verifier: Arc<dyn ServerCertVerifier> = if self.mode.verifies_chain() {
-            let webpki = WebPkiServerVerifier::builder_with_provider(
-                self.trusted.clone(),
-                provider.clone(),
-            )
-            .build()
-            .map_err(|e| TlsSettingsError(format!("sslrootcert: {e}")))?;
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(self.trusted.clone(), provider.clone())
+                    .build()
+                    .map_err(|e| TlsSettingsError(format!("sslrootcert: {e}")))?;
             if self.mode == SslMode::VerifyFull {
                 webpki
             } else {
@@ -382,7 +382,12 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -391,7 +396,12 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

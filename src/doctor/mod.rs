@@ -126,7 +126,11 @@ pub async fn run(config: &Config, options: &Options) -> Report {
                     local: host::is_local(url),
                     expires: c.peer.get().and_then(|der| tls::not_after(&der)),
                 };
-                Ok(tls::evaluate(&facts, &setting, std::time::SystemTime::now()))
+                Ok(tls::evaluate(
+                    &facts,
+                    &setting,
+                    std::time::SystemTime::now(),
+                ))
             })
             .await;
             db.checks.push(server::evaluate_version(c.version));

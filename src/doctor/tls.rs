@@ -82,7 +82,10 @@ pub(super) fn evaluate(facts: &TlsFacts, setting: &Setting, now: SystemTime) -> 
     };
     const VERIFY: &str = "set sslmode=verify-full and sslrootcert=<the server's CA file, or system> in database.url (Supabase: Project Settings → Database → SSL Configuration, download the certificate)";
     if !facts.ssl && mode >= SslMode::Require {
-        worse(Status::Fail, "check the server's ssl setting and pg_hba.conf");
+        worse(
+            Status::Fail,
+            "check the server's ssl setting and pg_hba.conf",
+        );
     } else if setting.local {
         detail.push_str("; the server is on this host");
     } else if !facts.ssl {
@@ -207,7 +210,11 @@ mod tests {
         };
         let soon = evaluate(&encrypted(), &at(now + 10 * DAY), now);
         assert_eq!(soon.status, Status::Warn);
-        assert!(soon.detail.contains("expires in 10 days"), "{}", soon.detail);
+        assert!(
+            soon.detail.contains("expires in 10 days"),
+            "{}",
+            soon.detail
+        );
         let gone = evaluate(&encrypted(), &at(now - DAY), now);
         assert_eq!(gone.status, Status::Fail);
         assert!(gone.detail.contains("expired on"), "{}", gone.detail);

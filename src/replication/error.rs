@@ -128,9 +128,13 @@ pub(super) fn classify(e: PgWireError) -> ReplicationError {
         // A certificate that does not verify, a server without TLS, unreadable TLS files: the
         // same next time (a connection lost mid-handshake is an I/O error, transient).
         PgWireError::Tls(msg)
-            if ["invalid peer certificate", "does not support TLS", "config error"]
-                .iter()
-                .any(|m| msg.contains(m)) =>
+            if [
+                "invalid peer certificate",
+                "does not support TLS",
+                "config error",
+            ]
+            .iter()
+            .any(|m| msg.contains(m)) =>
         {
             ErrorKind::Definite
         }

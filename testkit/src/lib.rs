@@ -8,6 +8,8 @@
 //! * [`free_port`]: a loopback port that stays bound until it is handed on; [`refusing_port`]:
 //!   one that stays bound and refuses connections.
 //! * [`demo`]: the demo traffic's event shapes and the `dev` JWT secret.
+//! * [`tls`] (feature `tls`): a test CA and the server certificates it signs (rcgen), for
+//!   TLS-only clusters.
 //!
 //! It does not depend on the `engagement_relay` library (the `engagement-relay` binary depends on
 //! it for `dev`), so it knows the relay only by its command line, environment and log.
@@ -21,6 +23,8 @@ pub mod pgoutput_writer;
 #[cfg(feature = "process")]
 mod process;
 mod signal;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use net::{free_port, refusing_port, reserve_port, PortGuard, RefusingPort};
 #[cfg(feature = "process")]
