@@ -148,9 +148,11 @@ impl PgTls {
             None => SslMode::Prefer,
             Some(text) => match SslMode::parse(text) {
                 Some(mode) => mode,
-                None => return fail(format!(
+                None => {
+                    return fail(format!(
                     "sslmode `{text}`: must be disable, prefer, require, verify-ca or verify-full"
-                )),
+                ))
+                }
             },
         };
         let mode = match (&roots, mode) {
@@ -500,3 +502,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSettingsError> {
         ))
     })
 }
+
+#[cfg(test)]
+#[path = "tls_tests.rs"]
+mod tests;
