@@ -231,25 +231,21 @@ impl PgTls {
         observer: Option<&PeerCertificate>,
     ) -> Result<MakeRustlsConnect, TlsSettingsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut verifier: Arc<dyn ServerCertVerifier> = if self.mode.verifies_chain() {
+        let chain = if self.mode.verifies_chain() {
             let webpki =
                 WebPkiServerVerifier::builder_with_provider(self.trusted.clone(), provider.clone())
                     .build()
                     .map_err(|e| TlsSettingsError(format!("sslrootcert: {e}")))?;
-            if self.mode == SslMode::VerifyFull {
-                webpki
-            } else {
-                Arc::new(ChainOnly(webpki))
-            }
+            Some(webpki)
         } else {
-            Arc::new(Unverified(provider.clone()))
+            None
         };
-        if let Some(observer) = observer {
-            verifier = Arc::new(Observed {
-                inner: verifier,
-                seen: observer.clone(),
-            });
-        }
+        let verifier = Arc::new(Verifier {
+            chain,
+            check_name: self.mode == SslMode::VerifyFull,
+            provider: provider.clone(),
+            seen: observer.cloned(),
+        });
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsSettingsError(format!("TLS: {e}")))?
@@ -307,23 +303,19 @@ impl PeerCertificate {
     }
 }
 
-/// `verify-ca`: the chain must verify; a certificate for another name is accepted.
+/// The server certificate check of every mode: with `chain`, the certificate must lead to
+/// the roots (and name the host when `check_name`: `verify-full`); without, anything goes
+/// (`prefer`, `require`). The handshake signatures are always checked, so the server holds the
+/// certificate's key. `seen`, when set, records the certificate.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-/// `prefer`/`require`: any certificate (the handshake signatures are still checked, so the
-/// server holds the certificate's key).
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-/// Records the end-entity certificate, then asks `inner`.
-#[derive(Debug)]
-struct Observed {
-    inner: Arc<dyn ServerCertVerifier>,
-    seen: PeerCertificate,
+struct Verifier {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    check_name: bool,
+    provider: Arc<CryptoProvider>,
+    seen: Option<PeerCertificate>,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -332,13 +324,16 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verdict = self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
-        match verdict {
+        if let Some(Ok(mut seen)) = self.seen.as_ref().map(|s| s.0.lock()) {
+            *seen = Some(end_entity.clone().into_owned());
+        }
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -349,7 +344,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -358,95 +354,14 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-impl ServerCertVerifier for Observed {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut seen) = self.seen.0.lock() {
-            *seen = Some(end_entity.clone().into_owned());
-        }
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
