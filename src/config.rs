@@ -462,11 +462,10 @@ impl Config {
         if self.database.url.is_empty() {
             return fail("database.url", "is required (RELAY_DATABASE_URL)");
         }
-        if let Err(e) = self.database.url.expose().parse::<tokio_postgres::Config>() {
-            return fail(
-                "database.url",
-                &format!("is not a valid PostgreSQL URL: {e}"),
-            );
+        // The URL and its TLS parameters and files (`crate::db::tls`), read now so that a bad
+        // one stops the relay at start with the key named.
+        if let Err(e) = crate::db::PgTarget::parse(self.database.url.expose()) {
+            return Err(ConfigError(e.to_string()));
         }
         for (key, name) in [
             ("database.slot", &self.database.slot),

@@ -76,7 +76,7 @@ async fn serve(
     }
     let mut client = db::connect(&url)
         .await
-        .map_err(|e| anyhow::anyhow!(db::describe(&e)))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     db::migrate::migrate(&mut client).await?;
     db::migrate::seed(&mut client).await?;
     let users: Vec<(Uuid, String)> = client
@@ -189,7 +189,7 @@ async fn demo_traffic(url: String, users: Vec<Uuid>, rate: f64, stop: Cancellati
                 outage = true;
             }
             Err(e) if !outage => {
-                warn!("demo traffic paused: {}; reconnecting", db::describe(&e));
+                warn!("demo traffic paused: {e}; reconnecting");
                 outage = true;
             }
             Err(_) => {}

@@ -274,7 +274,10 @@ fn read_signing_key(path: &std::path::Path, kid: &str) -> Result<SigningKey, Str
 async fn migrate(config: &Config, seed: bool) -> anyhow::Result<()> {
     let mut client = db::connect(config.database.url.expose())
         .await
-        .map_err(|e| anyhow::anyhow!("database.url: {}", db::describe(&e)))?;
+        .map_err(|e| match e {
+            db::ConnectError::Settings(e) => anyhow::anyhow!("{e}"),
+            e => anyhow::anyhow!("database.url: {e}"),
+        })?;
     let applied = db::migrate::migrate(&mut client).await?;
     if applied.is_empty() {
         println!("migrations: up to date");

@@ -13,7 +13,7 @@ const T: Duration = Duration::from_secs(30);
 const HOUR: Duration = Duration::from_secs(3600);
 
 /// POSTs `body` to `path` with `token`; returns the status and the JSON body.
-async fn post(
+pub(crate) async fn post(
     relay: &engagement_relay::Relay,
     path: &str,
     token: Option<&str>,

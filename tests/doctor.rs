@@ -17,18 +17,18 @@ use relay_testkit::pgcluster::{Cluster, ClusterOptions};
 use serde_json::{json, Value};
 
 /// `[[tables]]` with only `engagement_events` (insert, update).
-const EVENTS_ONLY: &str =
+pub(crate) const EVENTS_ONLY: &str =
     "[[tables]]\ntable = \"engagement_events\"\noperations = [\"insert\", \"update\"]\n";
 
 /// One finished `doctor` process.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Run {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
             panic!(
                 "stdout is not one JSON object ({e}):\n{}\nstderr:\n{}",
@@ -40,7 +40,7 @@ impl Run {
 
 /// `engagement-relay --config <file> doctor <args>` with `RELAY_DATABASE_URL=url`, the test
 /// secret and slot `slot`; `tables` is the `[[tables]]` part of the config file.
-async fn doctor(url: &str, slot: &str, tables: &str, args: &[&str]) -> Run {
+pub(crate) async fn doctor(url: &str, slot: &str, tables: &str, args: &[&str]) -> Run {
     let dir = std::env::temp_dir().join(format!(
         "relay-doctor-{}-{slot}-{}",
         std::process::id(),
@@ -77,7 +77,7 @@ fn rand_suffix() -> u64 {
 }
 
 /// The check `id` of a JSON report.
-fn check<'a>(report: &'a Value, id: &str) -> &'a Value {
+pub(crate) fn check<'a>(report: &'a Value, id: &str) -> &'a Value {
     report["checks"]
         .as_array()
         .and_then(|checks| checks.iter().find(|c| c["id"] == id))
@@ -96,8 +96,9 @@ fn failed(report: &Value) -> HashSet<String> {
 }
 
 /// Every check doctor reports for the events-only configuration, in report order.
-const CHECKS: [&str; 20] = [
+const CHECKS: [&str; 21] = [
     "connectivity",
+    "tls",
     "server_version",
     "replication_role",
     "wal_level",
@@ -136,7 +137,7 @@ fn assert_fails_exactly(run: &Run, expected: &[&str]) {
 }
 
 /// No failure apart from a full disk on this machine; exit 0 unless the disk failed.
-fn assert_healthy(run: &Run) -> Value {
+pub(crate) fn assert_healthy(run: &Run) -> Value {
     let report = run.json();
     let fails = failed(&report);
     let disk_only = fails.iter().all(|id| id == "disk");
@@ -187,7 +188,7 @@ async fn a_ready_database_with_a_streaming_relay_passes() {
     relay.wait().await.unwrap();
 }
 
-fn events_only_tables() -> Vec<TableConfig> {
+pub(crate) fn events_only_tables() -> Vec<TableConfig> {
     vec![engagement_relay::tables::default_tables().remove(0)]
 }
 

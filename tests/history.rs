@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-async fn get(relay: &engagement_relay::Relay, token: &str, query: &str) -> (u16, Value) {
+/// GETs the history API with `query` as `token`; returns the status and the JSON body.
+pub(crate) async fn get(relay: &engagement_relay::Relay, token: &str, query: &str) -> (u16, Value) {
     let url = format!("http://{}/v1/events?{query}", relay.server_addr());
     let response = reqwest::Client::new()
         .get(url)

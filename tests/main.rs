@@ -28,6 +28,7 @@ mod http;
 mod jwks;
 mod memory;
 mod module_cycles;
+mod pg_tls;
 mod prometheus;
 mod realtime_protocol;
 mod replication;

@@ -32,7 +32,7 @@ pub async fn run(args: DrainArgs) -> anyhow::Result<()> {
     let url = cluster.url("postgres");
     let pg = db::connect(&url)
         .await
-        .map_err(|e| anyhow::anyhow!(db::describe(&e)))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::load::create_users(&pg, 100).await?;
     let slots: Vec<(String, String)> = (0..args.runs)
         .map(|i| (format!("drain_relay_{i}"), format!("drain_recvlogical_{i}")))
@@ -59,7 +59,7 @@ pub async fn run(args: DrainArgs) -> anyhow::Result<()> {
             &[&n],
         )
         .await
-        .map_err(|e| anyhow::anyhow!(db::describe(&e)))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         left -= n as u64;
     }
     let end_lsn: String = pg

@@ -43,7 +43,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let url = cluster.url("postgres");
     let pg = db::connect(&url)
         .await
-        .map_err(|e| anyhow::anyhow!(db::describe(&e)))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let users = crate::load::create_users(&pg, 100).await?;
     let relay = spawn::spawn_relay(spawn::RelayEnv {
         database_url: &url,
@@ -212,7 +212,7 @@ async fn insert_unnest(
             &[&ids, &owners, &types, &times, &values],
         )
         .await
-        .map_err(|e| anyhow::anyhow!(db::describe(&e)))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     Ok(())
 }
@@ -238,7 +238,7 @@ async fn insert_copy(
                  FROM STDIN BINARY",
             )
             .await
-            .map_err(|e| anyhow::anyhow!(db::describe(&e)))?;
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let writer = BinaryCopyInWriter::new(sink, &types);
         let mut writer = std::pin::pin!(writer);
         let now = chrono::Utc::now();

@@ -284,7 +284,7 @@ async fn run(
 ) -> anyhow::Result<Report> {
     let db = engagement_relay::db::connect(database_url)
         .await
-        .map_err(|e| anyhow::anyhow!("--database-url: {}", engagement_relay::db::describe(&e)))?;
+        .map_err(|e| anyhow::anyhow!("--database-url: {e}"))?;
     let users = load::create_users(&db, args.users).await?;
     let ttl = args.duration + Duration::from_secs(3600);
     let base = args.url.trim_end_matches('/');

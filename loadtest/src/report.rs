@@ -340,6 +340,11 @@ pub fn latencies_ms(outcomes: &[SessionOutcome]) -> Vec<f64> {
         .collect()
 }
 
+/// An error's kind for counting: its first 80 characters.
+fn error_kind(error: &str) -> String {
+    error.chars().take(80).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,9 +387,4 @@ mod tests {
         assert_eq!((r.sent, r.expected, r.delivered), (4, 8, 7));
         assert_eq!((r.lost, r.duplicates, r.leaks), (1, 1, 1));
     }
-}
-
-/// An error's kind for counting: its first 80 characters.
-fn error_kind(error: &str) -> String {
-    error.chars().take(80).collect()
 }

@@ -29,7 +29,7 @@ pub async fn start_cluster(settings: Vec<(String, String)>) -> anyhow::Result<Cl
     .context("starting the private PostgreSQL")?;
     let mut client = db::connect(&cluster.url("postgres"))
         .await
-        .map_err(|e| anyhow::anyhow!(db::describe(&e)))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     db::migrate::migrate(&mut client).await?;
     Ok(cluster)
 }

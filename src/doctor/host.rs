@@ -54,7 +54,7 @@ pub(super) fn evaluate_jwt_secret(len: usize) -> Check {
 
 /// `user@host:port/database` of a libpq URL, without the password, for messages.
 pub(super) fn describe_target(url: &str) -> String {
-    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+    let Ok(config) = crate::db::parse_config(url) else {
         return "database.url".to_string();
     };
     let hosts: Vec<String> = config
@@ -74,7 +74,7 @@ pub(super) fn describe_target(url: &str) -> String {
 /// Whether every host of `url` is on this machine: a Unix socket, `localhost` or a loopback
 /// address. No host at all means libpq's default socket, also local.
 pub(super) fn is_local(url: &str) -> bool {
-    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+    let Ok(config) = crate::db::parse_config(url) else {
         return false;
     };
     config.get_hosts().iter().all(|h| match h {

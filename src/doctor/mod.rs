@@ -6,7 +6,7 @@
 //! of [`Check`]s, in this order (ids in backticks; `<t>` is `schema.table` of each `[[tables]]`
 //! entry):
 //!
-//! * server: `connectivity`, `server_version` (≥ 14), `replication_role`, `wal_level`,
+//! * server: `connectivity`, `tls` (encryption, `sslmode`, certificate expiry), `server_version` (≥ 14), `replication_role`, `wal_level`,
 //!   `replication_slots`, `wal_senders`, `max_slot_wal_keep_size`, `migrations`;
 //! * schema: `publication`, then per table `table:<t>`, `rls:<t>`, `indexes:<t>`, and
 //!   `message_queue` (the service-only queue stays out of the stream);
@@ -25,6 +25,7 @@ mod schema;
 mod security;
 mod server;
 mod slot;
+mod tls;
 
 use std::future::Future;
 use std::time::Duration;
@@ -32,12 +33,14 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::config::Config;
-use crate::db::describe;
+use crate::db::{describe, PgTarget};
 
 pub use report::{format_bytes, Check, Report, Status, Summary};
 
 /// Id of the connection check.
 pub const CONNECTIVITY: &str = "connectivity";
+/// Id of the TLS check (encrypted, verification mode, certificate expiry).
+pub const TLS: &str = "tls";
 /// Id of the PostgreSQL version check.
 pub const SERVER_VERSION: &str = "server_version";
 /// Id of the check that the database user may replicate.
@@ -111,12 +114,31 @@ pub async fn run(config: &Config, options: &Options) -> Report {
     let url = config.database.url.expose();
     let (connectivity, connected) = connect(url, options).await;
     let mut db = Db {
-        client: connected.as_ref().map(|(c, _)| c),
+        client: connected.as_ref().map(|c| &c.client),
         checks: vec![connectivity],
     };
     match &connected {
-        Some((_, version)) => db.checks.push(server::evaluate_version(*version)),
-        None => db.checks.push(Check::skip(SERVER_VERSION, NOT_CONNECTED)),
+        Some(c) => {
+            db.one(TLS, |client| async move {
+                let facts = tls::query(client).await?;
+                let setting = tls::Setting {
+                    mode: c.target.tls().mode(),
+                    local: host::is_local(url),
+                    expires: c.peer.get().and_then(|der| tls::not_after(&der)),
+                };
+                Ok(tls::evaluate(
+                    &facts,
+                    &setting,
+                    std::time::SystemTime::now(),
+                ))
+            })
+            .await;
+            db.checks.push(server::evaluate_version(c.version));
+        }
+        None => {
+            db.checks.push(Check::skip(TLS, NOT_CONNECTED));
+            db.checks.push(Check::skip(SERVER_VERSION, NOT_CONNECTED));
+        }
     }
     db.one(REPLICATION_ROLE, server::replication_role).await;
     db.one(WAL_LEVEL, server::wal_level).await;
@@ -200,19 +222,32 @@ impl<'a> Db<'a> {
     }
 }
 
+/// doctor's connection: the client, `server_version_num` (e.g. 150008), the parsed
+/// `database.url` and the certificate the server presented.
+struct Connected {
+    client: Client,
+    version: i32,
+    target: PgTarget,
+    peer: crate::db::tls::PeerCertificate,
+}
+
 /// Connects within `options.connect_timeout`; returns the `connectivity` check and, on
-/// success, the client with `server_version_num` (e.g. 150008).
-async fn connect(url: &str, options: &Options) -> (Check, Option<(Client, i32)>) {
+/// success, the connection.
+async fn connect(url: &str, options: &Options) -> (Check, Option<Connected>) {
     let target = host::describe_target(url);
     let fix = "check database.url (RELAY_DATABASE_URL): host, port, user, password and \
-               database; that the server is running and accepts connections from here \
-               (listen_addresses, pg_hba.conf); and that it does not require TLS (the SQL \
-               connection speaks plain TCP)";
-    let attempt = tokio::time::timeout(options.connect_timeout, crate::db::connect(url)).await;
-    let client = match attempt {
-        Ok(Ok(client)) => client,
+               database; its TLS parameters (sslmode, sslrootcert, sslcert, sslkey); and that \
+               the server is running and accepts connections from here (listen_addresses, \
+               pg_hba.conf)";
+    let parsed = match PgTarget::parse(url) {
+        Ok(parsed) => parsed,
+        Err(e) => return (Check::fail(CONNECTIVITY, e.to_string(), fix), None),
+    };
+    let attempt = tokio::time::timeout(options.connect_timeout, parsed.connect_observed()).await;
+    let (client, peer) = match attempt {
+        Ok(Ok(connected)) => connected,
         Ok(Err(e)) => {
-            let detail = format!("cannot connect to {target}: {}", describe(&e));
+            let detail = format!("cannot connect to {target}: {e}");
             return (Check::fail(CONNECTIVITY, detail, fix), None);
         }
         Err(_) => {
@@ -250,7 +285,13 @@ async fn connect(url: &str, options: &Options) -> (Check, Option<(Client, i32)>)
                 addr
             };
             let detail = format!("connected to database {database} as {user} (server {server})");
-            (Check::pass(CONNECTIVITY, detail), Some((client, version)))
+            let connected = Connected {
+                client,
+                version,
+                target: parsed,
+                peer,
+            };
+            (Check::pass(CONNECTIVITY, detail), Some(connected))
         }
         Err(e) => {
             let detail = format!("connected to {target}, but: {}", describe(&e));

@@ -6,7 +6,8 @@ use tokio_postgres::error::SqlState;
 
 use super::pgoutput::DecodeError;
 use crate::catalog::CatalogError;
-use crate::db::describe;
+use crate::db::tls::TlsSettingsError;
+use crate::db::{describe, ConnectError};
 
 /// What to do about a [`ReplicationError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,12 +26,13 @@ pub enum ErrorKind {
 #[non_exhaustive]
 pub enum ReplicationError {
     /// `database.url` cannot be parsed (definite).
-    #[error("database.url: {0}")]
-    Url(#[source] tokio_postgres::Error),
-    /// The SQL connection failed: definite for refused credentials (SQLSTATE class 28) or a
-    /// missing database (3D000), else transient.
-    #[error("cannot connect to PostgreSQL: {}", describe(.0))]
-    Connect(#[source] tokio_postgres::Error),
+    #[error(transparent)]
+    Url(#[from] TlsSettingsError),
+    /// The SQL connection failed: definite for refused credentials (SQLSTATE class 28), a
+    /// missing database (3D000) or a TLS failure (bad TLS settings, a server without TLS, a
+    /// certificate that does not verify), else transient.
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[source] ConnectError),
     /// The catalog check failed: definite on a mismatch, transient when a query failed.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
@@ -84,9 +86,10 @@ impl ReplicationError {
         use ReplicationError as E;
         match self {
             E::Connect(e) => {
-                let definite = e.code().is_some_and(|c| {
-                    c.code().starts_with("28") || *c == SqlState::INVALID_CATALOG_NAME
-                });
+                let definite = e.is_tls()
+                    || e.code().is_some_and(|c| {
+                        c.code().starts_with("28") || *c == SqlState::INVALID_CATALOG_NAME
+                    });
                 if definite {
                     ErrorKind::Definite
                 } else {
@@ -122,6 +125,19 @@ pub(super) fn classify(e: PgWireError) -> ReplicationError {
             ErrorKind::Definite
         }
         PgWireError::Auth(_) => ErrorKind::Definite,
+        // A certificate that does not verify, a server without TLS, unreadable TLS files: the
+        // same next time (a connection lost mid-handshake is an I/O error, transient).
+        PgWireError::Tls(msg)
+            if [
+                "invalid peer certificate",
+                "does not support TLS",
+                "config error",
+            ]
+            .iter()
+            .any(|m| msg.contains(m)) =>
+        {
+            ErrorKind::Definite
+        }
         PgWireError::Server(msg)
             if msg.contains("invalidated") || msg.contains("can no longer get changes") =>
         {

@@ -9,10 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
-use pgwire_replication::{
-    Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, SslMode, TlsConfig,
-};
-use tokio_postgres::config::Host;
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use tracing::{info, warn};
 
 use tokio::time::{sleep_until, Instant};
@@ -21,6 +18,7 @@ use super::ack::AckPolicy;
 use super::error::classify;
 use super::pgoutput::{Change, Decoder};
 use super::{ReplicationContext, ReplicationError};
+use crate::db::PgTarget;
 use crate::metrics as m;
 use crate::model::{history_id, now_unix_us, pg_epoch_to_unix_us, Cursor, Event, Operation};
 use crate::tables::Tables;
@@ -38,27 +36,17 @@ const SESSION_OPTIONS: &str =
 /// Errors: definite when the URL has no usable host.
 pub fn replication_config(ctx: &ReplicationContext) -> Result<ReplicationConfig, ReplicationError> {
     let db = &ctx.config;
-    let url: tokio_postgres::Config = db.url.expose().parse().map_err(ReplicationError::Url)?;
-    let host = match url.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        Some(Host::Unix(path)) => path.to_string_lossy().into_owned(),
-        None => "127.0.0.1".to_string(),
-    };
-    let port = url.get_ports().first().copied().unwrap_or(5432);
+    let target = PgTarget::parse(db.url.expose())?;
+    let url = target.config();
+    let host = target.host();
+    let port = target.port();
     let user = url.get_user().unwrap_or("postgres").to_string();
     let password = url
         .get_password()
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .unwrap_or_default();
     let database = url.get_dbname().unwrap_or(&user).to_string();
-    let tls = match url.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Disable => TlsConfig::disabled(),
-        tokio_postgres::config::SslMode::Require => TlsConfig::require(),
-        _ => TlsConfig {
-            mode: SslMode::Prefer,
-            ..TlsConfig::default()
-        },
-    };
+    let tls = target.tls().replication(&host);
     Ok(ReplicationConfig::new(
         host,
         user,

@@ -10,6 +10,8 @@
 //! * [`tls`] (feature `tls`): a test CA, server certificates for `localhost` it signs, and
 //!   rustls client configurations trusting it.
 //! * [`demo`]: the demo traffic's event shapes and the `dev` JWT secret.
+//! * [`tls`] (feature `tls`): a test CA and the server certificates it signs (rcgen), for
+//!   TLS-only clusters.
 //!
 //! It does not depend on the `engagement_relay` library (the `engagement-relay` binary depends on
 //! it for `dev`), so it knows the relay only by its command line, environment and log.

@@ -1,5 +1,6 @@
-//! Test certificates for a relay serving TLS (`server.tls_cert`/`tls_key`): a CA of its own,
-//! server certificates it signs for `localhost` and `127.0.0.1`, written as PEM files, and
+//! Certificates generated at test time (feature `tls`): a [`TestCa`] of the run's own, the
+//! server certificates it signs (for a relay serving TLS, `server.tls_cert`/`tls_key`, and for
+//! TLS-only clusters, [`crate::pgcluster::ClusterOptions::tls`]), written as PEM files, and
 //! rustls client configurations (ring provider) that trust the CA and nothing else.
 
 use std::io;
@@ -20,7 +21,8 @@ pub struct TestCa {
     pem: String,
 }
 
-/// A server certificate for `localhost` and `127.0.0.1` and its private key.
+/// A server certificate and its private key.
+#[derive(Debug, Clone)]
 pub struct ServerCert {
     /// The certificate, DER (what a client sees as the peer certificate).
     pub der: CertificateDer<'static>,
@@ -54,18 +56,40 @@ impl TestCa {
         &self.pem
     }
 
+    /// Writes the CA certificate to `path` (e.g. an `sslrootcert` file).
+    ///
+    /// # Errors
+    /// The write's.
+    pub fn write(&self, path: &Path) -> io::Result<()> {
+        std::fs::write(path, &self.pem)
+    }
+
     /// A server certificate for `localhost` and `127.0.0.1` with serial number `serial`, signed
     /// by this CA, with a fresh key.
     ///
     /// # Errors
     /// Key generation or signing failed (rcgen).
     pub fn issue(&self, serial: u64) -> Result<ServerCert, rcgen::Error> {
+        self.sign(&["localhost", "127.0.0.1"], Some(serial))
+    }
+
+    /// A server certificate for `names` (DNS names, or IP addresses as text, e.g. `127.0.0.1`),
+    /// signed by this CA with a fresh key; the first name is also its common name.
+    ///
+    /// # Errors
+    /// rcgen's (key generation, a name it cannot encode).
+    pub fn server_cert(&self, names: &[&str]) -> Result<ServerCert, rcgen::Error> {
+        self.sign(names, None)
+    }
+
+    fn sign(&self, names: &[&str], serial: Option<u64>) -> Result<ServerCert, rcgen::Error> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        params.serial_number = Some(SerialNumber::from(serial));
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        if let Some(first) = names.first() {
+            params.distinguished_name.push(DnType::CommonName, *first);
+        }
+        params.serial_number = serial.map(SerialNumber::from);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(ServerCert {
             der: cert.der().clone(),

@@ -9,6 +9,7 @@ pub mod phoenix;
 pub mod process;
 pub mod prometheus;
 pub mod sql;
+pub mod tls;
 pub mod workload;
 pub mod ws;
 
@@ -38,7 +39,7 @@ static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 pub async fn cluster() -> &'static Cluster {
     CLUSTER
         .get_or_init(|| async {
-            let cluster = start_cluster().await;
+            let cluster = start_cluster(ClusterOptions::default()).await;
             stop_with_this_process(&cluster);
             cluster
         })
@@ -48,15 +49,15 @@ pub async fn cluster() -> &'static Cluster {
 /// A cluster of the caller's own (with the migrated template), for tests that stop, restart or
 /// reconfigure PostgreSQL. Dropping the last `Arc` stops it and removes its files.
 pub async fn private_cluster() -> Arc<Cluster> {
-    Arc::new(start_cluster().await)
+    Arc::new(start_cluster(ClusterOptions::default()).await)
 }
 
-/// Starts a fast (non-durable) cluster and migrates the template database on it.
-async fn start_cluster() -> Cluster {
-    let cluster = tokio::task::spawn_blocking(|| {
+/// Starts a fast (non-durable) cluster with `options` and migrates the template database on it.
+pub(crate) async fn start_cluster(options: ClusterOptions) -> Cluster {
+    let cluster = tokio::task::spawn_blocking(move || {
         Cluster::start(ClusterOptions {
             fast: true,
-            ..ClusterOptions::default()
+            ..options
         })
     })
     .await
@@ -76,7 +77,7 @@ async fn start_cluster() -> Cluster {
 
 /// Spawns a watchdog that stops the cluster and removes its files once this process is gone
 /// (statics are never dropped, so `Drop` would not run).
-fn stop_with_this_process(cluster: &Cluster) {
+pub(crate) fn stop_with_this_process(cluster: &Cluster) {
     let pg_ctl = cluster.bin_dir().join("pg_ctl");
     let data = cluster.data_dir().display().to_string();
     let as_postgres = if running_as_root() {
@@ -107,7 +108,7 @@ fn stop_with_this_process(cluster: &Cluster) {
 pub async fn connect(url: &str) -> Client {
     db::connect(url)
         .await
-        .unwrap_or_else(|e| panic!("connect {url}: {}", db::describe(&e)))
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
 }
 
 /// A fresh, migrated database of its own, with a slot name of its own.

@@ -30,19 +30,16 @@ use crate::auth::{AuthError, Principal, Role};
 use crate::config::{Config, ConfigError};
 
 /// The API's connection pool (`ingest.pool_size` connections to `database.url`), separate from
-/// the replication connection. Connections open on first use.
+/// the replication connection, over TLS as `database.url` says (`crate::db::tls`). Connections
+/// open on first use.
 ///
-/// Errors: `database.url` does not parse.
+/// Errors: `database.url` does not parse, or a TLS file it names is bad.
 pub fn pool(config: &Config) -> Result<Pool, ConfigError> {
-    let pg: tokio_postgres::Config = config
-        .database
-        .url
-        .expose()
-        .parse()
-        .map_err(|e| ConfigError(format!("database.url: {e}")))?;
+    let target = crate::db::PgTarget::parse(config.database.url.expose())
+        .map_err(|e| ConfigError(e.to_string()))?;
     let manager = Manager::from_config(
-        pg,
-        tokio_postgres::NoTls,
+        target.config().clone(),
+        target.connector(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

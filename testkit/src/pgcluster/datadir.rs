@@ -3,13 +3,14 @@
 //! stale pid file, the port to listen on, and [`dev_data_dir`].
 
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{absolute, Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::{env, fs, io};
 
 use super::binaries::{euid, postgres_can};
-use super::{io_err, Cluster, ClusterError, StopMode};
+use super::{io_err, Cluster, ClusterError, ServerTls, StopMode};
 
 impl Cluster {
     /// Create (and as root chown/check) the dirs; stop a leftover server.
@@ -83,6 +84,39 @@ impl Cluster {
             fs::write(&hba, text).map_err(io_err(format!("writing {}", hba.display())))?;
         }
         Ok(())
+    }
+}
+
+impl Cluster {
+    /// TLS only: writes the certificate and key into the data dir (key 0600, as root owned by
+    /// `postgres`, as the server demands), puts `hostssl … trust` and `hostnossl … reject`
+    /// first in pg_hba.conf, and returns the `ssl*` settings to start with.
+    pub(super) fn require_tls(&self, tls: &ServerTls) -> Result<Vec<String>, ClusterError> {
+        let cert = self.data_dir.join("relay-server.crt");
+        let key = self.data_dir.join("relay-server.key");
+        for (path, pem) in [(&cert, &tls.cert_pem), (&key, &tls.key_pem)] {
+            fs::write(path, pem).map_err(io_err(format!("writing {}", path.display())))?;
+        }
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600))
+            .map_err(io_err(format!("chmod 600 {}", key.display())))?;
+        if self.as_root {
+            let mut chown = Command::new("chown");
+            chown.arg("postgres:").arg(&cert).arg(&key);
+            self.run(&mut chown, "chown postgres: (TLS files)", false)?;
+        }
+        let hba = self.data_dir.join("pg_hba.conf");
+        let text =
+            fs::read_to_string(&hba).map_err(io_err(format!("reading {}", hba.display())))?;
+        let first = "hostssl all all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n";
+        if !text.starts_with(first) {
+            fs::write(&hba, format!("{first}{text}"))
+                .map_err(io_err(format!("writing {}", hba.display())))?;
+        }
+        Ok(vec![
+            "ssl=on".into(),
+            format!("ssl_cert_file={}", cert.display()),
+            format!("ssl_key_file={}", key.display()),
+        ])
     }
 }
 

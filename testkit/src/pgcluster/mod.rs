@@ -111,6 +111,20 @@ pub struct ClusterOptions {
     pub max_connections: u32,
     /// Extra `-c name=value` settings, applied after (so overriding) the defaults.
     pub settings: Vec<(String, String)>,
+    /// TLS only: `ssl=on` with this certificate and key (PEM, written into the data dir, the
+    /// key mode 0600 and as root owned by `postgres`), and pg_hba.conf accepting TCP only over
+    /// TLS (`hostssl … trust`, then `hostnossl … reject`). [`Cluster::url`] then says
+    /// `sslmode=require`.
+    pub tls: Option<ServerTls>,
+}
+
+/// The server certificate of a TLS-only cluster.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// Certificate (chain), PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
 }
 
 impl Default for ClusterOptions {
@@ -121,6 +135,7 @@ impl Default for ClusterOptions {
             fast: false,
             max_connections: 300,
             settings: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -152,6 +167,7 @@ pub struct Cluster {
     port: u16,
     as_root: bool,
     temp: bool,
+    tls: bool,
 }
 
 impl Cluster {
@@ -199,9 +215,14 @@ impl Cluster {
             port: 0,
             as_root,
             temp: opts.data_dir.is_none(),
+            tls: opts.tls.is_some(),
         };
         cluster.prepare_dirs()?;
         cluster.init_if_needed(opts.fast)?;
+        if let Some(tls) = &opts.tls {
+            let files = cluster.require_tls(tls)?;
+            cluster.settings.extend(files);
+        }
         // An auto-chosen port stays reserved (bound by this process) until just before
         // `pg_ctl start` binds it; the previous port of a persistent dir is preferred.
         let (mut port, mut held) = match opts.port {
@@ -246,9 +267,11 @@ impl Cluster {
         HOST
     }
 
-    /// `postgres://postgres@127.0.0.1:<port>/<database>` (no password needed).
+    /// `postgres://postgres@127.0.0.1:<port>/<database>` (no password needed), with
+    /// `?sslmode=require` on a TLS-only cluster.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@{HOST}:{}/{database}", self.port)
+        let tls = if self.tls { "?sslmode=require" } else { "" };
+        format!("postgres://postgres@{HOST}:{}/{database}{tls}", self.port)
     }
 
     /// Absolute path of the data directory.
