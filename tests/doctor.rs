@@ -96,7 +96,7 @@ fn failed(report: &Value) -> HashSet<String> {
 }
 
 /// Every check doctor reports for the events-only configuration, in report order.
-const CHECKS: [&str; 21] = [
+const CHECKS: [&str; 22] = [
     "connectivity",
     "tls",
     "server_version",
@@ -115,6 +115,7 @@ const CHECKS: [&str; 21] = [
     "slot_lag",
     "slot_retained",
     "jwt_secret",
+    "jwks",
     "disk",
     "long_transactions",
     "connections",

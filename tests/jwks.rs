@@ -227,6 +227,27 @@ async fn realtime_js_joins_with_an_es256_access_token() {
     relay.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_fetches_the_jwks_and_names_its_kids_or_why_it_failed() {
+    use engagement_relay::doctor::{self, Options, Status};
+    let db = TestDb::new().await;
+    let endpoint = Endpoint::default();
+    endpoint.publish(&[&generate(Algorithm::EdDSA, "doctor-1")]);
+    let url = jwks_server(endpoint.clone()).await;
+    let mut config = db.config();
+    config.auth.jwks_url = url.clone();
+    let report = doctor::run(&config, &Options::default()).await;
+    let jwks = report.get("jwks").unwrap();
+    assert_eq!(jwks.status, Status::Pass, "{}", report.to_text());
+    assert!(jwks.detail.contains("doctor-1"), "{}", jwks.detail);
+
+    endpoint.down.store(true, Ordering::SeqCst);
+    let report = doctor::run(&config, &Options::default()).await;
+    let jwks = report.get("jwks").unwrap();
+    assert_eq!(jwks.status, Status::Fail, "{}", report.to_text());
+    assert!(jwks.detail.contains(&url), "{}", jwks.detail);
+}
+
 /// Runs `engagement-relay token` with `args`; returns its standard output.
 fn relay_token(args: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_engagement-relay"))

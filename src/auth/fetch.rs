@@ -114,6 +114,17 @@ pub async fn fetch_url(
     Ok((set, ttl))
 }
 
+/// The HTTP client JWKS fetches use: rustls with Mozilla's roots, a 10 s timeout, the relay's
+/// `User-Agent`.
+///
+/// Errors: reqwest's, when its TLS backend cannot be initialised.
+pub fn client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(FETCH_TIMEOUT)
+        .user_agent(concat!("engagement-relay/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 /// Loads `auth.jwks_file` into `jwks` now (so a bad file stops the start) and, when
 /// `auth.jwks_url` is set, spawns the task that keeps the set fresh until `shutdown`.
 ///
@@ -137,14 +148,10 @@ pub fn start(
     if config.jwks_url.is_empty() {
         return Ok(None);
     }
-    let client = reqwest::Client::builder()
-        .timeout(FETCH_TIMEOUT)
-        .user_agent(concat!("engagement-relay/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| LoadError::Url {
-            url: config.jwks_url.clone(),
-            why: e.to_string(),
-        })?;
+    let client = client().map_err(|e| LoadError::Url {
+        url: config.jwks_url.clone(),
+        why: e.to_string(),
+    })?;
     let task = Refresher {
         client,
         url: config.jwks_url.clone(),

@@ -11,7 +11,7 @@
 //! * schema: `publication`, then per table `table:<t>`, `rls:<t>`, `indexes:<t>`, and
 //!   `message_queue` (the service-only queue stays out of the stream);
 //! * slot: `slot`, `slot_lag`, `slot_retained`;
-//! * this host and the configuration: `jwt_secret`, `disk`;
+//! * this host and the configuration: `jwt_secret`, `jwks`, `disk`;
 //! * activity: `long_transactions`, `connections`.
 //!
 //! Each check is a query (parameterized) followed by a pure evaluation with its own unit
@@ -20,6 +20,7 @@
 //! what the server or the configuration contains.
 
 mod host;
+mod keys;
 mod report;
 mod schema;
 mod security;
@@ -67,6 +68,8 @@ pub const SLOT_LAG: &str = "slot_lag";
 pub const SLOT_RETAINED: &str = "slot_retained";
 /// Id of the JWT secret check.
 pub const JWT_SECRET: &str = "jwt_secret";
+/// Id of the JWKS check (the sources load and hold usable keys).
+pub const JWKS: &str = "jwks";
 /// Id of the data-directory disk headroom check.
 pub const DISK: &str = "disk";
 /// Id of the long-running-transactions check.
@@ -166,6 +169,7 @@ pub async fn run(config: &Config, options: &Options) -> Report {
     })
     .await;
     db.checks.push(host::jwt_secret(config));
+    db.checks.push(keys::jwks(&config.auth).await);
     db.one(DISK, |c| host::disk(c, url)).await;
     db.one(LONG_TRANSACTIONS, |c| {
         server::long_transactions(c, options.max_xact_age)
