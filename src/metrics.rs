@@ -76,6 +76,9 @@ pub const JWKS_LAST_SUCCESS: &str = "relay_jwks_last_success_timestamp_seconds";
 /// `server.header_timeout`; `evicted`: its pending slot taken, `server.max_pending`): TLS
 /// handshakes on a listener with `tls_cert` set.
 pub const TLS_HANDSHAKES: &str = "relay_tls_handshakes_total";
+/// Gauge by `listener`: Unix time (s) at which the certificate served there expires (its
+/// `notAfter`), updated at start and on each SIGHUP reload.
+pub const TLS_CERT_EXPIRY: &str = "relay_tls_certificate_expiry_timestamp_seconds";
 
 /// The SLO target in seconds (PRD §8: "Realtime latency < 500 ms from insert to dashboard").
 pub const SLO_TARGET_SECONDS: f64 = 0.5;
@@ -158,6 +161,7 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Gauge, SESSIONS, None, "Open WebSocket sessions, by role."),
     (Counter, SESSIONS_CLOSED, None, "Sessions closed by the server, by close code."),
     (Counter, AUTH_FAILURES, None, "Refused tokens, by reason."),
+    (Gauge, TLS_CERT_EXPIRY, Some(Unit::Seconds), "Unix time at which the certificate served by a TLS listener expires, by listener."),
     (Counter, TLS_HANDSHAKES, None, "TLS handshakes on the listeners serving TLS, by listener and result (ok, failed, timeout, evicted)."),
     (Counter, REFUSED, None, "Connections, sessions, requests and rows refused under load, by reason."),
     (Gauge, REPLICATION_CONNECTED, None, "1 while the replication stream is connected."),

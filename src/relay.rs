@@ -95,9 +95,10 @@ fn verifier(
 pub async fn start(config: Config) -> Result<Relay, RelayError> {
     config.validate()?;
     config.require_token_keys()?;
+    // The recorder first: loading a certificate exports its expiry.
+    let handle = crate::metrics::install();
     let server_tls = load_tls(config.server.tls()?)?;
     let metrics_tls = load_tls(config.metrics.tls()?)?;
-    let handle = crate::metrics::install();
     crate::refused::register();
     metrics::gauge!(crate::metrics::REPLAY_WINDOW).set(config.replay.window.as_secs_f64());
     let tables = Arc::new(Tables::new(&config.tables));

@@ -3,18 +3,18 @@
 //! without dropping sessions, and what a listener serving TLS does with clients that do not
 //! speak it. Every certificate comes from a CA made for the test (`relay_testkit::tls`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use engagement_relay::config::Config;
 use engagement_relay::Relay;
-use relay_testkit::tls::{ServerCert, TestCa};
 use relay_testkit::RelayProcess;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::common::certs::Certs;
 use crate::common::node::NodeClient;
 use crate::common::process::{relay_command, PROCESS_WAIT};
 use crate::common::{
@@ -24,63 +24,6 @@ use crate::common::{
 const HOUR: Duration = Duration::from_secs(3600);
 /// Bound on every wait for the relay's answer (a failure, never a timing assertion).
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A scratch folder of one test's certificate files, removed when dropped.
-struct Certs {
-    dir: PathBuf,
-    ca: TestCa,
-}
-
-impl Certs {
-    /// A folder `relay-tls-{tag}-{pid}` with a new CA, its PEM in `ca.pem`, and a server
-    /// certificate (serial 1) in `server.pem` / `server.key`.
-    fn new(tag: &str) -> Certs {
-        let dir = std::env::temp_dir().join(format!("relay-tls-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let certs = Certs {
-            dir,
-            ca: TestCa::new(&format!("relay test CA {tag}")).unwrap(),
-        };
-        std::fs::write(certs.ca_pem(), certs.ca.pem()).unwrap();
-        certs.issue(1, "server");
-        certs
-    }
-
-    /// Issues a certificate with `serial` into `<name>.pem` / `<name>.key`.
-    fn issue(&self, serial: u64, name: &str) -> ServerCert {
-        let cert = self.ca.issue(serial).unwrap();
-        cert.write(&self.cert(name), &self.key(name)).unwrap();
-        cert
-    }
-
-    fn ca_pem(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    fn cert(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.pem"))
-    }
-
-    fn key(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.key"))
-    }
-
-    /// An HTTP client trusting this CA only.
-    fn http(&self) -> reqwest::Client {
-        let ca = reqwest::Certificate::from_pem(self.ca.pem().as_bytes()).unwrap();
-        reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .build()
-            .unwrap()
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Sets `server.tls_cert`/`tls_key` to the certificate `server`.
 fn server_tls(certs: &Certs) -> impl FnOnce(&mut Config) + '_ {
@@ -246,6 +189,19 @@ async fn the_metrics_port_serves_https_with_its_own_certificate() {
         &text,
         r#"relay_tls_handshakes_total{listener="metrics",result="ok"}"#,
         1.0,
+    );
+    // rcgen's certificates are valid until 4096: the gauge is the leaf's notAfter, in the future.
+    let expiry = crate::common::metric(
+        &text,
+        r#"relay_tls_certificate_expiry_timestamp_seconds{listener="metrics"}"#,
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now,
+        "expiry {expiry} is not after now {now}: {text}"
     );
     assert_eq!(
         peer_certificate(relay.metrics_addr(), &certs).await,

@@ -3,13 +3,9 @@
 //! port), on the native upgrade, the HTTP API and the Realtime `phx_join`; it follows key
 //! rotation without a restart and keeps its keys while the endpoint is down.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
 use engagement_relay::auth::sign::SigningKey;
 use engagement_relay::auth::Role;
 use engagement_relay::config::Secret;
@@ -20,59 +16,14 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use crate::common::keys::{generate, generate_pem, jwks_json};
+use crate::common::jwks_server::{jwks_server, Endpoint};
+use crate::common::keys::{generate, generate_pem};
 use crate::common::node::NodeClient;
 use crate::common::phoenix;
 use crate::common::ws::{upgrade, Upgrade};
 use crate::common::{create_user, insert_event, TestDb};
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// The JWKS endpoint the test controls: the document it serves, whether it answers, and how
-/// many requests it got.
-#[derive(Clone, Default)]
-struct Endpoint {
-    doc: Arc<Mutex<Value>>,
-    down: Arc<AtomicBool>,
-    hits: Arc<AtomicUsize>,
-}
-
-impl Endpoint {
-    fn publish(&self, keys: &[&SigningKey]) {
-        *self.doc.lock().unwrap() = jwks_json(keys);
-    }
-}
-
-async fn serve_jwks(State(e): State<Endpoint>) -> impl IntoResponse {
-    e.hits.fetch_add(1, Ordering::SeqCst);
-    if e.down.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
-    }
-    let doc = e.doc.lock().unwrap().to_string();
-    (
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            // Below the relay's 30 s floor: it refreshes every 30 s.
-            (header::CACHE_CONTROL, "public, max-age=1"),
-        ],
-        doc,
-    )
-        .into_response()
-}
-
-/// Starts the JWKS server; returns its URL.
-async fn jwks_server(endpoint: Endpoint) -> String {
-    let app = axum::Router::new()
-        .route(
-            "/auth/v1/.well-known/jwks.json",
-            axum::routing::get(serve_jwks),
-        )
-        .with_state(endpoint);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}/auth/v1/.well-known/jwks.json")
-}
 
 /// A relay on `db` that knows no HS256 secret, only the JWKS at `url`.
 async fn jwks_relay(db: &TestDb, url: &str) -> Relay {

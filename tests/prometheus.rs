@@ -1,6 +1,6 @@
 //! The monitoring kit in `deploy/` against real components: `promtool` checks and unit-tests the
 //! rules and checks the example config; a real Prometheus scrapes a real relay carrying real
-//! traffic, evaluates every rule without error, and answers every query of the Grafana dashboard
+//! traffic (over https, the relay verifying JWKS tokens too, so its TLS and JWKS metrics exist), evaluates every rule without error, and answers every query of the Grafana dashboard
 //! — and every metric and label those queries and rules name exists in the relay's scrape, so the
 //! dashboard, the alerts and `src/metrics.rs` cannot drift apart.
 //!
@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::certs::Certs;
+use crate::common::jwks_server::{jwks_server, Endpoint};
+use crate::common::keys::generate;
 use crate::common::prometheus::{promtool_ok, repo, tool, Api, Prometheus, WAIT};
 use crate::common::ws::{self, Next};
 use crate::common::{create_user, insert_event, user_token, wait_until, wait_until_async, TestDb};
@@ -63,8 +66,33 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
     })
     .await;
 
+    // The metrics port serves https (relay_tls_*), and tokens may also come from a JWKS
+    // (relay_jwks_*): every metric the rules name is exported.
+    let certs = Certs::new("prometheus");
+    certs.issue(2, "metrics");
+    let jwks = Endpoint::default();
+    jwks.publish(&[&generate(jsonwebtoken::Algorithm::EdDSA, "prometheus")]);
+    let jwks_url = jwks_server(jwks).await;
     let db = TestDb::on(&cluster).await;
-    let relay = db.relay().await;
+    let relay = db
+        .relay_with(|config| {
+            config.metrics.tls_cert = Some(certs.cert("metrics"));
+            config.metrics.tls_key = Some(certs.key("metrics"));
+            config.auth.jwks_url = jwks_url;
+        })
+        .await;
+    let metrics_url = format!("https://localhost:{}/metrics", relay.metrics_addr().port());
+    let scrape = || async {
+        certs
+            .http()
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
     let sql = db.client().await;
 
     // One lost replication connection: the relay reconnects (relay_replication_reconnects_total).
@@ -75,7 +103,7 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
     .await
     .expect("terminate the walsender");
     wait_until_async("the relay counted a reconnect", WAIT, || async {
-        crate::common::scrape(&relay)
+        scrape()
             .await
             .contains("relay_replication_reconnects_total")
     })
@@ -117,7 +145,8 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = tokio::spawn(traffic(db.client().await, live, user, stop.clone()));
 
-    let prometheus = Prometheus::start(&prometheus_bin, relay.metrics_addr()).await;
+    let prometheus =
+        Prometheus::start(&prometheus_bin, relay.metrics_addr(), Some(&certs.ca_pem())).await;
     let api = Api::new(&prometheus);
 
     // The target is up.
@@ -238,7 +267,7 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
         .iter()
         .map(|n| n.as_str().expect("name").to_string())
         .collect();
-    let exposed = exposed_names(&crate::common::scrape(&relay).await);
+    let exposed = exposed_names(&scrape().await);
     let mut expressions: Vec<(String, String)> = queries
         .iter()
         .map(|(panel, e)| (format!("dashboard panel {panel:?}"), substitute(e)))

@@ -10,7 +10,8 @@
 //! The handshake runs inside the accept loop's connection task ([`handshake`]), under the
 //! connection's header timeout and its `max_pending` slot: a client that stalls its handshake
 //! is closed like one that stalls its request head. Outcomes are counted in
-//! `relay_tls_handshakes_total{listener,result}`.
+//! `relay_tls_handshakes_total{listener,result}`; the served certificate's `notAfter` in
+//! `relay_tls_certificate_expiry_timestamp_seconds{listener}`.
 
 use std::io;
 use std::path::Path;
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
 use crate::config::TlsFiles;
-use crate::metrics::TLS_HANDSHAKES;
+use crate::metrics::{TLS_CERT_EXPIRY, TLS_HANDSHAKES};
 use crate::refused::{self, Reason};
 
 /// A certificate or key file that cannot be used: `<key>: <file>: <why>`, one line.
@@ -75,7 +76,9 @@ impl Tls {
     /// certificate or key, or whose key does not match the certificate.
     pub fn load(files: TlsFiles) -> Result<Tls, TlsError> {
         let provider = Arc::new(ring::default_provider());
-        let current = Arc::new(Current(RwLock::new(Arc::new(read(&files, &provider)?))));
+        let certified = read(&files, &provider)?;
+        export_expiry(&files, &certified);
+        let current = Arc::new(Current(RwLock::new(Arc::new(certified))));
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError {
@@ -107,6 +110,7 @@ impl Tls {
     pub fn reload(&self) -> Result<(), TlsError> {
         let provider = ring::default_provider();
         let key = read(&self.files, &provider)?;
+        export_expiry(&self.files, &key);
         *self
             .current
             .0
@@ -142,6 +146,20 @@ fn read(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey, Tls
             format!("does not fit {}: {e}", files.cert_key()),
         )
     })
+}
+
+/// Sets `relay_tls_certificate_expiry_timestamp_seconds{listener}` to the leaf certificate's
+/// `notAfter` (RFC 5280 §4.1.2.5), when it parses.
+fn export_expiry(files: &TlsFiles, certified: &CertifiedKey) {
+    use x509_cert::der::Decode;
+    let not_after = certified
+        .cert
+        .first()
+        .and_then(|der| x509_cert::Certificate::from_der(der).ok())
+        .map(|cert| cert.tbs_certificate.validity.not_after.to_unix_duration());
+    if let Some(t) = not_after {
+        metrics::gauge!(TLS_CERT_EXPIRY, "listener" => files.section).set(t.as_secs_f64());
+    }
 }
 
 /// The reason of a PEM error, in words.

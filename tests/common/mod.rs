@@ -3,6 +3,8 @@
 //! fresh database per test cloned from a migrated template, a relay per test on port 0, and real
 //! WebSocket clients. The cluster machinery itself is `relay_testkit::pgcluster`.
 
+pub mod certs;
+pub mod jwks_server;
 pub mod keys;
 pub mod node;
 pub mod phoenix;

@@ -58,8 +58,9 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts Prometheus `bin` scraping `target`; fails the test if it cannot.
-    pub async fn start(bin: &Path, target: SocketAddr) -> Prometheus {
+    /// Starts Prometheus `bin` scraping `target` (over https trusting the CA in `ca`, when
+    /// given); fails the test if it cannot.
+    pub async fn start(bin: &Path, target: SocketAddr, ca: Option<&Path>) -> Prometheus {
         let dir = std::env::temp_dir().join(format!(
             "relay-prometheus-{}-{}",
             std::process::id(),
@@ -74,7 +75,10 @@ impl Prometheus {
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {rules:?}\n\
              scrape_configs:\n  - job_name: engagement-relay\n    static_configs:\n      \
-             - targets: [\"{target}\"]\n",
+             - targets: [\"{target}\"]\n{tls}",
+            tls = ca.map_or(String::new(), |ca| format!(
+                "    scheme: https\n    tls_config:\n      ca_file: {ca:?}\n"
+            )),
         );
         fs::write(dir.join("prometheus.yml"), config).expect("write prometheus.yml");
         // The port is free until released, then could be taken before Prometheus binds it: try a few.
