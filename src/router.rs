@@ -365,16 +365,17 @@ impl Router {
         // The earlier events of the row a delete erases: out of the deque now, out of the
         // window below.
         let mut erased = Vec::new();
+        // An update that moved the row to another owner: the old owner's earlier events of it
+        // leave the window (done before the new owner's entry is held: one shard lock at a time).
+        if let (Some(was), Some(row)) = (event.moved_from, event.row) {
+            if let Some(mut entry) = self.users.get_mut(&was) {
+                erase_row(&mut entry.recent, row, &mut erased);
+            }
+        }
         if let Some(owner) = event.owner {
             let mut entry = self.users.entry(owner).or_default();
             if let (Operation::Delete, Some(row)) = (event.operation, event.row) {
-                entry.recent.retain(|e| {
-                    let keep = e.row != Some(row);
-                    if !keep {
-                        erased.push(e.cursor);
-                    }
-                    keep
-                });
+                erase_row(&mut entry.recent, row, &mut erased);
             }
             entry.recent.push_back(Arc::clone(&event));
             while entry.recent.len() > self.max_per_user {
@@ -550,3 +551,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 #[path = "router_tests.rs"]
 mod tests;
+
+/// Removes the events of `row` from a user's deque, collecting their cursors in `erased` (to
+/// leave the window too).
+fn erase_row(recent: &mut VecDeque<Arc<Event>>, row: u64, erased: &mut Vec<Cursor>) {
+    recent.retain(|e| {
+        let keep = e.row != Some(row);
+        if !keep {
+            erased.push(e.cursor);
+        }
+        keep
+    });
+}

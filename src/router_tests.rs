@@ -415,3 +415,38 @@ fn a_delete_erases_its_rows_events_from_every_resume_and_is_replayed_itself() {
     assert_eq!(lsns(&all.events), [3, 4, 6]);
     assert_eq!(router.oldest_lsn(), Some(3));
 }
+
+#[test]
+fn a_row_moved_to_another_owner_leaves_the_old_owners_resume_and_a_later_delete_erases_all() {
+    let router = router(64, 100);
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    router.dispatch(row_event(a, Operation::Insert, 1, 2));
+    // The service role moves row 1 from a to b.
+    let moved = json!({"id": 1, "user_id": b, "event_type": "app_open"});
+    let was = json!({"id": 1, "user_id": a, "event_type": "app_open"});
+    let mut update = Event::change(
+        at(3, 0),
+        now_unix_us(),
+        Operation::Update,
+        (Relation::fixture(), "user_id"),
+        moved.as_object().cloned().unwrap_or_default(),
+        was.as_object().cloned(),
+    );
+    update.row = Some(1);
+    assert_eq!(update.moved_from, Some(a));
+    router.dispatch(Arc::new(update));
+    // a's copy of the row is gone from a's resume and the window; b has the update.
+    assert_eq!(
+        lsns(&resume(&router, Some(a), Cursor::before(2, HISTORY)).events),
+        [] as [u64; 0]
+    );
+    assert_eq!(
+        lsns(&resume(&router, Some(b), Cursor::before(2, HISTORY)).events),
+        [3]
+    );
+    // b deletes it: nothing of the row is left for anyone but the delete.
+    router.dispatch(row_event(b, Operation::Delete, 1, 4));
+    let all = resume(&router, None, Cursor::before(2, HISTORY));
+    assert!(all.complete);
+    assert_eq!(lsns(&all.events), [4]);
+}

@@ -65,6 +65,10 @@ pub struct Event {
     /// the values of the table's key columns ([`row_key`]), `None` when the table has none or
     /// the row lacks one. A delete removes the events of its row from the replay window by it.
     pub row: Option<u64>,
+    /// For an update that moved the row to another owner: the old row's owner. The frame then
+    /// carries no `old_record` (the old row was someone else's), and the router removes the old
+    /// owner's earlier events of the row from the replay window.
+    pub moved_from: Option<Uuid>,
     /// `{"type":…,"schema":…,"table":…,"cursor":…,"commit_timestamp":…,"record":{…}}` (an
     /// update may end with `,"old_record":{…}`; a delete has `"old_record":{…}` instead of
     /// `record`), UTF-8.
@@ -110,8 +114,9 @@ impl Event {
         Event::change(cursor, commit_time_us, operation, table, record, None)
     }
 
-    /// [`Event::new`] with an update's old row (`old`, written as `old_record` after `record`;
-    /// ignored for inserts and deletes). For a delete, `record` is the old row: it is written
+    /// [`Event::new`] with an update's old row (`old`, written as `old_record` after `record`
+    /// unless its owner differs from the new row's: see [`Event::moved_from`]; ignored for
+    /// inserts and deletes). For a delete, `record` is the old row: it is written
     /// as `old_record`, and the owner is read from it.
     pub fn change(
         cursor: Cursor,
@@ -121,10 +126,19 @@ impl Event {
         record: Record,
         old: Option<Record>,
     ) -> Event {
-        let owner = record
-            .get(owner_column)
-            .and_then(|v| v.as_str())
-            .and_then(|s| Uuid::parse_str(s).ok());
+        let owner_of = |row: &Record| {
+            row.get(owner_column)
+                .and_then(|v| v.as_str())
+                .and_then(|s| Uuid::parse_str(s).ok())
+        };
+        let owner = owner_of(&record);
+        // An old row of another owner is not this owner's to see (its values were written
+        // under the old owner's rights): no `old_record` then.
+        let moved_from = match (operation, &old) {
+            (Operation::Update, Some(old)) => owner_of(old).filter(|was| Some(*was) != owner),
+            _ => None,
+        };
+        let old = if moved_from.is_some() { None } else { old };
         let mut frame = Vec::with_capacity(256);
         frame.extend_from_slice(b"{\"type\":\"");
         frame.extend_from_slice(operation.as_str().as_bytes());
@@ -156,6 +170,7 @@ impl Event {
             relation,
             owner,
             row: None,
+            moved_from,
             native: frozen(frame),
             record,
             old_record,

@@ -191,6 +191,37 @@ fn an_update_carries_its_old_row_when_sent() {
 }
 
 #[test]
+fn an_update_moving_the_row_to_another_owner_drops_the_old_row() {
+    let other = "0f0e0d0c-0b0a-4909-8807-060504030201";
+    let new = json!({"id": 7, "user_id": OWNER, "value": {"b": 2}});
+    let old = json!({"id": 7, "user_id": other, "value": {"a": 1}});
+    let e = Event::change(
+        Cursor::default(),
+        0,
+        Operation::Update,
+        (Relation::fixture(), "user_id"),
+        new.as_object().cloned().unwrap(),
+        old.as_object().cloned(),
+    );
+    assert_eq!(e.owner, Uuid::parse_str(OWNER).ok());
+    assert_eq!(e.moved_from, Uuid::parse_str(other).ok());
+    assert_eq!(e.old_record_json(), None);
+    assert!(!String::from_utf8_lossy(&e.native_frame()).contains(other));
+    // An old row without the owner column (a key-only identity) is the same owner's row.
+    let key_only = json!({"id": 7});
+    let e = Event::change(
+        Cursor::default(),
+        0,
+        Operation::Update,
+        (Relation::fixture(), "user_id"),
+        new.as_object().cloned().unwrap(),
+        key_only.as_object().cloned(),
+    );
+    assert_eq!(e.moved_from, None);
+    assert_eq!(e.old_record_json(), Some(key_only.to_string().as_str()));
+}
+
+#[test]
 fn row_keys_tell_rows_and_tables_apart() {
     let (one, two) = (json!("a"), json!("b"));
     let key = |t, v| row_key("public", t, &[Some(v)]);
