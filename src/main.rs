@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use engagement_relay::auth::fetch::LoadError;
 use engagement_relay::auth::sign::{public_jwks, SigningKey};
 use engagement_relay::auth::{mint, Role};
 use engagement_relay::config::{bytes, Config, LogFormat, Overrides};
@@ -133,8 +134,12 @@ async fn run(command: Command, config: Config) -> ExitCode {
             }
             let relay = match start(config).await {
                 Ok(r) => r,
-                // A certificate or key that cannot be used is bad configuration.
-                Err(e @ (RelayError::Config(_) | RelayError::Tls(_))) => return fail(78, &e),
+                // A certificate, key or JWKS file that cannot be used is bad configuration.
+                Err(
+                    e @ (RelayError::Config(_)
+                    | RelayError::Tls(_)
+                    | RelayError::Jwks(LoadError::File { .. })),
+                ) => return fail(78, &e),
                 Err(e) => return fail(1, &e),
             };
             let stop = relay.shutdown_token();

@@ -99,6 +99,12 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     let handle = crate::metrics::install();
     let server_tls = load_tls(config.server.tls()?)?;
     let metrics_tls = load_tls(config.metrics.tls()?)?;
+    // `shutdown` is the request; the supervisor below then stops the stream first
+    // (`stream_stop`), and only then the sessions and servers (`sessions_stop`), so events
+    // already queued are delivered before the 1001 close.
+    let shutdown = CancellationToken::new();
+    // The JWKS file is read now too: like the certificates, before the database is touched.
+    let verifier = Arc::new(verifier(&config.auth, shutdown.clone())?);
     crate::refused::register();
     metrics::gauge!(crate::metrics::REPLAY_WINDOW).set(config.replay.window.as_secs_f64());
     let tables = Arc::new(Tables::new(&config.tables));
@@ -113,13 +119,8 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     let server_addr = local_addr("server.listen", &server)?;
     let metrics_addr = local_addr("metrics.listen", &metrics)?;
 
-    // `shutdown` is the request; the supervisor below then stops the stream first
-    // (`stream_stop`), and only then the sessions and servers (`sessions_stop`), so events
-    // already queued are delivered before the 1001 close.
-    let shutdown = CancellationToken::new();
     let stream_stop = CancellationToken::new();
     let sessions_stop = CancellationToken::new();
-    let verifier = Arc::new(verifier(&config.auth, shutdown.clone())?);
     let router = Arc::new(Router::new(
         config.limits.session_queue.get(),
         &config.replay,

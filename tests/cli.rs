@@ -129,6 +129,18 @@ fn bad_configuration_is_one_line_naming_the_key() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
+
+    // A JWKS file that cannot be read stops the start before the database is touched.
+    let out = relay_bin()
+        .env("RELAY_AUTH__JWKS_FILE", "/nonexistent/jwks.json")
+        .env("RELAY_DATABASE__URL", "postgres://nobody@127.0.0.1:9/none")
+        .args(["run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("auth.jwks_file"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 #[test]

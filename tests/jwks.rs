@@ -214,7 +214,7 @@ fn relay_token(args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_minted_by_the_cli_with_a_private_key_verify_against_a_jwks_file() {
+async fn tokens_minted_by_the_cli_verify_against_a_jwks_file_reread_without_restart() {
     let db = TestDb::new().await;
     let dir = std::env::temp_dir().join(format!("relay-jwks-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -245,6 +245,13 @@ async fn tokens_minted_by_the_cli_with_a_private_key_verify_against_a_jwks_file(
         .await;
     // The file is read before the relay starts serving: accepted at once.
     assert_eq!(try_upgrade(&relay, minted.trim()).await, Ok(()));
+    // A key added to the file: its first token re-reads the file, no restart.
+    let added = generate(Algorithm::EdDSA, "added");
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&jwks).unwrap()).unwrap();
+    let more = crate::common::keys::jwks_json(&[&added])["keys"][0].clone();
+    doc["keys"].as_array_mut().unwrap().push(more);
+    std::fs::write(&jwks, doc.to_string()).unwrap();
+    until_accepted(&relay, &token(&added, user), Duration::from_secs(10)).await;
     let stranger = generate(Algorithm::ES256, "not-in-the-file");
     assert_eq!(
         try_upgrade(&relay, &token(&stranger, user)).await,

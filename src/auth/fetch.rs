@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::jwks::{refresh_after, Jwks, KeySet, MIN_REFRESH};
+use super::jwks::{refresh_after, Jwks, KeySet, DEFAULT_REFRESH, MIN_REFRESH};
 use crate::config::AuthConfig;
 use crate::metrics::{JWKS_FETCHES, JWKS_KEYS, JWKS_LAST_SUCCESS};
 
@@ -114,12 +114,24 @@ pub async fn fetch_url(
     Ok((set, ttl))
 }
 
-/// The HTTP client JWKS fetches use: rustls with Mozilla's roots, a 10 s timeout, the relay's
-/// `User-Agent`.
+/// The HTTP client JWKS fetches use: rustls with Mozilla's roots, a 10 s timeout, redirects to
+/// https only (at most 5), the relay's `User-Agent`.
 ///
 /// Errors: reqwest's, when its TLS backend cannot be initialised.
 pub fn client() -> reqwest::Result<reqwest::Client> {
+    // Redirects are followed to https only (a redirect to http would hand the key set to
+    // anyone on the path), at most 5.
+    let redirects = reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.previous().len() >= 5 {
+            attempt.error("more than 5 redirects")
+        } else if attempt.url().scheme() != "https" {
+            attempt.error("redirect to a URL that is not https")
+        } else {
+            attempt.follow()
+        }
+    });
     reqwest::Client::builder()
+        .redirect(redirects)
         .timeout(FETCH_TIMEOUT)
         .user_agent(concat!("engagement-relay/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -145,16 +157,21 @@ pub fn start(
         }
         None => None,
     };
-    if config.jwks_url.is_empty() {
-        return Ok(None);
-    }
-    let client = client().map_err(|e| LoadError::Url {
-        url: config.jwks_url.clone(),
-        why: e.to_string(),
-    })?;
+    let source = match (config.jwks_url.is_empty(), &file) {
+        (true, None) => return Ok(None),
+        // A file alone is re-read every DEFAULT_REFRESH and on an unknown kid, so a key
+        // withdrawn from it is refused without a restart.
+        (true, Some(_)) => None,
+        (false, _) => {
+            let client = client().map_err(|e| LoadError::Url {
+                url: config.jwks_url.clone(),
+                why: e.to_string(),
+            })?;
+            Some((client, config.jwks_url.clone()))
+        }
+    };
     let task = Refresher {
-        client,
-        url: config.jwks_url.clone(),
+        source,
         file,
         file_set,
         url_set: None,
@@ -165,8 +182,8 @@ pub fn start(
 
 /// The background task's state: the last good set of each source.
 struct Refresher {
-    client: reqwest::Client,
-    url: String,
+    /// `auth.jwks_url` and the client fetching it, when set.
+    source: Option<(reqwest::Client, String)>,
     file: Option<PathBuf>,
     file_set: Option<KeySet>,
     url_set: Option<KeySet>,
@@ -177,25 +194,28 @@ impl Refresher {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut retry = FIRST_RETRY;
         loop {
-            let wait = match fetch_url(&self.client, &self.url).await {
-                Ok((set, ttl)) => {
-                    metrics::counter!(JWKS_FETCHES, "result" => "ok").increment(1);
-                    metrics::gauge!(JWKS_LAST_SUCCESS).set(unix_now());
-                    info!(url = %self.url, kids = ?set.kids(), refresh_s = ttl.as_secs(), "jwks: fetched");
-                    self.url_set = Some(set);
-                    retry = FIRST_RETRY;
-                    ttl
-                }
-                Err(e) => {
-                    metrics::counter!(JWKS_FETCHES, "result" => "error").increment(1);
-                    warn!(
-                        "jwks: {e}; keeping the last good key set, retrying in {}s",
-                        retry.as_secs()
-                    );
-                    let wait = retry;
-                    retry = (retry * 2).min(MIN_REFRESH);
-                    wait
-                }
+            let wait = match &self.source {
+                None => DEFAULT_REFRESH,
+                Some((client, url)) => match fetch_url(client, url).await {
+                    Ok((set, ttl)) => {
+                        metrics::counter!(JWKS_FETCHES, "result" => "ok").increment(1);
+                        metrics::gauge!(JWKS_LAST_SUCCESS).set(unix_now());
+                        info!(url = %url, kids = ?set.kids(), refresh_s = ttl.as_secs(), "jwks: fetched");
+                        self.url_set = Some(set);
+                        retry = FIRST_RETRY;
+                        ttl
+                    }
+                    Err(e) => {
+                        metrics::counter!(JWKS_FETCHES, "result" => "error").increment(1);
+                        warn!(
+                            "jwks: {e}; keeping the last good key set, retrying in {}s",
+                            retry.as_secs()
+                        );
+                        let wait = retry;
+                        retry = (retry * 2).min(MIN_REFRESH);
+                        wait
+                    }
+                },
             };
             if let Some(path) = &self.file {
                 match read_file_async(path).await {

@@ -54,13 +54,29 @@ impl AuthConfig {
         !self.jwks_url.is_empty() || self.jwks_file.is_some()
     }
 
-    /// Checks `jwks_url` (an absolute `http`/`https` URL) and `jwks_file` (not empty).
+    /// Checks `jwks_url` (an absolute `https` URL, or `http` to a loopback host) and
+    /// `jwks_file` (not empty).
     ///
     /// Errors: one line naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.jwks_url.is_empty() {
             match reqwest::Url::parse(&self.jwks_url) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+                Ok(url) if url.scheme() == "https" && url.has_host() => {}
+                // Over plain HTTP anyone on the path could publish keys of their own (and mint
+                // service_role tokens): only a loopback endpoint (a sidecar, a test) is allowed.
+                Ok(url) if url.scheme() == "http" => {
+                    let host = url.host_str().unwrap_or("");
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let loopback = host.eq_ignore_ascii_case("localhost")
+                        || host
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback());
+                    if !loopback {
+                        return Err(ConfigError(
+                            "auth.jwks_url: http:// is accepted for a loopback host only (anyone on the path could publish keys); use https://".into(),
+                        ));
+                    }
+                }
                 Ok(_) => {
                     return Err(ConfigError(
                         "auth.jwks_url: must be an http:// or https:// URL".into(),

@@ -100,7 +100,24 @@ fn a_jwks_source_makes_the_secret_optional() {
         .load("[auth]\njwks_file = \"/etc/jwks.json\"\n")
         .unwrap();
     assert!(file.require_token_keys().is_ok());
-    for bad in ["ftp://x/jwks.json", "not a url", "file:///etc/jwks.json"] {
+    for ok in [
+        "http://127.0.0.1:9/jwks.json",
+        "http://localhost/jwks.json",
+        "http://[::1]/k",
+    ] {
+        assert!(
+            scratch
+                .load(&format!("[auth]\njwks_url = \"{ok}\"\n"))
+                .is_ok(),
+            "{ok}"
+        );
+    }
+    for bad in [
+        "ftp://x/jwks.json",
+        "not a url",
+        "file:///etc/jwks.json",
+        "http://auth.internal/jwks.json",
+    ] {
         let err = scratch
             .load(&format!("[auth]\njwks_url = \"{bad}\"\n"))
             .unwrap_err();

@@ -101,7 +101,9 @@ fn split_key_values(text: &str, params: &mut TlsParams) -> Option<String> {
             match chars.next() {
                 Some('\'') if quoted => break,
                 Some(c) if c.is_whitespace() && !quoted => break,
-                Some('\\') => value.push(chars.next()?),
+                // A trailing backslash escapes nothing and is dropped, as tokio-postgres does
+                // (were the string refused here, its sslmode would be lost to the default).
+                Some('\\') => value.extend(chars.next()),
                 Some(c) => value.push(c),
                 None if quoted => return None,
                 None => break,
@@ -159,6 +161,14 @@ mod tests {
         assert_eq!(p, params("verify-ca", Some("/a b/ca.crt")));
         let parsed: tokio_postgres::Config = rest.parse().unwrap();
         assert_eq!(parsed.get_password(), Some(&b"it's"[..]));
+    }
+
+    #[test]
+    fn a_trailing_backslash_keeps_the_sslmode() {
+        let (rest, p) = split("host=db.example.com sslmode=require password=abc\\");
+        assert_eq!(p.sslmode.as_deref(), Some("require"));
+        let parsed: tokio_postgres::Config = rest.parse().unwrap();
+        assert_eq!(parsed.get_password(), Some(&b"abc"[..]));
     }
 
     #[test]

@@ -240,7 +240,18 @@ pub async fn reload_on_hangup(listeners: Vec<Arc<Tls>>, stop: CancellationToken)
         }
         for tls in &listeners {
             let files = tls.files();
-            match tls.reload() {
+            // File reads: off the runtime's worker threads.
+            let reloading = Arc::clone(tls);
+            let reloaded = tokio::task::spawn_blocking(move || reloading.reload())
+                .await
+                .unwrap_or_else(|e| {
+                    Err(TlsError {
+                        key: files.cert_key(),
+                        path: files.cert.clone(),
+                        reason: format!("the reload task failed: {e}"),
+                    })
+                });
+            match reloaded {
                 Ok(()) => info!(
                     listener = files.section,
                     cert = %files.cert.display(),
