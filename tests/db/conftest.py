@@ -160,7 +160,7 @@ def db() -> Iterator[Database]:
 # Users and their rows
 # --------------------------------------------------------------------------------------------
 
-# One row per engagement table for a user (%(user)s), written as the superuser.
+# One row per engagement table (and a profile) for a user (%(user)s), written as the superuser.
 FIXTURE_ROWS = (
     "INSERT INTO public.engagement_events (user_id, event_type, value)"
     " VALUES (%(user)s, 'app_open', '{\"source\": \"rls_audit\"}')",
@@ -173,6 +173,7 @@ FIXTURE_ROWS = (
     " 'rls-audit-' || %(user)s)",
     "INSERT INTO public.engagement_events_archive (id, user_id, event_type, is_deleted)"
     " VALUES (gen_random_uuid(), %(user)s, 'app_open', true)",
+    "INSERT INTO public.user_profiles (id) VALUES (%(user)s)",
 )
 
 
@@ -263,6 +264,8 @@ class Audit:
             owners = sorted({self.users.label(row[0]) for row in outcome.rows})
             noun = "row" if len(outcome.rows) == 1 else "rows"
             return f"{len(outcome.rows)} {noun}, owned by {' and '.join(owners)}"
+        if outcome.rowcount < 0:
+            return "allowed"
         noun = "row" if outcome.rowcount == 1 else "rows"
         return f"allowed, {outcome.rowcount} {noun} affected"
 
@@ -281,7 +284,7 @@ class Audit:
 
         ``cross_user`` ("read" or "write") marks an attempt on other users' data: a read leaks
         when it returns a row the actor does not own (anon owns none, whatever its claims say),
-        a write when it adds or changes a row.
+        a write when it succeeds and adds, changes or removes anything.
         """
         if outcome.refused or not cross_user:
             leaked = False
@@ -289,7 +292,7 @@ class Audit:
             owner = None if actor.role == "anon" else str(actor.sub)
             leaked = any(str(row[0]) != owner for row in outcome.rows)
         else:
-            leaked = outcome.rowcount > 0
+            leaked = outcome.rowcount != 0  # -1: no count (TRUNCATE), and it succeeded
         text = self.describe(outcome) if note is None else note
         AUDIT_LOG.cases.append(
             Case(table, actor.label, attempt, expected, text, passed, cross_user, leaked)

@@ -9,6 +9,7 @@ What the migrations promise (and so what is tested):
 * ``user_engagement_states``, ``engagement_state_transitions``: a user reads only their own
   rows ("Users can SELECT own …") and writes none; anon nothing; service_role everything.
 * ``engagement_message_queue``, ``engagement_events_archive``: service_role only.
+* ``user_profiles``: RLS on and no policy yet: no user or anon reads or writes any row.
 * ``delete_user_data()`` and schema ``relay`` (idempotency keys): not for users or anon.
 * Every public table holding per-user rows (a foreign key to ``auth.users``) has RLS enabled.
 
@@ -35,6 +36,7 @@ class Table:
     change: str  # SET clause of a harmless UPDATE
     users_read_own: bool  # a policy and a grant let a signed-in user SELECT their own rows
     users_insert_own: bool  # … and INSERT rows for themselves
+    owner: str = "user_id"  # the column holding the owning user's id
 
     def __str__(self) -> str:
         return self.name
@@ -83,6 +85,17 @@ TABLES = (
         users_insert_own=False,
     ),
 )
+# user_profiles (the shim's, extended by the engagement system): RLS on and no policy yet, so no
+# user or anon may read or write any row; audited for the closed doors only.
+PROFILES = Table(
+    "user_profiles",
+    "INSERT INTO public.user_profiles (id) VALUES (%(user)s)",
+    "reengagement_opt_out = true",
+    users_read_own=False,
+    users_insert_own=False,
+    owner="id",
+)
+WITH_PROFILES = (*TABLES, PROFILES)
 USER_READABLE = [t for t in TABLES if t.users_read_own]
 SERVICE_ONLY = [t for t in TABLES if not t.users_read_own]
 READ_ONLY_FOR_USERS = [t for t in TABLES if not t.users_insert_own]
@@ -95,19 +108,19 @@ NO_SUB = Actor("authenticated, no sub", "authenticated")
 
 def select_owned_by(table: Table) -> str:
     """SELECT of the owners of ``%(user)s``'s rows."""
-    return f"SELECT user_id FROM public.{table.name} WHERE user_id = %(user)s"
+    return f"SELECT {table.owner} FROM public.{table.name} WHERE {table.owner} = %(user)s"
 
 
 def select_all(table: Table) -> str:
     """SELECT of the owners of every row the actor can see."""
-    return f"SELECT user_id FROM public.{table.name}"
+    return f"SELECT {table.owner} FROM public.{table.name}"
 
 
 def write(table: Table, op: str) -> str:
     """UPDATE (a harmless change) or DELETE of ``%(user)s``'s rows."""
     if op == "update":
-        return f"UPDATE public.{table.name} SET {table.change} WHERE user_id = %(user)s"
-    return f"DELETE FROM public.{table.name} WHERE user_id = %(user)s"
+        return f"UPDATE public.{table.name} SET {table.change} WHERE {table.owner} = %(user)s"
+    return f"DELETE FROM public.{table.name} WHERE {table.owner} = %(user)s"
 
 
 def nothing_changed(outcome: Outcome) -> bool:
@@ -182,6 +195,15 @@ def test_user_a_cannot_read_service_only_tables(
     audit.check(table.name, users.user("A"), "SELECT own rows", "refused", out, out.denied)
 
 
+def test_user_a_reads_no_profile(db: Database, users: Users, audit: Audit) -> None:
+    """No policy lets a user read user_profiles yet, not even their own row."""
+    out = db.attempt(users.user("A"), select_owned_by(PROFILES), {"user": str(users.a)})
+    audit.check(
+        PROFILES.name, users.user("A"), "SELECT own rows", "refused or 0 rows", out,
+        nothing_read(out),
+    )
+
+
 def test_user_a_cannot_read_relay_idempotency_keys(
     db: Database, users: Users, audit: Audit
 ) -> None:
@@ -208,7 +230,7 @@ def test_user_a_inserts_own_event(db: Database, users: Users, audit: Audit) -> N
     )
 
 
-@pytest.mark.parametrize("table", TABLES, ids=str)
+@pytest.mark.parametrize("table", WITH_PROFILES, ids=str)
 def test_user_a_cannot_insert_a_row_for_b(
     db: Database, users: Users, audit: Audit, table: Table
 ) -> None:
@@ -240,7 +262,7 @@ def test_user_a_cannot_insert_own_rows_where_users_only_read(
 
 
 @pytest.mark.parametrize("op", WRITES)
-@pytest.mark.parametrize("table", TABLES, ids=str)
+@pytest.mark.parametrize("table", WITH_PROFILES, ids=str)
 def test_user_a_cannot_change_bs_rows(
     db: Database, users: Users, audit: Audit, table: Table, op: str
 ) -> None:
@@ -265,7 +287,7 @@ def test_user_a_cannot_change_own_rows(
     )
 
 
-@pytest.mark.parametrize("table", TABLES, ids=str)
+@pytest.mark.parametrize("table", WITH_PROFILES, ids=str)
 def test_user_a_cannot_truncate(db: Database, users: Users, audit: Audit, table: Table) -> None:
     """TRUNCATE ignores RLS, so only the missing grant stops it (it would empty B's rows too)."""
     out = db.attempt(users.user("A"), f"TRUNCATE public.{table.name} CASCADE")
@@ -292,7 +314,7 @@ def test_user_a_cannot_erase_b(db: Database, users: Users, audit: Audit) -> None
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("table", TABLES, ids=str)
+@pytest.mark.parametrize("table", WITH_PROFILES, ids=str)
 def test_anon_reads_nothing(db: Database, users: Users, audit: Audit, table: Table) -> None:
     """anon has no privileges on any engagement table."""
     out = db.attempt(ANON, select_all(table))
@@ -315,13 +337,20 @@ def test_anon_with_a_users_sub_reads_nothing(
     )
 
 
-@pytest.mark.parametrize("table", TABLES, ids=str)
+@pytest.mark.parametrize("table", WITH_PROFILES, ids=str)
 def test_anon_cannot_insert(db: Database, users: Users, audit: Audit, table: Table) -> None:
     """anon writes nothing."""
     out = db.attempt(ANON, table.insert, {"user": str(users.a)})
     audit.check(
         table.name, ANON, "INSERT a row for A", "refused", out, out.denied, cross_user="write"
     )
+
+
+@pytest.mark.parametrize("table", WITH_PROFILES, ids=str)
+def test_anon_cannot_truncate(db: Database, users: Users, audit: Audit, table: Table) -> None:
+    """TRUNCATE ignores RLS: only a missing grant keeps anon from emptying a table."""
+    out = db.attempt(ANON, f"TRUNCATE public.{table.name} CASCADE")
+    audit.check(table.name, ANON, "TRUNCATE", "refused", out, out.denied, cross_user="write")
 
 
 # --------------------------------------------------------------------------------------------
