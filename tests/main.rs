@@ -25,6 +25,7 @@ mod faults;
 mod history;
 mod hostile_connections;
 mod http;
+mod inactive;
 mod jwks;
 mod memory;
 mod module_cycles;

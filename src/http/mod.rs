@@ -91,6 +91,7 @@ pub fn server_routes(state: AppState, request_timeout: Duration) -> HttpRouter {
             get(upgrade::native_upgrade).post(api::post_events),
         )
         .route("/v1/events/batch", post(api::post_batch))
+        .route("/v1/users/inactive", get(api::get_inactive))
         .route("/openapi.json", get(api::openapi::document))
         .route("/realtime/v1/websocket", get(upgrade::realtime_upgrade))
         .route("/healthz", get(health::healthz))

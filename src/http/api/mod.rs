@@ -1,6 +1,7 @@
 //! The HTTP ingest and history API on the server port (docs/PROTOCOL.md "Ports and paths"):
 //! `POST /v1/events/batch` (service role: bulk import), `POST /v1/events` (a user's own events,
-//! under RLS), and `GET /v1/events` without a WebSocket upgrade (history, [`history`]).
+//! under RLS), `GET /v1/events` without a WebSocket upgrade (history, [`history`]), and
+//! `GET /v1/users/inactive` (service role: the nudge engine's inactive users, [`inactive`]).
 //!
 //! Every error is an [`HttpError`], JSON `{"error": code, "message": text}` with its status: 400
 //! malformed JSON or query,
@@ -11,14 +12,15 @@
 
 pub mod history;
 pub mod idempotency;
+pub mod inactive;
 pub mod ingest;
 pub mod limit;
 pub mod openapi;
 pub mod validate;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -184,4 +186,39 @@ pub async fn post_events(
 ) -> Result<Response, HttpError> {
     let (principal, token) = caller(&state, &headers)?;
     ingest(&state, &headers, (&principal, token), body, true).await
+}
+
+/// `GET /v1/users/inactive`: service role only; see [`inactive`].
+#[utoipa::path(
+    get,
+    path = "/v1/users/inactive",
+    params(
+        ("for" = Option<String>, Query, description = "humantime duration, 1m to 365d, default 48h"),
+        ("limit" = Option<i32>, Query, description = "1 to 1000, default 100"),
+        ("after" = Option<uuid::Uuid>, Query, description = "a previous page's next_after"),
+        ("include_opted_out" = Option<bool>, Query, description = "default false"),
+    ),
+    responses(
+        (status = 200, description = "a page, by user_id", body = openapi::InactivePage),
+        (status = 400, description = "invalid query", body = openapi::ErrorBody),
+        (status = 401, description = "missing or invalid token", body = openapi::ErrorBody),
+        (status = 403, description = "not a service_role token", body = openapi::ErrorBody),
+        (status = 429, description = "rate limited", body = openapi::ErrorBody),
+        (status = 503, description = "database unavailable", body = openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_inactive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<inactive::InactiveQuery>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    let (principal, _) = caller(&state, &headers)?;
+    if principal.role != Role::ServiceRole {
+        return Err(HttpError::forbidden(
+            "GET /v1/users/inactive needs a service_role token",
+        ));
+    }
+    let Query(query) = query.map_err(|e| HttpError::query("invalid_query", &e))?;
+    inactive::page(&state, &principal, &query).await
 }

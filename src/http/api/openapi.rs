@@ -96,6 +96,25 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
+/// One inactive user.
+#[derive(Serialize, ToSchema)]
+pub struct InactiveUser {
+    /// The user (`auth.users.id`).
+    pub user_id: uuid::Uuid,
+    /// Time of the user's newest event (up to 1 minute behind it), UTC with microseconds and `Z`.
+    #[schema(format = DateTime)]
+    pub last_activity_at: String,
+}
+
+/// One page of `GET /v1/users/inactive`, by `user_id`.
+#[derive(Serialize, ToSchema)]
+pub struct InactivePage {
+    /// The users.
+    pub users: Vec<InactiveUser>,
+    /// Pass as `after=` for the next page; `null` on the last.
+    pub next_after: Option<uuid::Uuid>,
+}
+
 /// The responses of both POST endpoints.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
@@ -161,10 +180,13 @@ fn history() {}
 #[openapi(
     info(
         title = "engagement-relay HTTP API",
-        description = "Ingest and history of public.engagement_events, next to the WebSocket stream."
+        description = "Ingest and history of public.engagement_events, next to the WebSocket stream, \
+                       and the inactive users of public.user_engagement_states."
     ),
-    paths(history, super::post_batch, super::post_events),
-    components(schemas(EventIn, EventsIn, Ids, FieldProblem, ErrorBody, Record, Page)),
+    paths(history, super::post_batch, super::post_events, super::get_inactive),
+    components(schemas(
+        EventIn, EventsIn, Ids, FieldProblem, ErrorBody, Record, Page, InactiveUser, InactivePage
+    )),
     modifiers(&Bearer)
 )]
 pub struct ApiDoc;
