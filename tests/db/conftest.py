@@ -161,10 +161,12 @@ def db() -> Iterator[Database]:
 # --------------------------------------------------------------------------------------------
 
 # One row per engagement table (and a profile) for a user (%(user)s), written as the superuser.
+# The state row comes first: the event's trigger (20241215000000_engagement_activity.sql) would
+# otherwise create it.
 FIXTURE_ROWS = (
+    "INSERT INTO public.user_engagement_states (user_id) VALUES (%(user)s)",
     "INSERT INTO public.engagement_events (user_id, event_type, value)"
     " VALUES (%(user)s, 'app_open', '{\"source\": \"rls_audit\"}')",
-    "INSERT INTO public.user_engagement_states (user_id) VALUES (%(user)s)",
     "INSERT INTO public.engagement_state_transitions (user_id, from_state, to_state, trigger)"
     " VALUES (%(user)s, NULL, 'active', 'rls_audit')",
     "INSERT INTO public.engagement_message_queue"
