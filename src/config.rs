@@ -14,10 +14,12 @@
 mod auth;
 pub mod bytes;
 mod fairness;
+mod monitoring;
 mod server;
 mod tls;
 
 pub use auth::AuthConfig;
+pub use monitoring::MonitoringConfig;
 pub use server::ServerConfig;
 pub use tls::TlsFiles;
 
@@ -95,6 +97,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
+    /// `[monitoring]`: the database health poll.
+    pub monitoring: MonitoringConfig,
     /// `[[tables]]`: the streamed tables, their owner columns and operations
     /// (default [`default_tables`]).
     pub tables: Vec<TableConfig>,
@@ -112,6 +116,7 @@ impl Default for Config {
             ingest: Default::default(),
             shutdown: Default::default(),
             log: Default::default(),
+            monitoring: Default::default(),
             tables: default_tables(),
         }
     }
@@ -547,6 +552,7 @@ impl Config {
         }
         self.auth.validate()?;
         self.validate_fairness()?;
+        self.monitoring.validate()?;
         self.validate_tls()?;
         crate::tables::validate(&self.tables).map_err(|e| ConfigError(e.to_string()))
     }

@@ -17,6 +17,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod monitoring;
 pub mod refused;
 mod relay;
 pub mod replay;

@@ -80,6 +80,40 @@ pub const TLS_HANDSHAKES: &str = "relay_tls_handshakes_total";
 /// `notAfter`), updated at start and on each SIGHUP reload.
 pub const TLS_CERT_EXPIRY: &str = "relay_tls_certificate_expiry_timestamp_seconds";
 
+/// Histogram by `route` (the matched route template, e.g. `/v1/events`; `unmatched` for a path
+/// no route serves) and `status_class` (`1xx` for a WebSocket upgrade, `2xx` … `5xx`), seconds:
+/// a request on the server port from its head read to its response head (a body streamed after
+/// is not timed). Its `_count` counts requests.
+pub const HTTP_REQUEST_DURATION: &str = "relay_http_request_duration_seconds";
+/// Counter by `route`: requests answered 429 (a request or rows rate limit, a user's or the
+/// service role's session cap).
+pub const HTTP_RATE_LIMITED: &str = "relay_http_rate_limited_total";
+/// Gauge by `state` (`in_use`, `idle`): connections of the API's pool (`ingest.pool_size`),
+/// sampled after each API request and on each database health poll.
+pub const DB_POOL_CONNECTIONS: &str = "relay_db_pool_connections";
+/// Gauge: requests waiting for a connection of the API's pool (then a 503 after
+/// `ingest.pool_timeout`).
+pub const DB_POOL_WAITING: &str = "relay_db_pool_waiting";
+/// Gauge by `table`, bytes: `pg_table_size` of a streamed table (heap, TOAST, free space map;
+/// not its indexes), every `monitoring.interval`.
+pub const TABLE_SIZE_BYTES: &str = "relay_table_size_bytes";
+/// Gauge by `table`, bytes: `pg_indexes_size` of a streamed table.
+pub const TABLE_INDEX_SIZE_BYTES: &str = "relay_table_index_size_bytes";
+/// Gauge by `table` and `state` (`live`, `dead`): `n_live_tup` / `n_dead_tup` of
+/// `pg_stat_user_tables` (estimates maintained by PostgreSQL's statistics).
+pub const TABLE_TUPLES: &str = "relay_table_tuples";
+/// Counter by `table` and `kind` (`seq`, `index`): `seq_scan` / `idx_scan` of
+/// `pg_stat_user_tables`, set to the server's value (it resets with the statistics, which
+/// `rate()` and `increase()` treat as a counter reset). `index` is absent for a table without
+/// an index.
+pub const TABLE_SCANS: &str = "relay_table_scans_total";
+/// Counter by `source` (`api`: an insert row-level security refused, answered 403;
+/// `token_refresh`: a refreshed token of another `sub` or role): cross-user attempts the relay
+/// itself refused.
+pub const RLS_DENIALS: &str = "relay_rls_denials_total";
+/// The values of [`RLS_DENIALS`]' `source` label.
+pub const RLS_SOURCES: [&str; 2] = ["api", "token_refresh"];
+
 /// The SLO target in seconds (PRD §8: "Realtime latency < 500 ms from insert to dashboard").
 pub const SLO_TARGET_SECONDS: f64 = 0.5;
 
@@ -178,6 +212,15 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Gauge, JWKS_LAST_SUCCESS, Some(Unit::Seconds), "Unix time of the last successful fetch of auth.jwks_url."),
     (Gauge, SLOT_RETAINED_WAL_BYTES, Some(Unit::Bytes), "WAL retained by the slot (current LSN minus restart_lsn)."),
     (Gauge, SLOT_SAFE_WAL_SIZE_BYTES, Some(Unit::Bytes), "WAL that may still be written before max_slot_wal_keep_size invalidates the slot."),
+    (Histogram, HTTP_REQUEST_DURATION, Some(Unit::Seconds), "Server-port HTTP requests, head read to response head, by route template and status class."),
+    (Counter, HTTP_RATE_LIMITED, None, "HTTP requests answered 429, by route template."),
+    (Gauge, DB_POOL_CONNECTIONS, None, "Connections of the API's pool, by state (in_use, idle)."),
+    (Gauge, DB_POOL_WAITING, None, "Requests waiting for a connection of the API's pool."),
+    (Gauge, TABLE_SIZE_BYTES, Some(Unit::Bytes), "pg_table_size of a streamed table."),
+    (Gauge, TABLE_INDEX_SIZE_BYTES, Some(Unit::Bytes), "pg_indexes_size of a streamed table."),
+    (Gauge, TABLE_TUPLES, None, "Live and dead tuples of a streamed table (pg_stat_user_tables), by state."),
+    (Counter, TABLE_SCANS, None, "Sequential and index scans of a streamed table (pg_stat_user_tables), by kind (seq, index)."),
+    (Counter, RLS_DENIALS, None, "Cross-user attempts refused by the relay, by source (api, token_refresh)."),
 ];
 
 fn describe() {
@@ -196,4 +239,8 @@ fn describe() {
     });
     metrics::gauge!(SLO_TARGET).set(SLO_TARGET_SECONDS);
     metrics::gauge!(REPLICATION_CONNECTED).set(0.0);
+    // Present from the start, so that `increase()` sees the first denial.
+    for source in RLS_SOURCES {
+        metrics::counter!(RLS_DENIALS, "source" => source).increment(0);
+    }
 }

@@ -148,6 +148,12 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         status: status.clone(),
         shutdown: stream_stop.clone(),
     }));
+    tokio::spawn(crate::monitoring::run(
+        state.pool.clone(),
+        config.tables.clone(),
+        config.monitoring.interval,
+        stream_stop.clone(),
+    ));
     tokio::spawn(replication::slot::watch(
         config.database.clone(),
         SLOT_WATCH_INTERVAL,

@@ -15,6 +15,7 @@ mod api_properties;
 mod auth;
 mod cli;
 mod client_tls;
+mod db_health;
 mod deletes;
 mod dev;
 mod doctor;

@@ -6,8 +6,9 @@
 //!
 //! Needs `prometheus` and `promtool` on PATH (Debian: `sudo apt-get install -y prometheus`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use crate::common::certs::Certs;
 use crate::common::jwks_server::{jwks_server, Endpoint};
 use crate::common::keys::generate;
 use crate::common::prometheus::{promtool_ok, repo, tool, Api, Prometheus, WAIT};
+use crate::common::promql::selectors;
 use crate::common::ws::{self, Next};
 use crate::common::{create_user, insert_event, user_token, wait_until, wait_until_async, TestDb};
 use serde_json::{json, Value};
@@ -79,6 +81,11 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
             config.metrics.tls_cert = Some(certs.cert("metrics"));
             config.metrics.tls_key = Some(certs.key("metrics"));
             config.auth.jwks_url = jwks_url;
+            // The database health poll every second (relay_table_*), and an API request rate a
+            // loop exceeds (relay_http_rate_limited_total).
+            config.monitoring.interval = Duration::from_secs(1);
+            config.ingest.user_rate = NonZeroU32::MIN;
+            config.ingest.user_burst = NonZeroU32::new(2).expect("2");
         })
         .await;
     let metrics_url = format!("https://localhost:{}/metrics", relay.metrics_addr().port());
@@ -140,6 +147,10 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
         .await;
     assert_eq!(refused.close_code(Duration::from_secs(10)).await, 4001);
     drop(refused);
+
+    // API requests: one created, one refused by RLS, then 429s (relay_http_*,
+    // relay_rls_denials_total, relay_db_pool_*).
+    api_requests(&relay, &sql).await;
 
     // Events keep flowing to the live session (real delivery latency samples) until the end.
     let stop = Arc::new(AtomicBool::new(false));
@@ -313,6 +324,32 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
     relay.shutdown().await.expect("relay shutdown");
 }
 
+/// Through the API as one user: an insert of their own (201), one of another user's rows that
+/// RLS refuses (403), then malformed requests until one is over the user's rate limit (429).
+async fn api_requests(relay: &engagement_relay::Relay, sql: &tokio_postgres::Client) {
+    let (me, other) = (create_user(sql).await, create_user(sql).await);
+    let token = user_token(me, Duration::from_secs(3600));
+    let url = format!("http://{}/v1/events", relay.server_addr());
+    let http = reqwest::Client::new();
+    let post = |body: String| {
+        http.post(&url)
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let mine = json!({"user_id": me, "event_type": "prometheus_test"}).to_string();
+    assert_eq!(post(mine).await.expect("POST").status().as_u16(), 201);
+    let theirs = json!({"user_id": other, "event_type": "prometheus_test"}).to_string();
+    assert_eq!(post(theirs).await.expect("POST").status().as_u16(), 403);
+    for _ in 0..100 {
+        if post("{".into()).await.expect("POST").status().as_u16() == 429 {
+            return;
+        }
+    }
+    panic!("no 429 within 100 requests at ingest.user_rate = 1");
+}
+
 /// Inserts an event every 100 ms and reads it on the live session, until `stop`; returns how
 /// many the session received.
 async fn traffic(
@@ -413,136 +450,6 @@ fn exposed_names(exposition: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The metric names a PromQL expression selects, each with the label names its matchers use.
-///
-/// A small scanner, enough for the expressions of alerts.yml and the dashboard: identifiers
-/// followed by `(` are functions or aggregations, `by`/`without`/`on`/`ignoring`/`group_left`/
-/// `group_right` lists are skipped, label names are read inside `{…}`, strings and durations are
-/// skipped.
-fn selectors(expr: &str) -> BTreeMap<String, BTreeSet<String>> {
-    const KEYWORDS: &[&str] = &["and", "or", "unless", "bool", "offset", "inf", "nan"];
-    const LISTS: &[&str] = &[
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-    ];
-    let chars: Vec<char> = expr.chars().collect();
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut i = 0;
-    let skip_ws = |mut j: usize| {
-        while j < chars.len() && chars[j].is_whitespace() {
-            j += 1;
-        }
-        j
-    };
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '"' || c == '\'' || c == '`' {
-            i = skip_string(&chars, i);
-        } else if c == '[' {
-            while i < chars.len() && chars[i] != ']' {
-                i += 1;
-            }
-            i += 1;
-        } else if c.is_ascii_digit()
-            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
-        {
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
-                i += 1;
-            }
-        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
-            let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i])) {
-                i += 1;
-            }
-            let word: String = chars[start..i].iter().collect();
-            let next = skip_ws(i);
-            let lower = word.to_lowercase();
-            if LISTS.contains(&lower.as_str()) {
-                if chars.get(next) == Some(&'(') {
-                    i = next;
-                    while i < chars.len() && chars[i] != ')' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-            } else if chars.get(next) == Some(&'(')
-                || KEYWORDS.contains(&lower.as_str())
-                || ["by", "without"]
-                    .iter()
-                    .any(|k| starts_word(&chars, next, k))
-            {
-                // A function, an aggregation (`sum by (…) (…)`) or an operator.
-            } else {
-                let labels = out.entry(word).or_default();
-                if chars.get(next) == Some(&'{') {
-                    i = matchers(&chars, next, labels);
-                }
-            }
-        } else if c == '{' {
-            // A selector without a name (`{__name__=…}`): not used by the kit.
-            let mut ignored = BTreeSet::new();
-            i = matchers(&chars, i, &mut ignored);
-        } else {
-            i += 1;
-        }
-    }
-    out
-}
-
-/// True if the word at `at` is `word` (case-insensitive).
-fn starts_word(chars: &[char], at: usize, word: &str) -> bool {
-    let end = at + word.len();
-    end <= chars.len()
-        && chars[at..end]
-            .iter()
-            .zip(word.chars())
-            .all(|(a, b)| a.eq_ignore_ascii_case(&b))
-        && chars
-            .get(end)
-            .is_none_or(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == ':'))
-}
-
-/// Reads the label names of `{a="x", b=~"y"}` starting at `open`; returns the index after `}`.
-fn matchers(chars: &[char], open: usize, labels: &mut BTreeSet<String>) -> usize {
-    let mut i = open + 1;
-    let mut name = String::new();
-    while i < chars.len() && chars[i] != '}' {
-        let c = chars[i];
-        if c == '"' || c == '\'' || c == '`' {
-            i = skip_string(chars, i);
-            continue;
-        }
-        if c.is_ascii_alphanumeric() || c == '_' {
-            name.push(c);
-        } else if "=!~".contains(c) {
-            if !name.is_empty() {
-                labels.insert(std::mem::take(&mut name));
-            }
-        } else {
-            name.clear();
-        }
-        i += 1;
-    }
-    i + 1
-}
-
-/// Index after the string literal starting at `open`.
-fn skip_string(chars: &[char], open: usize) -> usize {
-    let quote = chars[open];
-    let mut i = open + 1;
-    while i < chars.len() && chars[i] != quote {
-        if chars[i] == '\\' && quote != '`' {
-            i += 1;
-        }
-        i += 1;
-    }
-    i + 1
-}
-
 /// GitHub's anchors for the Markdown headings of `text` (lowercase; spaces to `-`; other
 /// punctuation dropped), outside fenced code blocks.
 fn heading_anchors(text: &str) -> BTreeSet<String> {
@@ -567,23 +474,4 @@ fn heading_anchors(text: &str) -> BTreeSet<String> {
                 .collect()
         })
         .collect()
-}
-
-#[test]
-fn the_selector_scanner_finds_metrics_and_their_label_names() {
-    let found = selectors(
-        r#"sum by (job, instance) (rate(relay_sessions_closed_total{code="4008", x=~"a}b"}[5m])) * 60 > 1
-           and on (instance) relay_slo_target_seconds unless absent(up{job="engagement-relay"})
-           / instance:relay_delivery_latency_seconds:p95_5m offset 5m"#,
-    );
-    let expected: BTreeMap<String, BTreeSet<String>> = [
-        ("relay_sessions_closed_total", vec!["code", "x"]),
-        ("relay_slo_target_seconds", vec![]),
-        ("up", vec!["job"]),
-        ("instance:relay_delivery_latency_seconds:p95_5m", vec![]),
-    ]
-    .into_iter()
-    .map(|(m, l)| (m.to_string(), l.into_iter().map(String::from).collect()))
-    .collect();
-    assert_eq!(found, expected);
 }

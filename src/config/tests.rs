@@ -46,6 +46,7 @@ fn the_documented_config_file_loads_and_matches_the_defaults() {
     assert_eq!(config.server.idle_timeout, defaults.server.idle_timeout);
     assert_eq!(config.limits.join_timeout, defaults.limits.join_timeout);
     assert_eq!(config.tables, defaults.tables);
+    assert_eq!(config.monitoring.interval, defaults.monitoring.interval);
 }
 
 #[test]
@@ -273,5 +274,25 @@ fn tls_is_off_by_default_and_its_keys_come_in_pairs() {
             "{err}"
         );
         assert!(!err.contains('\n'));
+    }
+}
+
+#[test]
+fn monitoring_interval_defaults_to_a_minute_and_a_bad_one_names_the_key() {
+    let scratch = Scratch::new("config-monitoring");
+    let config = scratch.load("[auth]\njwt_secret = \"x\"\n").unwrap();
+    assert_eq!(config.monitoring.interval, Duration::from_secs(60));
+    let config = scratch
+        .load("[monitoring]\ninterval = \"1s\"\n[auth]\njwt_secret = \"x\"\n")
+        .unwrap();
+    assert_eq!(config.monitoring.interval, Duration::from_secs(1));
+    for bad in ["\"soon\"", "\"0s\"", "\"500ms\"", "\"2days\""] {
+        let err = scratch
+            .load(&format!(
+                "[monitoring]\ninterval = {bad}\n[auth]\njwt_secret = \"x\"\n"
+            ))
+            .unwrap_err();
+        assert!(err.contains("monitoring.interval"), "{bad}: {err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 }

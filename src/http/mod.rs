@@ -11,6 +11,7 @@ pub mod bearer;
 mod error;
 pub mod health;
 pub mod query;
+pub mod request_metrics;
 pub mod serve;
 pub mod tls;
 pub mod upgrade;
@@ -82,9 +83,11 @@ pub fn session_permits(max_sessions: usize) -> Arc<Semaphore> {
 }
 
 /// The server port's routes; each request's body must arrive within `request_timeout`
-/// (`server.request_timeout`), else it is a 408 (`deadline` below).
+/// (`server.request_timeout`), else it is a 408 (`deadline` below). Every request is timed and
+/// counted by route template ([`request_metrics`]).
 pub fn server_routes(state: AppState, request_timeout: Duration) -> HttpRouter {
     let body_limit = DefaultBodyLimit::max(state.ingest.max_body_bytes);
+    let pool = state.pool.clone();
     HttpRouter::new()
         .route(
             "/v1/events",
@@ -98,6 +101,7 @@ pub fn server_routes(state: AppState, request_timeout: Duration) -> HttpRouter {
         .route("/readyz", get(health::readyz))
         .layer(body_limit)
         .layer(middleware::from_fn_with_state(request_timeout, deadline))
+        .layer(middleware::from_fn_with_state(pool, request_metrics::track))
         .with_state(state)
 }
 

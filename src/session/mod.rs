@@ -121,7 +121,8 @@ pub enum RefreshError {
 /// change nothing else. On success `principal.expires_at` is the new token's `exp`.
 ///
 /// Errors: [`RefreshError::IdentityChanged`] when `sub` or role differ (or the role is one the
-/// relay refuses), [`RefreshError::Invalid`] for a token that does not verify.
+/// relay refuses; counted in `relay_rls_denials_total{source="token_refresh"}`),
+/// [`RefreshError::Invalid`] for a token that does not verify.
 pub fn refresh(
     verifier: &Verifier,
     principal: &mut Principal,
@@ -132,7 +133,12 @@ pub fn refresh(
             principal.expires_at = new.expires_at;
             Ok(())
         }
-        Ok(_) | Err(AuthError::Forbidden(_)) => Err(RefreshError::IdentityChanged),
+        Ok(_) | Err(AuthError::Forbidden(_)) => {
+            // Another user's (or role's) token on this session: a cross-user attempt.
+            metrics::counter!(crate::metrics::RLS_DENIALS, "source" => "token_refresh")
+                .increment(1);
+            Err(RefreshError::IdentityChanged)
+        }
         Err(e) => Err(RefreshError::Invalid(e)),
     }
 }

@@ -10,6 +10,7 @@ pub mod node;
 pub mod phoenix;
 pub mod process;
 pub mod prometheus;
+pub mod promql;
 pub mod sql;
 pub mod tls;
 pub mod workload;

@@ -97,7 +97,8 @@ pub(crate) async fn act_as(
     }
 }
 
-/// Maps what the database refused to the client's error.
+/// Maps what the database refused to the client's error; an RLS refusal counts in
+/// `relay_rls_denials_total{source="api"}`.
 fn refused(e: tokio_postgres::Error, events: &[NewEvent]) -> HttpError {
     let Some(db) = e.as_db_error() else {
         return HttpError::database(e);
@@ -119,9 +120,13 @@ fn refused(e: tokio_postgres::Error, events: &[NewEvent]) -> HttpError {
                 error: "unknown user (no such id in auth.users)".into(),
             }])
         }
-        c if *c == SqlState::INSUFFICIENT_PRIVILEGE => HttpError::forbidden(
-            "row-level security refused the insert: a user may only insert events with their own user_id",
-        ),
+        c if *c == SqlState::INSUFFICIENT_PRIVILEGE => {
+            // A user writing rows of another: a cross-user attempt, alerted on at once.
+            metrics::counter!(crate::metrics::RLS_DENIALS, "source" => "api").increment(1);
+            HttpError::forbidden(
+                "row-level security refused the insert: a user may only insert events with their own user_id",
+            )
+        }
         // Class 23 (integrity) and 22 (data: e.g. a NUL character jsonb refuses).
         c if c.code().starts_with("23") || c.code().starts_with("22") => {
             HttpError::unprocessable(db.message())
