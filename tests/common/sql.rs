@@ -78,10 +78,12 @@ pub async fn strings(pg: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> 
         .collect()
 }
 
-/// Inserts `user`'s engagement state row (all defaults); returns its id.
+/// Inserts `user`'s engagement state row (all defaults), or finds the one the activity
+/// trigger made at the user's first event; returns its id.
 pub async fn insert_state(pg: &Client, user: Uuid) -> Uuid {
     pg.query_one(
-        "INSERT INTO public.user_engagement_states (user_id) VALUES ($1) RETURNING id",
+        "INSERT INTO public.user_engagement_states (user_id) VALUES ($1) \
+         ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id RETURNING id",
         &[&user],
     )
     .await
