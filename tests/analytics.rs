@@ -152,6 +152,16 @@ async fn analyst_cannot_change_events_nor_read_the_queue_or_auth() {
             "engagement_weekly_cohorts SELECT",
         ]
     );
+    // Nor any function that could write (trigger functions cannot be called directly).
+    let functions = strings(
+        &pg,
+        "SELECT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname IN ('public', 'relay') AND p.prorettype <> 'trigger'::regtype \
+           AND has_function_privilege('analyst', p.oid, 'EXECUTE')",
+        &[],
+    )
+    .await;
+    assert!(functions.is_empty(), "analyst may execute {functions:?}");
     let usage: bool = pg
         .query_one(
             "SELECT has_schema_privilege('analyst', 'auth', 'USAGE')",
