@@ -31,7 +31,7 @@
 --    soft-deleted ones included (the views exclude them).
 --
 -- 3. The views
---    * WITH (security_invoker = true) (PostgreSQL 15): a view otherwise reads
+--    * security_invoker = true (PostgreSQL 15): a view otherwise reads
 --      its tables with its owner's privileges, and the owner (the migration
 --      role, a superuser or the table owner) bypasses RLS: authenticated
 --      would see everybody's events through it.  With security_invoker the
@@ -39,6 +39,12 @@
 --      policy), service_role all rows (BYPASSRLS).  Even so anon and
 --      authenticated get no privilege on them (REVOKE ALL): Supabase
 --      publishes views of schema public over its REST API.
+--      security_invoker is PostgreSQL 15; the project supports 14 (doctor's
+--      server_version check), where the option is skipped with a NOTICE: the
+--      views then run as their owner and bypass RLS, which exposes nothing,
+--      since only analyst and service_role may select from them and both
+--      read every row of engagement_events anyway.  (Not tested here: the
+--      test clusters are PostgreSQL 15.)
 --    * Weeks are ISO weeks (Monday 00:00) in UTC: date_trunc('week',
 --      "timestamp", 'UTC'), so the numbers do not depend on the session's
 --      TimeZone.  Rows with is_deleted (soft-deleted, awaiting archiving) or
@@ -114,8 +120,7 @@ COMMENT ON POLICY "Analysts can view all events" ON public.engagement_events IS
 -- -----------------------------------------------------------------------------
 -- 3. Views.
 -- -----------------------------------------------------------------------------
-CREATE OR REPLACE VIEW public.engagement_weekly_activity
-    WITH (security_invoker = true) AS
+CREATE OR REPLACE VIEW public.engagement_weekly_activity AS
 SELECT
     date_trunc('week', e."timestamp", 'UTC') AS week,
     e.event_type,
@@ -126,8 +131,7 @@ WHERE e.is_deleted IS NOT TRUE
   AND e."timestamp" IS NOT NULL
 GROUP BY 1, 2;
 
-CREATE OR REPLACE VIEW public.engagement_weekly_cohorts
-    WITH (security_invoker = true) AS
+CREATE OR REPLACE VIEW public.engagement_weekly_cohorts AS
 WITH active AS (
     SELECT DISTINCT e.user_id, date_trunc('week', e."timestamp", 'UTC') AS week
     FROM public.engagement_events e
@@ -152,6 +156,19 @@ FROM cohort c
 JOIN active a ON a.user_id = c.user_id
 JOIN size s ON s.cohort_week = c.cohort_week
 GROUP BY c.cohort_week, a.week, s.cohort_users;
+
+-- security_invoker, set after CREATE OR REPLACE VIEW so that a re-run ends with it too; only
+-- on PostgreSQL 15 or newer, which has it (see the header).
+DO $invoker$
+BEGIN
+    IF current_setting('server_version_num')::integer >= 150000 THEN
+        EXECUTE 'ALTER VIEW public.engagement_weekly_activity SET (security_invoker = true)';
+        EXECUTE 'ALTER VIEW public.engagement_weekly_cohorts SET (security_invoker = true)';
+    ELSE
+        RAISE NOTICE 'PostgreSQL 14: the analytics views run as their owner (no security_invoker)';
+    END IF;
+END
+$invoker$;
 
 COMMENT ON VIEW public.engagement_weekly_activity IS
     'Per ISO week (UTC) and event_type: events and distinct users, soft-deleted events '
