@@ -10,6 +10,7 @@
 
 mod common;
 
+mod analytics;
 mod api;
 mod api_properties;
 mod auth;

@@ -195,6 +195,7 @@ async fn the_seed_policies_and_indexes_exist_by_name() {
     assert_eq!(
         policies,
         [
+            "Analysts can view all events",
             "Service role can insert any events",
             "Users can insert own events",
             "Users can view own events"

@@ -13,6 +13,25 @@
 
 BEGIN;
 
+-- Newest first: refuse while a later migration of this project is still applied (it may
+-- depend on what this script drops). Only this project's versions are looked at: on Supabase
+-- the table also records the application's own migrations.
+DO $order$
+DECLARE
+    later text;
+BEGIN
+    IF to_regclass('supabase_migrations.schema_migrations') IS NOT NULL THEN
+        SELECT string_agg(version, ', ' ORDER BY version) INTO later
+        FROM supabase_migrations.schema_migrations
+        WHERE version IN ('20241216000000');
+        IF later IS NOT NULL THEN
+            RAISE EXCEPTION 'roll back the later migrations first (still applied: %)', later
+                USING HINT = 'Run the scripts in sql/rollback/ newest first.';
+        END IF;
+    END IF;
+END
+$order$;
+
 DO $undo$
 BEGIN
     IF to_regclass('public.engagement_events') IS NOT NULL THEN
