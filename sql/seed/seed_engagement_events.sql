@@ -1,30 +1,44 @@
 -- =============================================================================
 -- Seed: seed_engagement_events.sql           (development / test data only)
--- Purpose: mock data for public.engagement_events (task 5.1): five test users
---          and 28 days of app_open, goal_complete, steps_import and
+-- Purpose: mock data for public.engagement_events (task 5.1): seven test users
+--          and up to 28 days of app_open, goal_complete, steps_import and
 --          coach_message events with realistic, varied JSONB payloads
---          (roughly 300-900 events per user, depending on the user's activity).
+--          (roughly 100-900 events per user, depending on the user's activity);
+--          and, derived from each user's events (issue 15), the engagement
+--          system of story 1.1: user_engagement_states (every state occurs),
+--          engagement_state_transitions (a chain per user from a NULL signup
+--          transition to the current state) and engagement_message_queue
+--          (every message_type and status).  See "Engagement states" below.
 --
 -- Dependencies: migrations 20241130000000_supabase_shim.sql (vanilla
---   PostgreSQL; Supabase ships auth.users itself) and
---   20241201000000_engagement_events.sql.
+--   PostgreSQL; Supabase ships auth.users itself),
+--   20241201000000_engagement_events.sql, 20241210000000_engagement_system.sql
+--   and 20241215000000_engagement_activity.sql (the last_activity_at trigger).
 --
 -- Run as a superuser or the owner of the tables (e.g. postgres), so RLS does
 -- not apply, for example:
 --   psql -v ON_ERROR_STOP=1 -f sql/seed/seed_engagement_events.sql
 -- The file manages its own transaction (BEGIN ... COMMIT); all or nothing.
 --
--- Test users (fixed UUIDs, usable as JWT "sub" in tests):
---   11111111-1111-4111-8111-111111111111  alice@example.com  ios      very active
---   22222222-2222-4222-8222-222222222222  bob@example.com    android  average
---   33333333-3333-4333-8333-333333333333  carol@example.com  ios      light
---   44444444-4444-4444-8444-444444444444  dave@example.com   android  active
---   55555555-5555-4555-8555-555555555555  erin@example.com   ios      average+
+-- Test users (fixed UUIDs, usable as JWT "sub" in tests); quiet = days without
+-- events before today, state = engagement state after the seed:
+--   11111111-1111-4111-8111-111111111111  alice  ios      very active  quiet 0   active
+--   22222222-2222-4222-8222-222222222222  bob    android  average      quiet 0   active (after a help episode)
+--   33333333-3333-4333-8333-333333333333  carol  ios      light        quiet 4   remind_later
+--   44444444-4444-4444-8444-444444444444  dave   android  active       quiet 0   help_flow
+--   55555555-5555-4555-8555-555555555555  erin   ios      average+     quiet 0   active (group destination)
+--   66666666-6666-4666-8666-666666666666  frank  android  light        quiet 12  dormant
+--   77777777-7777-4777-8777-777777777777  grace  ios      light        quiet 3   goodbye_sent
+-- (emails <name>@example.com)
 --
--- Re-running: safe.  Users and profiles use ON CONFLICT DO NOTHING, and events
--- are generated only for seed users that have no events at all yet, so a second
--- run inserts nothing.  To regenerate a user's events, delete them first:
+-- Re-running: safe.  Users and profiles use ON CONFLICT DO NOTHING, events
+-- are generated only for seed users that have no events at all yet, states
+-- and transitions only for seed users without transitions, and queue rows
+-- have fixed idempotency keys (ON CONFLICT DO NOTHING), so a second run
+-- inserts nothing.  To regenerate a user's data, delete it first, e.g.:
 --   DELETE FROM public.engagement_events WHERE user_id = '<uuid>';
+--   DELETE FROM public.engagement_state_transitions WHERE user_id = '<uuid>';
+--   DELETE FROM public.engagement_message_queue WHERE user_id = '<uuid>';
 --
 -- Timestamps: all events fall in the 28 days ending now() - 1 minute (never in
 -- the future); days are UTC days.  random() is seeded with setseed(), so the
