@@ -39,6 +39,7 @@ mod retention;
 mod rls;
 mod rollback;
 mod routing;
+mod seed;
 mod session_behaviour;
 mod supabase_compat;
 mod tables;
