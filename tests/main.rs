@@ -12,6 +12,7 @@ mod common;
 
 mod analytics;
 mod api;
+mod backup_restore;
 mod api_properties;
 mod auth;
 mod cli;

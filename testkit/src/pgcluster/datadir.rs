@@ -172,7 +172,7 @@ pub fn dev_data_dir(repo_root: &Path) -> Result<PathBuf, ClusterError> {
 }
 
 /// A new empty dir `relay-pg-<pid>-<nanos>-<n>` under `/tmp` (root) or `$TMPDIR`.
-fn make_temp_root(as_root: bool) -> Result<PathBuf, ClusterError> {
+pub(super) fn make_temp_root(as_root: bool) -> Result<PathBuf, ClusterError> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let base = if as_root {
         PathBuf::from("/tmp")

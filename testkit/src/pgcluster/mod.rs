@@ -21,10 +21,11 @@
 //!   dirs use the socket dir `/tmp/relay-pgsock-<euid>-<hash of data dir>` (short:
 //!   socket paths are limited to 107 bytes). Log: `<data_dir>/relay-server.log`.
 //!
-//! Submodules: `binaries` finds the server binaries and runs them (as the
+//! Submodules: `backup` makes base backups and point-in-time restores (tests); `binaries` finds the server binaries and runs them (as the
 //! `postgres` OS user when root); `datadir` handles the data, socket and temp dirs,
 //! the pid file, `initdb`, the port choice and [`dev_data_dir`].
 
+mod backup;
 mod binaries;
 mod datadir;
 
@@ -33,6 +34,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub use backup::{configure_recovery, ScratchDir};
 pub use binaries::{find_bin_dir, running_as_root};
 pub use datadir::dev_data_dir;
 
