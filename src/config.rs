@@ -13,12 +13,14 @@
 
 mod auth;
 pub mod bytes;
+mod cluster;
 mod fairness;
 mod monitoring;
 mod server;
 mod tls;
 
 pub use auth::AuthConfig;
+pub use cluster::ClusterConfig;
 pub use monitoring::MonitoringConfig;
 pub use server::ServerConfig;
 pub use tls::TlsFiles;
@@ -99,6 +101,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[monitoring]`: the database health poll.
     pub monitoring: MonitoringConfig,
+    /// `[cluster]`: cluster mode on NATS JetStream (off without `nats_url`).
+    pub cluster: ClusterConfig,
     /// `[[tables]]`: the streamed tables, their owner columns and operations
     /// (default [`default_tables`]).
     pub tables: Vec<TableConfig>,
@@ -117,6 +121,7 @@ impl Default for Config {
             shutdown: Default::default(),
             log: Default::default(),
             monitoring: Default::default(),
+            cluster: Default::default(),
             tables: default_tables(),
         }
     }
@@ -553,6 +558,7 @@ impl Config {
         self.auth.validate()?;
         self.validate_fairness()?;
         self.monitoring.validate()?;
+        self.cluster.validate()?;
         self.validate_tls()?;
         crate::tables::validate(&self.tables).map_err(|e| ConfigError(e.to_string()))
     }

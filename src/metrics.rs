@@ -28,6 +28,18 @@ pub const SESSIONS: &str = "relay_sessions";
 /// Counter by `code` (the WebSocket close code, e.g. `1001`, `4001`, `4008`): sessions closed by
 /// the server.
 pub const SESSIONS_CLOSED: &str = "relay_sessions_closed_total";
+/// Gauge, 0 or 1: this cluster node holds the replication slot and publishes to JetStream.
+pub const CLUSTER_PUBLISHER: &str = "relay_cluster_publisher";
+/// Gauge, 0 or 1: this cluster node consumes the JetStream stream and is caught up (ready).
+pub const CLUSTER_CONSUMING: &str = "relay_cluster_consuming";
+/// Histogram (s): commit timestamp to the event's PubAck from JetStream (publisher only).
+pub const CLUSTER_PUBLISH_SECONDS: &str = "relay_cluster_publish_seconds";
+/// Gauge: messages of the stream this node has not read yet (the consumer's pending count).
+pub const CLUSTER_CONSUMER_LAG_EVENTS: &str = "relay_cluster_consumer_lag_events";
+/// Counter: stream messages skipped because they could not be read back.
+pub const CLUSTER_UNREADABLE: &str = "relay_cluster_unreadable_messages_total";
+/// Counter: stream events skipped because their cursor was not after the last one dispatched.
+pub const CLUSTER_OUT_OF_ORDER: &str = "relay_cluster_out_of_order_total";
 /// Counter by `reason` (the error code of the refusal): refused tokens.
 pub const AUTH_FAILURES: &str = "relay_auth_failures_total";
 /// Gauge, 0 or 1: the replication stream is connected and streaming.
@@ -199,6 +211,12 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Counter, TLS_HANDSHAKES, None, "TLS handshakes on the listeners serving TLS, by listener and result (ok, failed, timeout, evicted)."),
     (Counter, REFUSED, None, "Connections, sessions, requests and rows refused under load, by reason."),
     (Gauge, REPLICATION_CONNECTED, None, "1 while the replication stream is connected."),
+    (Gauge, CLUSTER_PUBLISHER, None, "1 while this cluster node holds the replication slot and publishes to JetStream."),
+    (Gauge, CLUSTER_CONSUMING, None, "1 while this cluster node consumes the JetStream stream and is caught up."),
+    (Histogram, CLUSTER_PUBLISH_SECONDS, Some(Unit::Seconds), "Commit timestamp to the event's PubAck from JetStream."),
+    (Gauge, CLUSTER_CONSUMER_LAG_EVENTS, None, "Stream messages this cluster node has not read yet."),
+    (Counter, CLUSTER_UNREADABLE, None, "Stream messages skipped because they could not be read back."),
+    (Counter, CLUSTER_OUT_OF_ORDER, None, "Stream events skipped because their cursor was not after the last one dispatched."),
     (Gauge, REPLICATION_LAG_BYTES, Some(Unit::Bytes), "Server WAL end minus the LSN processed by the relay."),
     (Counter, REPLICATION_RECONNECTS, None, "Replication reconnect attempts."),
     (Gauge, CONFIRMED_FLUSH_LSN, None, "LSN last confirmed to PostgreSQL as flushed."),

@@ -15,7 +15,7 @@ use crate::http::serve::{self, Rules};
 use crate::http::tls::{self, Tls, TlsError};
 use crate::http::{self, AppState};
 use crate::limits::{self, Budget};
-use crate::replication::{self, ReplicationContext, ReplicationError, StreamStatus};
+use crate::replication::{self, Dispatch, ReplicationContext, ReplicationError, StreamStatus};
 
 use crate::router::Router;
 use crate::tables::Tables;
@@ -57,6 +57,9 @@ pub enum RelayError {
     /// `auth.jwks_file` is unreadable or not a JWKS (or the HTTP client cannot be built).
     #[error(transparent)]
     Jwks(#[from] crate::auth::fetch::LoadError),
+    /// Cluster mode could not start (`[cluster]`).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// A task panicked or was aborted.
     #[error("internal: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -71,6 +74,7 @@ pub struct Relay {
     metrics_addr: SocketAddr,
     shutdown: CancellationToken,
     status: Arc<StreamStatus>,
+    slot: Arc<StreamStatus>,
     router: Arc<Router>,
     task: JoinHandle<Result<(), RelayError>>,
 }
@@ -125,7 +129,19 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         config.limits.session_queue.get(),
         &config.replay,
     ));
-    let status = Arc::new(StreamStatus::default());
+    // Single node: the router is the stream's destination and the stream's status is the
+    // relay's. Cluster node: the stream goes to JetStream (confirmed on PubAck, so no window
+    // delay), and the relay serves what its JetStream consumer feeds the router.
+    let (status, slot, dispatch, confirm_after, takeover): (_, _, Arc<dyn Dispatch>, _, _) =
+        if config.cluster.enabled() {
+            let node = crate::cluster::start(&config, router.clone(), stream_stop.clone()).await?;
+            let slot = Arc::new(StreamStatus::with_gauge(crate::metrics::CLUSTER_PUBLISHER));
+            let takeover = Some(config.cluster.takeover_interval);
+            (node.serving, slot, node.publisher, std::time::Duration::ZERO, takeover)
+        } else {
+            let status = Arc::new(StreamStatus::default());
+            (status.clone(), status, router.clone(), config.replay.window, None)
+        };
     let sessions = TaskTracker::new();
     let state = AppState {
         router: router.clone(),
@@ -142,11 +158,12 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     };
     let replication = tokio::spawn(replication::run(ReplicationContext {
         config: config.database.clone(),
-        replay_window: config.replay.window,
+        replay_window: confirm_after,
         tables: tables.clone(),
-        dispatch: router.clone(),
-        status: status.clone(),
+        dispatch,
+        status: slot.clone(),
         shutdown: stream_stop.clone(),
+        takeover,
     }));
     tokio::spawn(crate::monitoring::run(
         state.pool.clone(),
@@ -235,6 +252,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         metrics_addr,
         shutdown,
         status,
+        slot,
         router,
         task,
     })
@@ -303,9 +321,16 @@ impl Relay {
         self.metrics_addr
     }
 
-    /// True while the replication stream is connected.
+    /// True while the relay's event source is connected: the replication stream on a single
+    /// node, the JetStream consumer on a cluster node.
     pub fn is_streaming(&self) -> bool {
         self.status.is_connected()
+    }
+
+    /// True while this relay holds the replication slot (a single node streaming, or the
+    /// cluster node that publishes).
+    pub fn holds_slot(&self) -> bool {
+        self.slot.is_connected()
     }
 
     /// True while the stream is connected and the replay window has been rebuilt after start

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -81,6 +82,25 @@ pub struct Event {
     event_type: Option<Span>,
     /// Other encodings (the Supabase frames), built on first use and shared, by key.
     encodings: Mutex<Vec<(Box<str>, Bytes)>>,
+}
+
+/// What [`Event::from_frame`] needs beside the frame: the fields of [`Event`] of the same names.
+#[derive(Debug, Clone)]
+pub struct FrameMeta {
+    /// [`Event::cursor`].
+    pub cursor: Cursor,
+    /// [`Event::commit_time_us`] (Unix µs).
+    pub commit_time_us: i64,
+    /// [`Event::operation`].
+    pub operation: Operation,
+    /// [`Event::relation`].
+    pub relation: Arc<Relation>,
+    /// [`Event::owner`].
+    pub owner: Option<Uuid>,
+    /// [`Event::row`].
+    pub row: Option<u64>,
+    /// [`Event::moved_from`].
+    pub moved_from: Option<Uuid>,
 }
 
 /// Most cached encodings per event.
@@ -177,6 +197,58 @@ impl Event {
             event_type,
             encodings: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Rebuilds an event from a native frame that [`Event::change`] wrote (on another relay
+    /// node, carried by JetStream) and what the frame does not say itself: `meta`. The frame
+    /// is kept as it is, so every node writes the same bytes to its sessions.
+    ///
+    /// Errors: `None` when `frame` is not UTF-8 JSON with the `record` (a delete's
+    /// `old_record`) object `meta.operation` implies.
+    pub fn from_frame(frame: Bytes, meta: FrameMeta) -> Option<Event> {
+        #[derive(Deserialize)]
+        struct Parts<'a> {
+            #[serde(borrow)]
+            record: Option<&'a RawValue>,
+            #[serde(borrow)]
+            old_record: Option<&'a RawValue>,
+        }
+        #[derive(Deserialize)]
+        struct Typed<'a> {
+            #[serde(borrow)]
+            event_type: Option<&'a RawValue>,
+        }
+        let text = std::str::from_utf8(&frame).ok()?;
+        let parts: Parts = serde_json::from_str(text).ok()?;
+        let (row, old) = match meta.operation {
+            Operation::Delete => (parts.old_record?, None),
+            Operation::Insert | Operation::Update => (parts.record?, parts.old_record),
+        };
+        let record = record::span_in(text, row.get())?;
+        let old_record = match old {
+            Some(old) => Some(record::span_in(text, old.get())?),
+            None => None,
+        };
+        let typed: Typed = serde_json::from_str(row.get()).ok()?;
+        let event_type = typed
+            .event_type
+            .map(RawValue::get)
+            .filter(|raw| raw.len() >= 2 && raw.starts_with('"'))
+            .and_then(|raw| record::span_in(text, &raw[1..raw.len() - 1]));
+        Some(Event {
+            cursor: meta.cursor,
+            commit_time_us: meta.commit_time_us,
+            operation: meta.operation,
+            relation: meta.relation,
+            owner: meta.owner,
+            row: meta.row,
+            moved_from: meta.moved_from,
+            native: frame,
+            record,
+            old_record,
+            event_type,
+            encodings: Mutex::new(Vec::new()),
+        })
     }
 
     /// The encoding named `key`, built by `encode` the first time any session asks for it and

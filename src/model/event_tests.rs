@@ -232,3 +232,52 @@ fn row_keys_tell_rows_and_tables_apart() {
     assert_eq!(row_key("public", "events", &[None]), None);
     assert_eq!(row_key("public", "events", &[Some(&Value::Null)]), None);
 }
+
+/// What [`Event::from_frame`] needs of `event`.
+fn meta_of(event: &Event) -> FrameMeta {
+    FrameMeta {
+        cursor: event.cursor,
+        commit_time_us: event.commit_time_us,
+        operation: event.operation,
+        relation: event.relation.clone(),
+        owner: event.owner,
+        row: event.row,
+        moved_from: event.moved_from,
+    }
+}
+
+#[test]
+fn an_event_rebuilt_from_its_frame_reads_the_same_row_type_and_old_row() {
+    let escaped = row(json!({"user_id": OWNER, "event_type": "a\"b", "n": 1}));
+    let update = Event::change(
+        event(Operation::Insert, sample()).cursor,
+        1,
+        Operation::Update,
+        (Relation::fixture(), "user_id"),
+        sample(),
+        Some(row(json!({"user_id": OWNER, "n": 0}))),
+    );
+    let cases = [
+        event(Operation::Insert, sample()),
+        event(Operation::Delete, sample()),
+        event(Operation::Insert, escaped),
+        update,
+    ];
+    for original in cases {
+        let rebuilt = Event::from_frame(original.native_frame(), meta_of(&original)).unwrap();
+        assert_eq!(rebuilt.native_frame(), original.native_frame());
+        assert_eq!(rebuilt.record_json(), original.record_json());
+        assert_eq!(rebuilt.old_record_json(), original.old_record_json());
+        assert_eq!(rebuilt.event_type(), original.event_type());
+        assert_eq!((rebuilt.owner, rebuilt.cursor), (original.owner, original.cursor));
+    }
+}
+
+#[test]
+fn a_frame_without_its_row_is_refused() {
+    let insert = event(Operation::Insert, sample());
+    for frame in ["{}", "not json", r#"{"old_record":{}}"#, "[1]"] {
+        let bytes = Bytes::from(frame);
+        assert!(Event::from_frame(bytes, meta_of(&insert)).is_none(), "{frame}");
+    }
+}

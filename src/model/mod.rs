@@ -16,7 +16,7 @@ mod relation;
 mod values;
 
 pub use cursor::{history_id, Cursor, InvalidCursor};
-pub use event::{now_unix_us, row_key, Event, Operation};
+pub use event::{now_unix_us, row_key, Event, FrameMeta, Operation};
 pub use relation::{Column, Record, Relation};
 pub use values::{
     format_pg_timestamp_us, format_unix_us, oid, pg_epoch_to_unix_us, text_to_json, type_name,

@@ -20,7 +20,7 @@ pub(crate) struct Span {
 }
 
 impl Span {
-    fn new(start: usize, end: usize) -> Span {
+    pub(crate) fn new(start: usize, end: usize) -> Span {
         match (u32::try_from(start), u32::try_from(end)) {
             (Ok(start), Ok(end)) => Span { start, end },
             _ => Span::default(),
@@ -34,6 +34,13 @@ impl Span {
             end: self.end.saturating_add(n),
         }
     }
+}
+
+/// Where `part`, a slice of `whole`, lies in it; `None` when it is not a slice of it.
+pub(crate) fn span_in(whole: &str, part: &str) -> Option<Span> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start + part.len();
+    (end <= whole.len()).then(|| Span::new(start, end))
 }
 
 /// The text of `span` in `frame`; `None` when it is out of range or not UTF-8 there.

@@ -114,6 +114,13 @@ impl ReplicationError {
     pub fn is_definite(&self) -> bool {
         self.kind() == ErrorKind::Definite
     }
+
+    /// True when another walsender holds the slot: PostgreSQL's "replication slot … is active
+    /// for PID …" (SQLSTATE 55006). In cluster mode that is another node publishing.
+    pub fn is_slot_in_use(&self) -> bool {
+        matches!(self, ReplicationError::Stream { source: PgWireError::Server(msg), .. }
+            if msg.contains("is active for PID"))
+    }
 }
 
 /// Sorts a replication client error into reconnect-and-retry or stop.

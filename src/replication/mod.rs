@@ -20,7 +20,7 @@ use metrics::{counter, gauge};
 use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use crate::config::DatabaseConfig;
 use crate::metrics as m;
@@ -30,16 +30,35 @@ pub use dispatch::Dispatch;
 pub use error::{ErrorKind, ReplicationError};
 
 /// Whether the stream is connected and the replay window rebuilt, for `/readyz`, the upgrade
-/// routes and the `relay_replication_connected` gauge.
-#[derive(Debug, Default)]
+/// routes and a gauge (`relay_replication_connected` for the slot's stream;
+/// `relay_cluster_consuming` for a cluster node's JetStream consumer).
+#[derive(Debug)]
 pub struct StreamStatus {
     connected: AtomicBool,
     rebuilt: AtomicBool,
     rebuild_target: AtomicU64,
     last_error: Mutex<Option<String>>,
+    gauge: &'static str,
+}
+
+impl Default for StreamStatus {
+    fn default() -> Self {
+        StreamStatus::with_gauge(m::REPLICATION_CONNECTED)
+    }
 }
 
 impl StreamStatus {
+    /// A status that reports connected/disconnected as 1/0 on the gauge `gauge`.
+    pub fn with_gauge(gauge: &'static str) -> StreamStatus {
+        StreamStatus {
+            connected: AtomicBool::new(false),
+            rebuilt: AtomicBool::new(false),
+            rebuild_target: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            gauge,
+        }
+    }
+
     /// True while the replication stream is connected and streaming.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
@@ -65,7 +84,7 @@ impl StreamStatus {
         self.rebuild_target.store(lsn, Ordering::Release);
     }
 
-    fn set_rebuilt(&self) {
+    pub(crate) fn set_rebuilt(&self) {
         self.rebuilt.store(true, Ordering::Release);
     }
 
@@ -74,14 +93,14 @@ impl StreamStatus {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
-    fn set_connected(&self) {
+    pub(crate) fn set_connected(&self) {
         self.connected.store(true, Ordering::Release);
-        gauge!(m::REPLICATION_CONNECTED).set(1.0);
+        gauge!(self.gauge).set(1.0);
     }
 
-    fn set_disconnected(&self, why: &str) {
+    pub(crate) fn set_disconnected(&self, why: &str) {
         self.connected.store(false, Ordering::Release);
-        gauge!(m::REPLICATION_CONNECTED).set(0.0);
+        gauge!(self.gauge).set(0.0);
         if let Ok(mut e) = self.last_error.lock() {
             *e = Some(why.to_string());
         }
@@ -103,6 +122,10 @@ pub struct ReplicationContext {
     pub status: Arc<StreamStatus>,
     /// Cancelled on shutdown: the task acknowledges its final LSN and returns.
     pub shutdown: CancellationToken,
+    /// Cluster mode (`cluster.takeover_interval`): while another node holds the slot, try to
+    /// take it this often (no backoff, no warning), and after any loss start over from the
+    /// slot (what was not confirmed is in the slot still; the destination dropped it).
+    pub takeover: Option<Duration>,
 }
 
 /// Checks the database once (wal_level, publication, slot). Used at start so a misconfigured
@@ -135,6 +158,18 @@ pub async fn run(ctx: ReplicationContext) -> Result<(), ReplicationError> {
         if e.is_definite() {
             error!("replication stopped: {e}");
             return Err(e);
+        }
+        if let Some(every) = ctx.takeover {
+            progress = stream::Progress::new();
+            if e.is_slot_in_use() {
+                debug!("standby: another node holds the slot ({e}); trying again in {every:?}");
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(every) => {}
+                }
+                delay = ctx.config.reconnect_min;
+                continue;
+            }
         }
         if started.elapsed() > ctx.config.reconnect_max {
             // It streamed for a while: this is a new outage, start the backoff over.

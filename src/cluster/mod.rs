@@ -1,0 +1,125 @@
+//! Cluster mode on NATS JetStream (issue 14; docs/ARCHITECTURE.md, "Cluster mode"): one node
+//! holds the replication slot and publishes every event to a JetStream stream
+//! ([`publisher`]); every node, the publisher too, consumes the stream into its own router and
+//! serves its own sessions ([`consumer`]). Which node publishes is decided by PostgreSQL: one
+//! walsender holds a slot at a time, and standbys try to take it every
+//! `cluster.takeover_interval` ([`crate::replication::ReplicationContext::takeover`]).
+//!
+//! The wire format is [`wire`]'s. Without `cluster.nats_url` none of this runs.
+
+pub mod consumer;
+pub mod publisher;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::metrics as m;
+use crate::replication::StreamStatus;
+use crate::router::Router;
+
+pub use publisher::Publisher;
+
+/// The shortest `max_age` the stream gets (`replay.window` may be 0: resume off).
+const MIN_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// Why cluster mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// `cluster.nats_url` is not a list of NATS URLs.
+    #[error("cluster.nats_url: {0}")]
+    Url(String),
+}
+
+/// A running cluster node's parts.
+pub struct Node {
+    /// The replication task's destination on this node.
+    pub publisher: Arc<Publisher>,
+    /// Consuming and caught up: what `/readyz` reports on a cluster node.
+    pub serving: Arc<StreamStatus>,
+}
+
+/// The stream's configuration for `config`: subjects `<prefix>.>`, file storage, limits
+/// retention (discard old), `max_age` = `replay.window` (at least 1 min), `duplicate_window`
+/// = `cluster.duplicate_window` (at most `max_age`), `cluster.replicas`.
+pub fn stream_config(config: &Config) -> stream::Config {
+    let max_age = config.replay.window.max(MIN_MAX_AGE);
+    stream::Config {
+        name: config.cluster.stream.clone(),
+        subjects: vec![wire::all_subjects(&config.cluster.subject_prefix)],
+        max_age,
+        duplicate_window: config.cluster.duplicate_window.min(max_age),
+        num_replicas: config.cluster.replicas.get(),
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        allow_direct: true,
+        description: Some("engagement-relay events (docs/ARCHITECTURE.md, Cluster mode)".into()),
+        ..Default::default()
+    }
+}
+
+/// Connects to NATS (in the background: an unreachable NATS is retried, and the node is not
+/// ready meanwhile), and spawns the publisher's sender and, once the stream exists (created
+/// when missing), the consumer feeding `router`. Everything stops with `stop`.
+///
+/// Errors: [`ClusterError::Url`] when `cluster.nats_url` cannot be parsed.
+pub async fn start(
+    config: &Config,
+    router: Arc<Router>,
+    stop: CancellationToken,
+) -> Result<Node, ClusterError> {
+    let servers: Vec<async_nats::ServerAddr> = config
+        .cluster
+        .nats_url
+        .expose()
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e: std::io::Error| ClusterError::Url(e.to_string()))?;
+    let client = async_nats::ConnectOptions::new()
+        .name("engagement-relay")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connect(servers)
+        .await
+        .map_err(|e| ClusterError::Url(e.to_string()))?;
+    let js = jetstream::new(client.clone());
+    let (publisher, sender) = Publisher::new(js.clone(), &config.cluster.subject_prefix, stop.clone());
+    tokio::spawn(sender);
+    let serving = Arc::new(StreamStatus::with_gauge(m::CLUSTER_CONSUMING));
+    let stream_config = stream_config(config);
+    let ctx_status = serving.clone();
+    let rebuild_events = config.replay.max_events as u64;
+    tokio::spawn(async move {
+        let stream = loop {
+            match js.get_or_create_stream(stream_config.clone()).await {
+                Ok(stream) => break stream,
+                Err(e) => {
+                    ctx_status.set_disconnected(&e.to_string());
+                    warn!("JetStream stream {} not available yet ({e}); retrying in 1s", stream_config.name);
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        };
+        info!(stream = stream_config.name, "consuming the JetStream stream");
+        consumer::run(consumer::ConsumerContext {
+            client,
+            stream,
+            router,
+            status: ctx_status,
+            rebuild_events,
+            stop,
+        })
+        .await;
+    });
+    Ok(Node { publisher, serving })
+}

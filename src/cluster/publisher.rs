@@ -1,0 +1,267 @@
+//! The slot holder's side: a [`Dispatch`] that puts every decoded event on JetStream, in commit
+//! order, and lets PostgreSQL recycle WAL only once JetStream has stored it.
+//!
+//! - **Order.** Messages go out in batches, pipelined; each names the previous one in
+//!   `Nats-Expected-Last-Msg-Id`, so JetStream stores a message only right after its
+//!   predecessor. After a failure (NATS down, a timeout, a refused message) the unacknowledged
+//!   tail is sent again from its oldest message, whose first send names no predecessor.
+//! - **No duplicates.** `Nats-Msg-Id` is the event's cursor: JetStream drops a message it
+//!   already stored within `cluster.duplicate_window` (a re-send after a lost PubAck, or a new
+//!   publisher re-reading the unconfirmed tail after a takeover). JetStream checks the id
+//!   before the expected predecessor, so re-sent duplicates are acknowledged as such.
+//! - **Confirmation.** [`Dispatch::oldest_lsn`] is the commit LSN of the oldest event not yet
+//!   acknowledged, so the replication task (run with a zero replay window in cluster mode)
+//!   confirms everything before it, about once a second.
+//! - **Restarts.** [`Dispatch::begin`] (the stream started again: a new connection to the slot)
+//!   drops what was not acknowledged (the slot sends it again) and publishes a begin message.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_nats::jetstream::context::{Context, PublishAckFuture};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use metrics::histogram;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::wire;
+use crate::metrics as m;
+use crate::model::{now_unix_us, Event};
+use crate::replication::Dispatch;
+
+/// Messages sent before their PubAcks are awaited.
+const BATCH: usize = 256;
+/// The longest wait between attempts while JetStream refuses or cannot be reached.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// One message to publish, of the stream generation `epoch`.
+struct Outgoing {
+    epoch: u64,
+    subject: String,
+    id: String,
+    headers: HeaderMap,
+    payload: Bytes,
+    /// Commit LSN and time (Unix µs) of an event; `None` for a begin message.
+    commit: Option<(u64, i64)>,
+}
+
+/// What is published but not yet acknowledged, by generation.
+#[derive(Default)]
+struct Unacked {
+    epoch: u64,
+    /// Commit LSNs of the events not yet acknowledged, in commit order.
+    lsns: VecDeque<u64>,
+}
+
+/// The [`Dispatch`] of the node that holds the slot in cluster mode.
+pub struct Publisher {
+    prefix: String,
+    unacked: Mutex<Unacked>,
+    tx: mpsc::UnboundedSender<Outgoing>,
+}
+
+impl Publisher {
+    /// A publisher on `js` under subject prefix `prefix`, and the task that sends its messages
+    /// (spawn it; it runs until `stop`).
+    pub fn new(
+        js: Context,
+        prefix: &str,
+        stop: CancellationToken,
+    ) -> (Arc<Publisher>, impl std::future::Future<Output = ()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let publisher = Arc::new(Publisher {
+            prefix: prefix.to_string(),
+            unacked: Mutex::new(Unacked::default()),
+            tx,
+        });
+        let task = run(js, publisher.clone(), rx, stop);
+        (publisher, task)
+    }
+
+    fn unacked(&self) -> MutexGuard<'_, Unacked> {
+        self.unacked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.unacked().epoch
+    }
+
+    /// Marks the oldest unacknowledged event of `epoch` acknowledged.
+    fn acked(&self, epoch: u64) {
+        let mut unacked = self.unacked();
+        if unacked.epoch == epoch {
+            unacked.lsns.pop_front();
+        }
+    }
+
+    fn send(&self, message: Outgoing) {
+        // The task ends only at shutdown, after the replication task: nothing is lost here.
+        let _ = self.tx.send(message);
+    }
+}
+
+impl Dispatch for Publisher {
+    fn begin(&self, history: u32, lsn: u64) {
+        let epoch = {
+            let mut unacked = self.unacked();
+            unacked.epoch += 1;
+            unacked.lsns.clear();
+            unacked.epoch
+        };
+        let (id, headers) = wire::begin_headers(history, lsn);
+        self.send(Outgoing {
+            epoch,
+            subject: wire::begin_subject(&self.prefix),
+            id,
+            headers,
+            payload: Bytes::new(),
+            commit: None,
+        });
+    }
+
+    fn dispatch(&self, event: Arc<Event>) {
+        let epoch = {
+            let mut unacked = self.unacked();
+            unacked.lsns.push_back(event.cursor.lsn);
+            unacked.epoch
+        };
+        let relation = wire::encode_relation(&event.relation);
+        self.send(Outgoing {
+            epoch,
+            subject: wire::subject(&self.prefix, &event),
+            id: event.cursor.to_string(),
+            headers: wire::event_headers(&event, &relation),
+            payload: event.native_frame(),
+            commit: Some((event.cursor.lsn, event.commit_time_us)),
+        });
+    }
+
+    fn note_wal_end(&self, _lsn: u64) {}
+
+    fn maintain(&self, _now_us: i64) {}
+
+    fn oldest_lsn(&self) -> Option<u64> {
+        self.unacked().lsns.front().copied()
+    }
+
+    fn evicted_lsn(&self) -> u64 {
+        0
+    }
+}
+
+/// Sends what `rx` brings, in order, until `stop`.
+async fn run(
+    js: Context,
+    publisher: Arc<Publisher>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    stop: CancellationToken,
+) {
+    let latency = histogram!(m::CLUSTER_PUBLISH_SECONDS);
+    // Sent but not acknowledged, oldest first: retried from the front after a failure.
+    let mut pending: VecDeque<Outgoing> = VecDeque::new();
+    // The id of the last message JetStream acknowledged in this run; `None` after a failure.
+    let mut last_id: Option<String> = None;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if pending.is_empty() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                next = rx.recv() => match next {
+                    Some(message) => pending.push_back(message),
+                    None => return,
+                },
+            }
+        }
+        while pending.len() < BATCH {
+            match rx.try_recv() {
+                Ok(message) => pending.push_back(message),
+                Err(_) => break,
+            }
+        }
+        // A new generation voids the older ones: the slot sends those events again.
+        let epoch = publisher.epoch();
+        pending.retain(|m| m.epoch == epoch);
+        let batch = pending.len().min(BATCH);
+        match send_batch(&js, &pending, batch, last_id.as_deref()).await {
+            Ok(()) => {
+                for message in pending.drain(..batch) {
+                    if let Some((_, commit_us)) = message.commit {
+                        publisher.acked(message.epoch);
+                        latency.record((now_unix_us() - commit_us).max(0) as f64 / 1e6);
+                    }
+                    last_id = Some(message.id);
+                }
+                backoff = Duration::from_millis(50);
+            }
+            Err((acked, e)) => {
+                for message in pending.drain(..acked) {
+                    if message.commit.is_some() {
+                        publisher.acked(message.epoch);
+                    }
+                }
+                // Which message is stored last is unknown now: the next send names none.
+                last_id = None;
+                warn!("publishing to JetStream failed ({e}); retrying in {backoff:?}");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Sends the first `n` of `pending`, chained by `Nats-Expected-Last-Msg-Id` (the first after
+/// `last_id`, or unchained), and awaits their PubAcks in order.
+///
+/// Errors: how many were acknowledged before the first failure, and that failure.
+async fn send_batch(
+    js: &Context,
+    pending: &VecDeque<Outgoing>,
+    n: usize,
+    last_id: Option<&str>,
+) -> Result<(), (usize, async_nats::Error)> {
+    let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(n);
+    let mut previous = last_id.map(str::to_string);
+    for (i, message) in pending.iter().take(n).enumerate() {
+        let mut publish = PublishMessage::build()
+            .payload(message.payload.clone())
+            .headers(message.headers.clone());
+        if let Some(previous) = &previous {
+            publish = publish.expected_last_message_id(previous);
+        }
+        match js.send_publish(message.subject.clone(), publish).await {
+            Ok(ack) => acks.push(ack),
+            Err(e) => return Err((await_acks(acks).await.unwrap_or(0).min(i), e.into())),
+        }
+        previous = Some(message.id.clone());
+    }
+    let total = acks.len();
+    match await_acks(acks).await {
+        Ok(done) if done == total => Ok(()),
+        Ok(done) => Err((done, "a PubAck went missing".into())),
+        Err((done, e)) => Err((done, e)),
+    }
+}
+
+/// Awaits `acks` in order. Errors: how many succeeded before the first failure, and it.
+async fn await_acks(acks: Vec<PublishAckFuture>) -> Result<usize, (usize, async_nats::Error)> {
+    let mut done = 0;
+    for ack in acks {
+        match ack.await {
+            Ok(ack) => {
+                if ack.duplicate {
+                    debug!(sequence = ack.sequence, "JetStream already had this event");
+                }
+                done += 1;
+            }
+            Err(e) => return Err((done, e.into())),
+        }
+    }
+    Ok(done)
+}
