@@ -184,13 +184,9 @@ impl Drop for PolicyGuard {
 enum Service<'a> {
     /// PostgreSQL: clusters listed by `pg_lsclusters`, stopped with `pg_ctlcluster`.
     Postgres,
-    /// Anything else: a process named `process` (`pgrep -x`), stopped as the service `unit`.
-    Unit {
-        /// The process name, e.g. `nats-server`.
-        process: &'a str,
-        /// The systemd unit or init script, e.g. `nats-server`.
-        unit: &'a str,
-    },
+    /// Anything else: a process of this name (`pgrep -x`, e.g. `nats-server`), stopped as the
+    /// service (systemd unit or init script) of the same name.
+    Unit(&'a str),
 }
 
 /// The service `package` may start: `postgresql`/`postgresql-<n>` are PostgreSQL; any other
@@ -201,10 +197,7 @@ fn service_of(package: &str) -> Service<'_> {
     if name == "postgresql" || versioned.is_some_and(|v| v.chars().all(|c| c.is_ascii_digit())) {
         return Service::Postgres;
     }
-    Service::Unit {
-        process: name,
-        unit: name,
-    }
+    Service::Unit(name)
 }
 
 /// Stops what `package`'s install started despite the policy (logged; failures are warnings).
@@ -231,8 +224,8 @@ fn stop_started_service(package: &str) {
                 }
             }
         }
-        Service::Unit { process, unit } => {
-            if quiet_ok(Command::new("pgrep").args(["-x", process])) {
+        Service::Unit(unit) => {
+            if quiet_ok(Command::new("pgrep").args(["-x", unit])) {
                 tracing::info!("stopping the {unit} service the package started");
                 stop_unit(unit);
             }
@@ -338,14 +331,13 @@ mod tests {
     fn packages_map_to_their_services() {
         assert_eq!(service_of("postgresql"), Service::Postgres);
         assert_eq!(service_of("postgresql-15"), Service::Postgres);
-        let nats = Service::Unit {
-            process: "nats-server",
-            unit: "nats-server",
-        };
+        let nats = Service::Unit("nats-server");
         assert_eq!(service_of("nats-server"), nats);
         assert_eq!(service_of("nats-server=2.9.10-1"), nats);
-        let client = service_of("postgresql-client");
-        assert!(matches!(client, Service::Unit { .. }), "{client:?}");
+        assert_eq!(
+            service_of("postgresql-client"),
+            Service::Unit("postgresql-client")
+        );
     }
 
     /// The real thing, on a package that is installed already (so only `apt-get update` and a
