@@ -1,7 +1,8 @@
 //! `engagement-relay dev`: a private PostgreSQL with `wal_level=logical`, the migrations and
 //! the seed, the relay on top, and demo traffic, so one command shows live events.
 //!
-//! Part of the binary, not of the library: the cluster and the demo data come from the
+//! Part of the binary, not of the library: the cluster, the demo data and the PostgreSQL
+//! install (as root on Debian, when the server binaries are missing) come from the
 //! `relay-testkit` crate.
 
 use std::path::PathBuf;
@@ -15,7 +16,8 @@ use rand::seq::IndexedRandom;
 use relay_testkit::demo::{
     demo_event, demo_state, DEV_JWT_SECRET, INSERT_EVENT_SQL, STATE_CHANGE_SQL,
 };
-use relay_testkit::pgcluster::{Cluster, ClusterOptions, StopMode};
+use relay_testkit::install::{apt_install, can_apt_install, install_hint};
+use relay_testkit::pgcluster::{find_bin_dir, Cluster, ClusterOptions, StopMode};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -32,15 +34,17 @@ pub struct DevOptions {
 }
 
 /// Starts the private cluster, applies migrations and the seed, runs the relay and the demo
-/// traffic until `shutdown`, then stops everything, the cluster included.
+/// traffic until `shutdown`, then stops everything, the cluster included. Missing PostgreSQL
+/// server binaries are installed first when this process is root with apt-get.
 ///
-/// Errors: the cluster cannot start (e.g. no PostgreSQL server binaries: the message says what
-/// to install), a migration fails, or the relay cannot start.
+/// Errors: no PostgreSQL server binaries and not root (the message is the line to run), their
+/// install fails, the cluster cannot start, a migration fails, or the relay cannot start.
 pub async fn run(
     mut config: Config,
     opts: DevOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(ensure_postgres).await??;
     let cluster_opts = ClusterOptions {
         data_dir: Some(opts.data_dir.clone()),
         port: opts.pg_port,
@@ -61,6 +65,26 @@ pub async fn run(
         warn!("stopping the private PostgreSQL: {e}");
     }
     result
+}
+
+/// Finds the PostgreSQL server binaries; when they are missing, installs `postgresql` if this
+/// process is root with apt-get (logging each step), else fails with the one line to run. A
+/// `RELAY_PG_BINDIR` that names no binaries is reported as it is: nothing is installed.
+fn ensure_postgres() -> anyhow::Result<()> {
+    match find_bin_dir() {
+        Ok(_) => Ok(()),
+        Err(e) if std::env::var_os("RELAY_PG_BINDIR").is_some() => Err(e.into()),
+        Err(_) if can_apt_install() => {
+            let why = "engagement-relay dev needs the PostgreSQL server binaries";
+            apt_install(&["postgresql"], why).context("installing PostgreSQL")?;
+            find_bin_dir()?;
+            Ok(())
+        }
+        Err(_) => anyhow::bail!(
+            "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found; run: {} (or set RELAY_PG_BINDIR to their directory)",
+            install_hint(&["postgresql"])
+        ),
+    }
 }
 
 async fn serve(

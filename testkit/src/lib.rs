@@ -10,6 +10,8 @@
 //! * [`tls`] (feature `tls`): a test CA, server certificates for `localhost` it signs, and
 //!   rustls client configurations trusting it.
 //! * [`demo`]: the demo traffic's event shapes and the `dev` JWT secret.
+//! * [`nats`]: private `nats-server`s with JetStream, alone or as a routed cluster.
+//! * [`install`]: `apt-get install` as root on Debian, with packaged services kept stopped.
 //! * [`tls`] (feature `tls`): a test CA and the server certificates it signs (rcgen), for
 //!   TLS-only clusters.
 //!
@@ -19,6 +21,8 @@
 #![warn(missing_docs)]
 
 pub mod demo;
+pub mod install;
+pub mod nats;
 mod net;
 pub mod pgcluster;
 pub mod pgoutput_writer;
