@@ -137,10 +137,22 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
             let node = crate::cluster::start(&config, router.clone(), stream_stop.clone()).await?;
             let slot = Arc::new(StreamStatus::with_gauge(crate::metrics::CLUSTER_PUBLISHER));
             let takeover = Some(config.cluster.takeover_interval);
-            (node.serving, slot, node.publisher, std::time::Duration::ZERO, takeover)
+            (
+                node.serving,
+                slot,
+                node.publisher,
+                std::time::Duration::ZERO,
+                takeover,
+            )
         } else {
             let status = Arc::new(StreamStatus::default());
-            (status.clone(), status, router.clone(), config.replay.window, None)
+            (
+                status.clone(),
+                status,
+                router.clone(),
+                config.replay.window,
+                None,
+            )
         };
     let sessions = TaskTracker::new();
     let state = AppState {

@@ -12,11 +12,12 @@ mod common;
 
 mod analytics;
 mod api;
-mod backup_restore;
 mod api_properties;
 mod auth;
+mod backup_restore;
 mod cli;
 mod client_tls;
+mod cluster;
 mod db_health;
 mod deletes;
 mod dev;

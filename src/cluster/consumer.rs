@@ -145,7 +145,10 @@ fn ready(ctx: &ConsumerContext, target: u64) {
     ctx.status.set_connected();
     if !ctx.status.is_rebuilt() {
         ctx.status.set_rebuilt();
-        info!(sequence = target, "replay window rebuilt from JetStream; ready");
+        info!(
+            sequence = target,
+            "replay window rebuilt from JetStream; ready"
+        );
     }
 }
 

@@ -90,7 +90,8 @@ pub async fn start(
         .await
         .map_err(|e| ClusterError::Url(e.to_string()))?;
     let js = jetstream::new(client.clone());
-    let (publisher, sender) = Publisher::new(js.clone(), &config.cluster.subject_prefix, stop.clone());
+    let (publisher, sender) =
+        Publisher::new(js.clone(), &config.cluster.subject_prefix, stop.clone());
     tokio::spawn(sender);
     let serving = Arc::new(StreamStatus::with_gauge(m::CLUSTER_CONSUMING));
     let stream_config = stream_config(config);
@@ -102,7 +103,10 @@ pub async fn start(
                 Ok(stream) => break stream,
                 Err(e) => {
                     ctx_status.set_disconnected(&e.to_string());
-                    warn!("JetStream stream {} not available yet ({e}); retrying in 1s", stream_config.name);
+                    warn!(
+                        "JetStream stream {} not available yet ({e}); retrying in 1s",
+                        stream_config.name
+                    );
                 }
             }
             tokio::select! {
@@ -110,7 +114,10 @@ pub async fn start(
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         };
-        info!(stream = stream_config.name, "consuming the JetStream stream");
+        info!(
+            stream = stream_config.name,
+            "consuming the JetStream stream"
+        );
         consumer::run(consumer::ConsumerContext {
             client,
             stream,

@@ -35,7 +35,9 @@ const LSN: &str = "Relay-Lsn";
 
 /// The subject of `event` under `prefix`.
 pub fn subject(prefix: &str, event: &Event) -> String {
-    let owner = event.owner.map_or_else(|| "_".to_string(), |o| o.to_string());
+    let owner = event
+        .owner
+        .map_or_else(|| "_".to_string(), |o| o.to_string());
     format!(
         "{prefix}.{}.{}.{owner}",
         token(&event.relation.schema),
@@ -211,7 +213,9 @@ impl Decoder {
         };
         let uuid = |name: &str| match get(name) {
             None => Ok(None),
-            Some(v) => Uuid::parse_str(v).map(Some).map_err(|_| WireError("a UUID header")),
+            Some(v) => Uuid::parse_str(v)
+                .map(Some)
+                .map_err(|_| WireError("a UUID header")),
         };
         let row = match get(ROW) {
             None => None,

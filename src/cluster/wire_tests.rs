@@ -29,7 +29,10 @@ fn an_event_survives_the_trip_with_its_frame_owner_row_and_relation() {
     for operation in [Operation::Insert, Operation::Update, Operation::Delete] {
         let sent = event(operation);
         let subject = subject("relay", &sent);
-        assert_eq!(subject, format!("relay.public.engagement_events.{OWNER_ID}"));
+        assert_eq!(
+            subject,
+            format!("relay.public.engagement_events.{OWNER_ID}")
+        );
         let headers = event_headers(&sent, &encode_relation(&sent.relation));
         let got = match decoder.decode(&subject, Some(&headers), sent.native_frame()) {
             Ok(Incoming::Event(e)) => e,
@@ -37,8 +40,20 @@ fn an_event_survives_the_trip_with_its_frame_owner_row_and_relation() {
         };
         assert_eq!(got.native_frame(), sent.native_frame());
         assert_eq!(
-            (got.cursor, got.commit_time_us, got.operation, got.owner, got.row),
-            (sent.cursor, sent.commit_time_us, sent.operation, sent.owner, sent.row)
+            (
+                got.cursor,
+                got.commit_time_us,
+                got.operation,
+                got.owner,
+                got.row
+            ),
+            (
+                sent.cursor,
+                sent.commit_time_us,
+                sent.operation,
+                sent.owner,
+                sent.row
+            )
         );
         assert_eq!(*got.relation, *sent.relation);
         assert_eq!(got.event_type().as_deref(), Some("app_open"));
@@ -62,7 +77,16 @@ fn a_begin_message_names_its_history_and_lsn() {
     let (id, headers) = begin_headers(9, 77);
     assert_eq!(id, "begin-00000009-000000000000004d");
     let got = Decoder::default().decode(&begin_subject("relay"), Some(&headers), Bytes::new());
-    assert!(matches!(got, Ok(Incoming::Begin { history: 9, lsn: 77 })), "{got:?}");
+    assert!(
+        matches!(
+            got,
+            Ok(Incoming::Begin {
+                history: 9,
+                lsn: 77
+            })
+        ),
+        "{got:?}"
+    );
 }
 
 #[test]
@@ -70,8 +94,12 @@ fn unreadable_messages_are_errors_not_panics() {
     let sent = event(Operation::Insert);
     let good = event_headers(&sent, &encode_relation(&sent.relation));
     let mut decoder = Decoder::default();
-    assert!(decoder.decode("relay.x", None, sent.native_frame()).is_err());
-    assert!(decoder.decode("relay.x", Some(&good), Bytes::from("{}")).is_err());
+    assert!(decoder
+        .decode("relay.x", None, sent.native_frame())
+        .is_err());
+    assert!(decoder
+        .decode("relay.x", Some(&good), Bytes::from("{}"))
+        .is_err());
     for (name, value) in [
         (NATS_MESSAGE_ID.as_ref(), "nope"),
         (OP, "truncate"),
@@ -85,12 +113,17 @@ fn unreadable_messages_are_errors_not_panics() {
         let got = decoder.decode("relay.x", Some(&bad), sent.native_frame());
         assert!(got.is_err(), "{name}: {got:?}");
     }
-    assert!(decoder.decode("relay._begin", Some(&good), Bytes::new()).is_err());
+    assert!(decoder
+        .decode("relay._begin", Some(&good), Bytes::new())
+        .is_err());
 }
 
 #[test]
 fn odd_table_names_make_valid_subject_tokens() {
     assert_eq!(token("a.b c*>"), "a_b_c__");
     assert_eq!(token(""), "_");
-    assert_eq!(owner_subjects("relay", Uuid::nil()), format!("relay.*.*.{}", Uuid::nil()));
+    assert_eq!(
+        owner_subjects("relay", Uuid::nil()),
+        format!("relay.*.*.{}", Uuid::nil())
+    );
 }

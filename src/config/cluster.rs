@@ -64,7 +64,8 @@ impl ClusterConfig {
                 "cluster.stream: must be a non-empty name without '.', '*', '>' or spaces".into(),
             ));
         }
-        if self.subject_prefix.split('.').any(|t| t.is_empty()) || self.subject_prefix.contains(bad) {
+        if self.subject_prefix.split('.').any(|t| t.is_empty()) || self.subject_prefix.contains(bad)
+        {
             return Err(ConfigError(
                 "cluster.subject_prefix: must be dot-separated tokens without '*', '>' or spaces"
                     .into(),

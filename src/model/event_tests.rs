@@ -269,7 +269,10 @@ fn an_event_rebuilt_from_its_frame_reads_the_same_row_type_and_old_row() {
         assert_eq!(rebuilt.record_json(), original.record_json());
         assert_eq!(rebuilt.old_record_json(), original.old_record_json());
         assert_eq!(rebuilt.event_type(), original.event_type());
-        assert_eq!((rebuilt.owner, rebuilt.cursor), (original.owner, original.cursor));
+        assert_eq!(
+            (rebuilt.owner, rebuilt.cursor),
+            (original.owner, original.cursor)
+        );
     }
 }
 
@@ -278,6 +281,9 @@ fn a_frame_without_its_row_is_refused() {
     let insert = event(Operation::Insert, sample());
     for frame in ["{}", "not json", r#"{"old_record":{}}"#, "[1]"] {
         let bytes = Bytes::from(frame);
-        assert!(Event::from_frame(bytes, meta_of(&insert)).is_none(), "{frame}");
+        assert!(
+            Event::from_frame(bytes, meta_of(&insert)).is_none(),
+            "{frame}"
+        );
     }
 }
