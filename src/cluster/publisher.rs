@@ -237,7 +237,13 @@ async fn send_batch(
         }
         match js.send_publish(message.subject.clone(), publish).await {
             Ok(ack) => acks.push(ack),
-            Err(e) => return Err((await_acks(acks).await.unwrap_or(0).min(i), e.into())),
+            Err(e) => {
+                // What was sent before this one may still be stored: count what was.
+                let done = match await_acks(acks).await {
+                    Ok(done) | Err((done, _)) => done,
+                };
+                return Err((done.min(i), e.into()));
+            }
         }
         previous = Some(message.id.clone());
     }
