@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::ws::{connect, Client};
-use crate::history::get as history;
 use crate::common::{create_user, insert_event, start_cluster, user_token, wait_until, TestDb};
+use crate::history::get as history;
 use relay_testkit::pgcluster::{configure_recovery, Cluster, ClusterOptions, ScratchDir, StopMode};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -49,15 +49,20 @@ async fn a_point_in_time_restore_under_a_running_relay_closes_1012_and_streams_o
     let scratch = ScratchDir::new().unwrap();
     let archive = scratch.mkdir("wal_archive").unwrap();
     // The seed's PITR setup, with wal_level left at logical (the harness sets it).
-    let primary = Arc::new(start_cluster(ClusterOptions {
-        settings: vec![
-            ("archive_mode".into(), "on".into()),
-            ("archive_command".into(), format!("cp %p {}/%f", archive.display())),
-            ("full_page_writes".into(), "on".into()),
-        ],
-        ..ClusterOptions::default()
-    })
-    .await);
+    let primary = Arc::new(
+        start_cluster(ClusterOptions {
+            settings: vec![
+                ("archive_mode".into(), "on".into()),
+                (
+                    "archive_command".into(),
+                    format!("cp %p {}/%f", archive.display()),
+                ),
+                ("full_page_writes".into(), "on".into()),
+            ],
+            ..ClusterOptions::default()
+        })
+        .await,
+    );
     let db = TestDb::on(&primary).await;
     let relay = db.relay().await;
     let pg = db.client().await;
@@ -136,7 +141,11 @@ async fn a_point_in_time_restore_under_a_running_relay_closes_1012_and_streams_o
         .await
         .unwrap()
         .map(|r| r.get(0));
-    assert_eq!(slot.as_deref(), Some("pgoutput"), "the relay made its slot anew");
+    assert_eq!(
+        slot.as_deref(),
+        Some("pgoutput"),
+        "the relay made its slot anew"
+    );
 
     // A cursor from before the restore cannot be honoured: the client reloads its history,
     // which is the restored table's.

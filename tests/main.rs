@@ -12,9 +12,9 @@ mod common;
 
 mod analytics;
 mod api;
-mod backup_restore;
 mod api_properties;
 mod auth;
+mod backup_restore;
 mod cli;
 mod client_tls;
 mod db_health;
