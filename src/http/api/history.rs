@@ -24,7 +24,7 @@ use crate::http::HttpError;
 use crate::model::format_unix_us;
 
 /// Largest page.
-pub const MAX_LIMIT: i64 = 1000;
+pub const MAX_LIMIT: i64 = crate::http::query::MAX_PAGE as i64;
 
 /// The page query, for a user's rows (`$1` user, `$2`/`$3` since/until, `$4` event types or
 /// NULL, `$5`/`$6` the cursor's timestamp and id or NULL, `$7` the row limit).
@@ -60,7 +60,7 @@ pub struct HistoryQuery {
     /// `event_type=a,b`; present but empty matches no row.
     pub event_type: Option<CommaList>,
     /// Rows per page, 1 to [`MAX_LIMIT`]; default 100.
-    #[serde(default, deserialize_with = "limit")]
+    #[serde(default, deserialize_with = "crate::http::query::page_limit")]
     pub limit: Option<i64>,
     /// The previous page's `next_cursor`: the page starts after that row.
     #[serde(default, deserialize_with = "page_cursor")]
@@ -76,16 +76,6 @@ fn rfc3339<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::
     DateTime::parse_from_rfc3339(&text)
         .map(|t| Some(t.with_timezone(&Utc)))
         .map_err(|_| serde::de::Error::custom("must be RFC 3339 with an offset"))
-}
-
-/// `limit`: 1 to [`MAX_LIMIT`].
-fn limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    let text = String::deserialize(d)?;
-    text.parse::<i64>()
-        .ok()
-        .filter(|l| (1..=MAX_LIMIT).contains(l))
-        .map(Some)
-        .ok_or_else(|| serde::de::Error::custom(format!("must be 1 to {MAX_LIMIT}")))
 }
 
 /// `cursor`: a `next_cursor` this API returned.

@@ -27,7 +27,7 @@ use crate::http::{AppState, HttpError};
 use crate::model::format_unix_us;
 
 /// Largest page.
-pub const MAX_LIMIT: i32 = 1000;
+pub const MAX_LIMIT: i32 = crate::http::query::MAX_PAGE as i32;
 /// Page size without `limit`.
 pub const DEFAULT_LIMIT: i32 = 100;
 /// Inactivity threshold without `for`: 48 hours.
@@ -50,7 +50,7 @@ pub struct InactiveQuery {
     #[serde(default, rename = "for", deserialize_with = "threshold")]
     pub inactive_for: Option<Duration>,
     /// Users per page, 1 to [`MAX_LIMIT`]; default [`DEFAULT_LIMIT`].
-    #[serde(default, deserialize_with = "limit")]
+    #[serde(default, deserialize_with = "crate::http::query::page_limit")]
     pub limit: Option<i32>,
     /// The previous page's `next_after`: the page starts after this `user_id`.
     #[serde(default, deserialize_with = "after")]
@@ -70,16 +70,6 @@ fn threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Err
         .ok_or_else(|| {
             serde::de::Error::custom("must be a duration from 1m to 365d, e.g. 48h or 7d")
         })
-}
-
-/// `limit`: 1 to [`MAX_LIMIT`].
-fn limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
-    let text = String::deserialize(d)?;
-    text.parse::<i32>()
-        .ok()
-        .filter(|l| (1..=MAX_LIMIT).contains(l))
-        .map(Some)
-        .ok_or_else(|| serde::de::Error::custom(format!("must be 1 to {MAX_LIMIT}")))
 }
 
 /// `after`: a UUID.
