@@ -16,7 +16,9 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::ingest::act_as;
+use tokio_postgres::types::ToSql;
+
+use super::role::query_as;
 use crate::auth::{Principal, Role};
 use crate::http::query::CommaList;
 use crate::http::AppState;
@@ -118,29 +120,21 @@ pub async fn page(
         ALL_PAGE_SQL
     };
 
-    let mut client = state.pool.get().await.map_err(HttpError::unavailable)?;
-    let tx = client.transaction().await.map_err(HttpError::database)?;
-    act_as(&tx, principal).await?;
-    let rows = tx
-        .query(
-            sql,
-            &[
-                &user,
-                &since,
-                &until,
-                &types,
-                &after_ts,
-                &after_id,
-                &(limit + 1),
-            ],
-        )
-        .await
-        .map_err(|e| match e.code() {
-            // Class 22: a value PostgreSQL cannot take (e.g. invalid encoding).
-            Some(c) if c.code().starts_with("22") => bad(crate::db::describe(&e)),
-            _ => HttpError::database(e),
-        })?;
-    tx.commit().await.map_err(HttpError::database)?;
+    let params: [&(dyn ToSql + Sync); 7] = [
+        &user,
+        &since,
+        &until,
+        &types,
+        &after_ts,
+        &after_id,
+        &(limit + 1),
+    ];
+    let rows = query_as(&state.pool, principal, sql, &params, |e| match e.code() {
+        // Class 22: a value PostgreSQL cannot take (e.g. invalid encoding).
+        Some(c) if c.code().starts_with("22") => bad(crate::db::describe(&e)),
+        _ => HttpError::database(e),
+    })
+    .await?;
 
     let more = rows.len() as i64 > limit;
     let mut events = Vec::with_capacity(rows.len());

@@ -21,7 +21,9 @@ use serde::{Deserialize, Deserializer};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::ingest::act_as;
+use tokio_postgres::types::ToSql;
+
+use super::role::query_as;
 use crate::auth::Principal;
 use crate::http::{AppState, HttpError};
 use crate::model::format_unix_us;
@@ -104,17 +106,15 @@ pub async fn page(
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     let include = query.include_opted_out.unwrap_or(false);
 
-    let mut client = state.pool.get().await.map_err(HttpError::unavailable)?;
-    let tx = client.transaction().await.map_err(HttpError::database)?;
-    act_as(&tx, principal).await?;
-    let rows = tx
-        .query(
-            PAGE_SQL,
-            &[&threshold, &(limit + 1), &query.after, &include],
-        )
-        .await
-        .map_err(HttpError::database)?;
-    tx.commit().await.map_err(HttpError::database)?;
+    let params: [&(dyn ToSql + Sync); 4] = [&threshold, &(limit + 1), &query.after, &include];
+    let rows = query_as(
+        &state.pool,
+        principal,
+        PAGE_SQL,
+        &params,
+        HttpError::database,
+    )
+    .await?;
 
     let more = rows.len() > limit as usize;
     let users: Vec<(Uuid, DateTime<Utc>)> = rows

@@ -16,6 +16,7 @@ pub mod inactive;
 pub mod ingest;
 pub mod limit;
 pub mod openapi;
+mod role;
 pub mod validate;
 
 use axum::body::Bytes;
