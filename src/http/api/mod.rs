@@ -69,6 +69,22 @@ fn caller<'h>(state: &AppState, headers: &'h HeaderMap) -> Result<(Principal, &'
     Ok((principal, token))
 }
 
+/// [`caller`], refused with 403 ("`endpoint` needs a service_role token") unless the token is
+/// the service role's.
+fn service_caller<'h>(
+    state: &AppState,
+    headers: &'h HeaderMap,
+    endpoint: &str,
+) -> Result<(Principal, &'h str), HttpError> {
+    let (principal, token) = caller(state, headers)?;
+    if principal.role != Role::ServiceRole {
+        return Err(HttpError::forbidden(&format!(
+            "{endpoint} needs a service_role token"
+        )));
+    }
+    Ok((principal, token))
+}
+
 /// The request's JSON body (400 malformed, 413 too large).
 fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, HttpError> {
     let bytes = body.map_err(|e| match e.status() {
@@ -162,12 +178,7 @@ pub async fn post_batch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
-    let (principal, token) = caller(&state, &headers)?;
-    if principal.role != Role::ServiceRole {
-        return Err(HttpError::forbidden(
-            "the batch endpoint needs a service_role token",
-        ));
-    }
+    let (principal, token) = service_caller(&state, &headers, "the batch endpoint")?;
     ingest(&state, &headers, (&principal, token), body, false).await
 }
 
@@ -214,12 +225,7 @@ pub async fn get_inactive(
     headers: HeaderMap,
     query: Result<Query<inactive::InactiveQuery>, QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let (principal, _) = caller(&state, &headers)?;
-    if principal.role != Role::ServiceRole {
-        return Err(HttpError::forbidden(
-            "GET /v1/users/inactive needs a service_role token",
-        ));
-    }
+    let (principal, _) = service_caller(&state, &headers, "GET /v1/users/inactive")?;
     let Query(query) = query.map_err(|e| HttpError::query("invalid_query", &e))?;
     inactive::page(&state, &principal, &query).await
 }
