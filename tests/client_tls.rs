@@ -270,7 +270,7 @@ async fn assert_handshakes_counted(relay: Relay, result: &str) {
 /// Runs the relay binary with `env` until it exits (it must, before touching the database);
 /// its exit code and stderr.
 fn run_relay(env: &[(&str, &Path)]) -> (Option<i32>, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_engagement-relay"))
+    let output = crate::cli::relay_bin()
         .args(["--jwt-secret", crate::common::SECRET])
         .env("RELAY_LISTEN", "127.0.0.1:0")
         .env("RELAY_METRICS_LISTEN", "127.0.0.1:0")

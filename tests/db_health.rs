@@ -5,7 +5,6 @@
 //! denials; the pool gauges exist. The recorder is process-global, so every value is asserted
 //! with `>=` (other tests' relays add to it) or waited for.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::common::ws::connect;
@@ -164,8 +163,7 @@ async fn the_health_poll_and_the_api_export_table_request_pool_and_rls_metrics()
 
 #[test]
 fn a_bad_monitoring_interval_in_the_environment_is_one_line_naming_the_key() {
-    let out = Command::new(env!("CARGO_BIN_EXE_engagement-relay"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+    let out = crate::cli::relay_bin()
         .env("RELAY_MONITORING__INTERVAL", "often")
         .args(["--jwt-secret", "x", "run"])
         .output()
