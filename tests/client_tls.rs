@@ -259,10 +259,17 @@ async fn a_stalled_handshake_is_closed_at_the_header_timeout() {
     assert_handshakes_counted(relay, "timeout").await;
 }
 
-/// Asserts the relay counted a server handshake with `result`, then stops it.
+/// Asserts the relay counted a server handshake with `result`, then stops it. The count may
+/// follow the client's view of the closed connection by a moment: it is waited for.
 async fn assert_handshakes_counted(relay: Relay, result: &str) {
-    let text = crate::common::scrape(&relay).await;
     let sample = format!(r#"relay_tls_handshakes_total{{listener="server",result="{result}"}}"#);
+    crate::common::wait_until_async(
+        "the handshake is counted",
+        Duration::from_secs(10),
+        || async { crate::common::metric(&crate::common::scrape(&relay).await, &sample) >= 1.0 },
+    )
+    .await;
+    let text = crate::common::scrape(&relay).await;
     assert_at_least(&text, &sample, 1.0);
     relay.shutdown().await.unwrap();
 }
