@@ -19,6 +19,7 @@ pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod monitoring;
+pub mod pem;
 pub mod refused;
 mod relay;
 pub mod replay;

@@ -158,9 +158,42 @@ pub struct Router {
     slots: Arc<Slots>,
     dropped_slow: Counter,
     dropped_closed: Counter,
-    /// `relay_replay_evicted_total` by reason: `user_share`, then [`Evicted`] in order, then
-    /// `erased` (events of a row a delete removed).
-    evicted: [Counter; 5],
+    /// `relay_replay_evicted_total` by reason.
+    evicted: EvictedCounters,
+}
+
+/// The `relay_replay_evicted_total` counter of each reason an event leaves the window.
+#[derive(Debug)]
+struct EvictedCounters {
+    /// Over its owner's share (`replay.max_events_per_user`).
+    user_share: Counter,
+    /// [`Evicted::Age`], [`Evicted::Count`], [`Evicted::Bytes`].
+    age: Counter,
+    count: Counter,
+    bytes: Counter,
+    /// Events of a row a delete removed.
+    erased: Counter,
+}
+
+impl EvictedCounters {
+    fn new() -> EvictedCounters {
+        let reason = |reason: &'static str| counter!(m::REPLAY_EVICTED, "reason" => reason);
+        EvictedCounters {
+            user_share: reason("user_share"),
+            age: reason("age"),
+            count: reason("count"),
+            bytes: reason("bytes"),
+            erased: reason("erased"),
+        }
+    }
+
+    fn of(&self, reason: Evicted) -> &Counter {
+        match reason {
+            Evicted::Age => &self.age,
+            Evicted::Count => &self.count,
+            Evicted::Bytes => &self.bytes,
+        }
+    }
 }
 
 impl Router {
@@ -181,8 +214,7 @@ impl Router {
             slots: Arc::default(),
             dropped_slow: counter!(m::EVENTS_DROPPED, "reason" => "slow_consumer"),
             dropped_closed: counter!(m::EVENTS_DROPPED, "reason" => "session_closed"),
-            evicted: ["user_share", "age", "count", "bytes", "erased"]
-                .map(|reason| counter!(m::REPLAY_EVICTED, "reason" => reason)),
+            evicted: EvictedCounters::new(),
         }
     }
 
@@ -393,7 +425,7 @@ impl Router {
         global.window.push(Arc::clone(&event));
         for cursor in erased {
             if global.window.remove(cursor).is_some() {
-                self.evicted[4].increment(1);
+                self.evicted.erased.increment(1);
             }
         }
         if let Some(newest) = over_share.last() {
@@ -403,7 +435,7 @@ impl Router {
             }
             for cursor in over_share {
                 if global.window.remove(cursor).is_some() {
-                    self.evicted[0].increment(1);
+                    self.evicted.user_share.increment(1);
                 }
             }
         }
@@ -442,12 +474,7 @@ impl Router {
     /// Moves the floor past each evicted event, then drops it from its owner's deque.
     fn evict(&self, global: &mut Global, now_us: i64) {
         global.window.evict(now_us, |event, reason| {
-            let i = match reason {
-                Evicted::Age => 1,
-                Evicted::Count => 2,
-                Evicted::Bytes => 3,
-            };
-            self.evicted[i].increment(1);
+            self.evicted.of(reason).increment(1);
             {
                 let mut positions = lock(&self.positions);
                 positions.floor = positions.floor.max(event.cursor);

@@ -214,14 +214,21 @@ impl Selection {
 /// A column of a streamed table: name and type OID (`pg_attribute.atttypid`).
 pub type Column = (String, u32);
 
-/// The streamed tables, with their columns as the catalog last described them.
+/// What the catalog check read of one streamed table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableShape {
+    /// Columns in attribute order.
+    pub columns: Vec<Column>,
+    /// Primary key columns in key order (empty without a primary key).
+    pub primary_key: Vec<String>,
+}
+
+/// The streamed tables, with their shapes as the catalog last described them.
 #[derive(Debug)]
 pub struct Tables {
     entries: Vec<TableConfig>,
-    /// `schema.table` → columns in attribute order; filled by [`Tables::set_columns`].
-    columns: RwLock<HashMap<(String, String), Vec<Column>>>,
-    /// `schema.table` → primary key columns in key order; filled by [`Tables::set_keys`].
-    keys: RwLock<HashMap<(String, String), Vec<String>>>,
+    /// `schema.table` → its shape; filled by [`Tables::set_shapes`].
+    shapes: RwLock<HashMap<(String, String), TableShape>>,
 }
 
 impl Tables {
@@ -229,8 +236,7 @@ impl Tables {
     pub fn new(entries: &[TableConfig]) -> Tables {
         Tables {
             entries: entries.to_vec(),
-            columns: RwLock::new(HashMap::new()),
-            keys: RwLock::new(HashMap::new()),
+            shapes: RwLock::new(HashMap::new()),
         }
     }
 
@@ -272,36 +278,30 @@ impl Tables {
 
     /// The columns of `schema.table` (empty until the catalog check has read them).
     pub fn columns(&self, schema: &str, table: &str) -> Vec<Column> {
-        let columns = self.columns.read().unwrap_or_else(|e| e.into_inner());
-        columns
+        let shapes = self.shapes.read().unwrap_or_else(|e| e.into_inner());
+        shapes
             .get(&(schema.to_string(), table.to_string()))
-            .cloned()
+            .map(|shape| shape.columns.clone())
             .unwrap_or_default()
     }
 
     /// The [`crate::model::Event::row`] key of `record`, a row of `relation`: its primary key
-    /// values as the catalog check read the key ([`Tables::set_keys`]); `None` for a table
+    /// values as the catalog check read the key ([`Tables::set_shapes`]); `None` for a table
     /// without a primary key, or a record without the key's values.
     pub fn row_key(&self, relation: &Relation, record: &crate::model::Record) -> Option<u64> {
-        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let shapes = self.shapes.read().unwrap_or_else(|e| e.into_inner());
         // A scan of a few entries: no key tuple to allocate per row.
-        let (_, key) = keys
+        let (_, shape) = shapes
             .iter()
             .find(|((schema, table), _)| *schema == relation.schema && *table == relation.name)?;
-        let values: Vec<_> = key.iter().map(|k| record.get(k)).collect();
+        let values: Vec<_> = shape.primary_key.iter().map(|k| record.get(k)).collect();
         crate::model::row_key(&relation.schema, &relation.name, &values)
     }
 
-    /// Replaces the primary key columns of every table (`schema.table` → columns in key
-    /// order), as the catalog check ([`crate::catalog::check`]) read them at connect.
-    pub fn set_keys(&self, keys: HashMap<(String, String), Vec<String>>) {
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
-    }
-
-    /// Replaces the columns of every table (`schema.table` → columns in attribute order), as
-    /// the catalog check ([`crate::catalog::check`]) read them at connect.
-    pub fn set_columns(&self, columns: HashMap<(String, String), Vec<Column>>) {
-        *self.columns.write().unwrap_or_else(|e| e.into_inner()) = columns;
+    /// Replaces the shape of every table (`schema.table` → columns and primary key), as the
+    /// catalog check ([`crate::catalog::check`]) read them at connect.
+    pub fn set_shapes(&self, shapes: HashMap<(String, String), TableShape>) {
+        *self.shapes.write().unwrap_or_else(|e| e.into_inner()) = shapes;
     }
 }
 

@@ -19,11 +19,16 @@ use uuid::Uuid;
 const T: Duration = Duration::from_secs(30);
 const RESTORE_POINT: &str = "before_the_bad_deploy";
 
-/// Receives one event and returns its `record.value.n` and `cursor`.
+/// Receives the next `engagement_events` event (skipping the activity trigger's
+/// `user_engagement_states` updates) and returns its `record.value.n` and `cursor`.
 async fn next_event(client: &mut Client) -> (i64, String) {
-    let event = client.events(1, T).await.remove(0);
-    let n = event["record"]["value"]["n"].as_i64().expect("value.n");
-    (n, event["cursor"].as_str().expect("cursor").to_string())
+    loop {
+        let event = client.events(1, T).await.remove(0);
+        if event["table"] == "engagement_events" {
+            let n = event["record"]["value"]["n"].as_i64().expect("value.n");
+            return (n, event["cursor"].as_str().expect("cursor").to_string());
+        }
+    }
 }
 
 async fn insert(pg: &tokio_postgres::Client, user: Uuid, n: i64) {

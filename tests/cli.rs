@@ -7,7 +7,9 @@ use crate::common::{cluster, connect, TestDb, SECRET};
 use engagement_relay::auth::{Role, Verifier};
 use engagement_relay::config::{AuthConfig, Secret};
 
-fn relay_bin() -> Command {
+/// The relay binary, run from the package root (its `config.toml`), with no secret or
+/// database URL from the environment.
+pub(crate) fn relay_bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_engagement-relay"));
     cmd.env_remove("RELAY_JWT_SECRET")
         .env_remove("RELAY_DATABASE_URL");

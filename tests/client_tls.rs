@@ -259,10 +259,17 @@ async fn a_stalled_handshake_is_closed_at_the_header_timeout() {
     assert_handshakes_counted(relay, "timeout").await;
 }
 
-/// Asserts the relay counted a server handshake with `result`, then stops it.
+/// Asserts the relay counted a server handshake with `result`, then stops it. The count may
+/// follow the client's view of the closed connection by a moment: it is waited for.
 async fn assert_handshakes_counted(relay: Relay, result: &str) {
-    let text = crate::common::scrape(&relay).await;
     let sample = format!(r#"relay_tls_handshakes_total{{listener="server",result="{result}"}}"#);
+    crate::common::wait_until_async(
+        "the handshake is counted",
+        Duration::from_secs(10),
+        || async { crate::common::metric(&crate::common::scrape(&relay).await, &sample) >= 1.0 },
+    )
+    .await;
+    let text = crate::common::scrape(&relay).await;
     assert_at_least(&text, &sample, 1.0);
     relay.shutdown().await.unwrap();
 }
@@ -270,7 +277,7 @@ async fn assert_handshakes_counted(relay: Relay, result: &str) {
 /// Runs the relay binary with `env` until it exits (it must, before touching the database);
 /// its exit code and stderr.
 fn run_relay(env: &[(&str, &Path)]) -> (Option<i32>, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_engagement-relay"))
+    let output = crate::cli::relay_bin()
         .args(["--jwt-secret", crate::common::SECRET])
         .env("RELAY_LISTEN", "127.0.0.1:0")
         .env("RELAY_METRICS_LISTEN", "127.0.0.1:0")

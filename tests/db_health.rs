@@ -5,11 +5,10 @@
 //! denials; the pool gauges exist. The recorder is process-global, so every value is asserted
 //! with `>=` (other tests' relays add to it) or waited for.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::common::ws::connect;
-use crate::common::{create_user, user_token, wait_until_async, TestDb};
+use crate::common::{create_user, scrape, user_token, wait_until_async, TestDb};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -17,16 +16,6 @@ const T: Duration = Duration::from_secs(30);
 const HOUR: Duration = Duration::from_secs(3600);
 /// Rows this test inserts through the API.
 const ROWS: usize = 3;
-
-/// The relay's text exposition.
-async fn scrape(relay: &engagement_relay::Relay) -> String {
-    reqwest::get(format!("http://{}/metrics", relay.metrics_addr()))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body")
-}
 
 /// The sum of the samples of `name` whose labels include every one of `labels`; `None` when
 /// no sample matches.
@@ -67,24 +56,17 @@ async fn the_health_poll_and_the_api_export_table_request_pool_and_rls_metrics()
     let token = user_token(me, HOUR);
     let http = reqwest::Client::new();
     let post = |body: serde_json::Value| {
-        http.post(format!("http://{}/v1/events", relay.server_addr()))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
+        crate::api::post(&relay, "/v1/events", Some(&token), body.to_string())
     };
 
     // An API request that lands ROWS rows, and a cross-user one RLS refuses.
     let mine: Vec<_> = (0..ROWS)
         .map(|i| json!({"user_id": me, "event_type": "db_health", "value": {"i": i}}))
         .collect();
-    let status = post(json!({ "events": mine }))
-        .await
-        .expect("POST")
-        .status();
-    assert_eq!(status.as_u16(), 201);
+    assert_eq!(post(json!({ "events": mine })).await.0, 201);
     let denials_before = sample(&scrape(&relay).await, "relay_rls_denials_total", &[]);
     let theirs = json!({"user_id": other, "event_type": "db_health"});
-    assert_eq!(post(theirs).await.expect("POST").status().as_u16(), 403);
+    assert_eq!(post(theirs).await.0, 403);
     // A path no route serves, with an id in it: the label is `unmatched`, never the path.
     let stray = Uuid::new_v4();
     let status = http
@@ -181,8 +163,7 @@ async fn the_health_poll_and_the_api_export_table_request_pool_and_rls_metrics()
 
 #[test]
 fn a_bad_monitoring_interval_in_the_environment_is_one_line_naming_the_key() {
-    let out = Command::new(env!("CARGO_BIN_EXE_engagement-relay"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+    let out = crate::cli::relay_bin()
         .env("RELAY_MONITORING__INTERVAL", "often")
         .args(["--jwt-secret", "x", "run"])
         .output()

@@ -159,13 +159,14 @@ async fn start_up_refuses_delete_on_a_table_whose_identity_omits_the_owner() {
     )
     .await
     .unwrap();
-    let mut config = db.config();
-    config.tables = vec![TableConfig {
+    let notes = TableConfig {
         schema: "public".into(),
         table: "notes".into(),
         owner_column: "user_id".into(),
         operations: vec![Operation::Insert, Operation::Delete],
-    }];
+    };
+    let mut config = db.config();
+    config.tables = vec![notes.clone()];
     let err = match engagement_relay::start(config).await {
         Ok(relay) => {
             relay.shutdown().await.ok();
@@ -182,16 +183,7 @@ async fn start_up_refuses_delete_on_a_table_whose_identity_omits_the_owner() {
     pg.batch_execute("ALTER TABLE public.notes REPLICA IDENTITY FULL")
         .await
         .unwrap();
-    let relay = db
-        .relay_with(|c| {
-            c.tables[0] = TableConfig {
-                schema: "public".into(),
-                table: "notes".into(),
-                owner_column: "user_id".into(),
-                operations: vec![Operation::Insert, Operation::Delete],
-            }
-        })
-        .await;
+    let relay = db.relay_with(|c| c.tables[0] = notes).await;
     relay.shutdown().await.unwrap();
 }
 

@@ -296,7 +296,7 @@ async fn the_endpoint_pages_through_inactive_users_and_skips_opted_out_ones_unle
     with_opted_out.sort();
     let got = all_pages(&relay, "for=2d&include_opted_out=true", 3).await;
     assert_eq!(got, with_opted_out);
-    // Inactive for 1 minute: the active user (last event 60 s ago) is not yet.
+    // Inactive for 5 minutes: the active user (last event 60 s ago) is not.
     let got: BTreeSet<Uuid> = all_pages(&relay, "for=5m", 1000)
         .await
         .into_iter()

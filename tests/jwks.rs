@@ -201,8 +201,7 @@ async fn doctor_fetches_the_jwks_and_names_its_kids_or_why_it_failed() {
 
 /// Runs `engagement-relay token` with `args`; returns its standard output.
 fn relay_token(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_engagement-relay"))
-        .env_remove("RELAY_JWT_SECRET")
+    let out = crate::cli::relay_bin()
         .env_remove("RELAY_JWKS_URL")
         .arg("token")
         .args(args)

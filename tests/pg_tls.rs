@@ -144,7 +144,7 @@ async fn plaintext_a_foreign_ca_and_a_wrong_host_name_fail_with_one_line_naming_
     let cases = [
         (
             tls.url("localhost", name, "sslmode=disable"),
-            "the server requires TLS; set sslmode=require",
+            &["the server requires TLS; set sslmode=require"][..],
         ),
         (
             tls.url(
@@ -152,7 +152,7 @@ async fn plaintext_a_foreign_ca_and_a_wrong_host_name_fail_with_one_line_naming_
                 name,
                 &format!("sslmode=verify-full&sslrootcert={other}"),
             ),
-            "TLS handshake with localhost:",
+            &["TLS handshake with localhost:", "UnknownIssuer"][..],
         ),
         (
             tls.url(
@@ -160,17 +160,15 @@ async fn plaintext_a_foreign_ca_and_a_wrong_host_name_fail_with_one_line_naming_
                 name,
                 &format!("sslmode=verify-full&sslrootcert={ca}"),
             ),
-            "TLS handshake with 127.0.0.1:",
+            &["TLS handshake with 127.0.0.1:", "not valid for name"][..],
         ),
     ];
     for (url, expected) in &cases {
         let line = one_line(&relay_command(url, &["migrate"]).await);
-        assert!(line.contains(expected), "{url}: {line}");
+        for part in *expected {
+            assert!(line.contains(part), "{url}: {line}");
+        }
     }
-    let foreign = one_line(&relay_command(&cases[1].0, &["migrate"]).await);
-    assert!(foreign.contains("UnknownIssuer"), "{foreign}");
-    let wrong_host = one_line(&relay_command(&cases[2].0, &["migrate"]).await);
-    assert!(wrong_host.contains("not valid for name"), "{wrong_host}");
 
     // The daemon refuses to start the same way (its start-up checks use the same settings).
     let mut config = db.config();

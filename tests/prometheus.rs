@@ -329,21 +329,13 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
 async fn api_requests(relay: &engagement_relay::Relay, sql: &tokio_postgres::Client) {
     let (me, other) = (create_user(sql).await, create_user(sql).await);
     let token = user_token(me, Duration::from_secs(3600));
-    let url = format!("http://{}/v1/events", relay.server_addr());
-    let http = reqwest::Client::new();
-    let post = |body: String| {
-        http.post(&url)
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-    };
+    let post = |body: String| crate::api::post(relay, "/v1/events", Some(&token), body);
     let mine = json!({"user_id": me, "event_type": "prometheus_test"}).to_string();
-    assert_eq!(post(mine).await.expect("POST").status().as_u16(), 201);
+    assert_eq!(post(mine).await.0, 201);
     let theirs = json!({"user_id": other, "event_type": "prometheus_test"}).to_string();
-    assert_eq!(post(theirs).await.expect("POST").status().as_u16(), 403);
+    assert_eq!(post(theirs).await.0, 403);
     for _ in 0..100 {
-        if post("{".into()).await.expect("POST").status().as_u16() == 429 {
+        if post("{".into()).await.0 == 429 {
             return;
         }
     }

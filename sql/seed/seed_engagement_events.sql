@@ -322,7 +322,10 @@ SELECT t.id, m.message_type, 'engagement.' || m.message_type || '.' || m.variant
        least(m.scheduled_for, now()) - interval '1 minute'
 FROM seed_timeline t
 CROSS JOIN LATERAL (
-    SELECT date_trunc('week', now()) + interval '9 hours' AS this_monday
+    -- Reviews go out Mondays 09:00: the last one sent and the next one due.
+    SELECT CASE WHEN monday <= now() THEN monday ELSE monday - interval '7 days' END AS last_review,
+           CASE WHEN monday > now() THEN monday ELSE monday + interval '7 days' END AS next_review
+    FROM (SELECT date_trunc('week', now()) + interval '9 hours' AS monday) this_week
 ) w
 CROSS JOIN LATERAL (VALUES
     ('welcome', 'default', NULL::text,
@@ -341,13 +344,14 @@ CROSS JOIN LATERAL (VALUES
      '{"topic": "steps_import", "step": 2}'::jsonb,
      t.last_ev + interval '1 day', 'pending', t.scenario = 'help_flow'),
     ('weekly_review', 'summary', 'last_week',
-     jsonb_build_object('week', to_char(w.this_monday - interval '14 days', 'IYYY-"W"IW')),
-     CASE WHEN w.this_monday <= now() THEN w.this_monday ELSE w.this_monday - interval '7 days' END,
+     -- A review covers the week before it is sent.
+     jsonb_build_object('week', to_char(w.last_review - interval '7 days', 'IYYY-"W"IW')),
+     w.last_review,
      CASE t.scenario WHEN 'help_flow' THEN 'failed' WHEN 'dormant' THEN 'cancelled' ELSE 'sent' END,
      t.scenario IN ('active', 'help_episode', 'help_flow', 'dormant')),
     ('weekly_review', 'summary', 'next_week',
-     jsonb_build_object('week', to_char(w.this_monday, 'IYYY-"W"IW')),
-     CASE WHEN w.this_monday > now() THEN w.this_monday ELSE w.this_monday + interval '7 days' END,
+     jsonb_build_object('week', to_char(w.next_review - interval '7 days', 'IYYY-"W"IW')),
+     w.next_review,
      'pending', t.email IN ('alice@example.com', 'bob@example.com'))
 ) AS m(message_type, variant, tag, params, scheduled_for, status, applies)
 WHERE m.applies

@@ -19,7 +19,7 @@ use tokio_postgres::Client;
 
 use crate::db::describe;
 use crate::model::Operation;
-use crate::tables::{Column, Tables};
+use crate::tables::{TableShape, Tables};
 
 pub use facts::{ColumnFacts, Facts, Publication, Published, SlotKind, TableFacts};
 
@@ -230,35 +230,24 @@ pub async fn check(
 ) -> Result<(), CatalogError> {
     let facts = query_facts(client, publication, tables).await?;
     evaluate::startup(&facts, publication, tables.entries())?;
-    let keys: HashMap<(String, String), Vec<String>> = tables
-        .entries()
-        .iter()
-        .zip(&facts.tables)
-        .map(|(t, f)| {
-            let key = f
-                .as_ref()
-                .map(|f| f.primary_key.clone())
-                .unwrap_or_default();
-            ((t.schema.clone(), t.table.clone()), key)
-        })
-        .collect();
-    tables.set_keys(keys);
-    let columns: HashMap<(String, String), Vec<Column>> = tables
+    let shapes: HashMap<(String, String), TableShape> = tables
         .entries()
         .iter()
         .zip(facts.tables)
         .map(|(t, f)| {
-            let columns = f
-                .map(|f| {
-                    f.columns
+            let shape = f
+                .map(|f| TableShape {
+                    columns: f
+                        .columns
                         .into_iter()
                         .map(|c| (c.name, c.type_oid))
-                        .collect()
+                        .collect(),
+                    primary_key: f.primary_key,
                 })
                 .unwrap_or_default();
-            ((t.schema.clone(), t.table.clone()), columns)
+            ((t.schema.clone(), t.table.clone()), shape)
         })
         .collect();
-    tables.set_columns(columns);
+    tables.set_shapes(shapes);
     Ok(())
 }

@@ -28,7 +28,6 @@ use pgwire_replication::TlsConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -365,33 +364,11 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
-/// The file's bytes; errors name the key and the path (`sslrootcert /x.pem: no such file`).
-fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, TlsSettingsError> {
-    std::fs::read(path).map_err(|e| {
-        let why = match e.kind() {
-            std::io::ErrorKind::NotFound => "no such file".to_string(),
-            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-            _ => e.to_string(),
-        };
-        TlsSettingsError(format!("{key} {}: {why}", path.display()))
-    })
-}
-
-/// Every certificate of a PEM file; at least one.
+/// Every certificate of a PEM file; at least one. Errors name the key and the path
+/// (`sslrootcert /x.pem: no such file`).
 fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSettingsError> {
-    let bytes = read_file(key, path)?;
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
-    match certs {
-        Ok(certs) if !certs.is_empty() => Ok(certs),
-        Ok(_) => Err(TlsSettingsError(format!(
-            "{key} {}: no PEM certificate in the file",
-            path.display()
-        ))),
-        Err(e) => Err(TlsSettingsError(format!(
-            "{key} {}: not a PEM certificate file: {e}",
-            path.display()
-        ))),
-    }
+    crate::pem::certs(path)
+        .map_err(|why| TlsSettingsError(format!("{key} {}: {why}", path.display())))
 }
 
 /// The CA certificates of `sslrootcert`; at least one usable.
@@ -409,13 +386,8 @@ fn read_roots(path: &Path) -> Result<RootCertStore, TlsSettingsError> {
 
 /// The private key of `sslkey` (PKCS#8, PKCS#1 or SEC1 PEM).
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSettingsError> {
-    let bytes = read_file("sslkey", path)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
-        TlsSettingsError(format!(
-            "sslkey {}: not a PEM private key: {e}",
-            path.display()
-        ))
-    })
+    crate::pem::private_key(path)
+        .map_err(|why| TlsSettingsError(format!("sslkey {}: {why}", path.display())))
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ pub async fn run(config: &Config, options: &Options) -> Report {
                 let setting = tls::Setting {
                     mode: c.target.tls().mode(),
                     local: host::is_local(url),
-                    expires: c.peer.get().and_then(|der| tls::not_after(&der)),
+                    expires: c.peer.get().and_then(|der| crate::pem::not_after(&der)),
                 };
                 Ok(tls::evaluate(
                     &facts,

@@ -1,5 +1,6 @@
 //! Field types shared by the typed query-string structs of the server port
-//! ([`super::upgrade::StreamQuery`], [`super::api::history::HistoryQuery`]).
+//! ([`super::upgrade::StreamQuery`], [`super::api::history::HistoryQuery`],
+//! [`super::api::inactive::InactiveQuery`]).
 //!
 //! Each is read by `axum::extract::Query` (serde); a value that does not parse fails the whole
 //! query with a message `serde_path_to_error` prefixes with the parameter's name, which
@@ -30,6 +31,24 @@ impl<'de> Deserialize<'de> for CommaList {
                 .collect(),
         ))
     }
+}
+
+/// The largest page any paged API serves (`limit`).
+pub const MAX_PAGE: u16 = 1000;
+
+/// `limit`: a page size from 1 to [`MAX_PAGE`], as the integer type the query binds.
+/// Errors: "must be 1 to 1000" for anything else.
+pub fn page_limit<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: From<u16>,
+{
+    let text = String::deserialize(d)?;
+    text.parse::<u16>()
+        .ok()
+        .filter(|l| (1..=MAX_PAGE).contains(l))
+        .map(|l| Some(T::from(l)))
+        .ok_or_else(|| serde::de::Error::custom(format!("must be 1 to {MAX_PAGE}")))
 }
 
 #[cfg(test)]

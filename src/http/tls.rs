@@ -13,13 +13,10 @@
 //! `relay_tls_handshakes_total{listener,result}`; the served certificate's `notAfter` in
 //! `relay_tls_certificate_expiry_timestamp_seconds{listener}`.
 
-use std::io;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::crypto::{ring, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -127,18 +124,10 @@ fn read(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey, Tls
         path: path.to_owned(),
         reason,
     };
-    let chain = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| fail(files.cert_key(), &files.cert, pem_reason(e)))?;
-    if chain.is_empty() {
-        return Err(fail(
-            files.cert_key(),
-            &files.cert,
-            "no CERTIFICATE block in the file".into(),
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| fail(files.key_key(), &files.key, pem_reason(e)))?;
+    let chain =
+        crate::pem::certs(&files.cert).map_err(|why| fail(files.cert_key(), &files.cert, why))?;
+    let key = crate::pem::private_key(&files.key)
+        .map_err(|why| fail(files.key_key(), &files.key, why))?;
     CertifiedKey::from_der(chain, key, provider).map_err(|e| {
         fail(
             files.key_key(),
@@ -151,25 +140,13 @@ fn read(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey, Tls
 /// Sets `relay_tls_certificate_expiry_timestamp_seconds{listener}` to the leaf certificate's
 /// `notAfter` (RFC 5280 §4.1.2.5), when it parses.
 fn export_expiry(files: &TlsFiles, certified: &CertifiedKey) {
-    use x509_cert::der::Decode;
     let not_after = certified
         .cert
         .first()
-        .and_then(|der| x509_cert::Certificate::from_der(der).ok())
-        .map(|cert| cert.tbs_certificate.validity.not_after.to_unix_duration());
+        .and_then(|der| crate::pem::not_after(der))
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
     if let Some(t) = not_after {
         metrics::gauge!(TLS_CERT_EXPIRY, "listener" => files.section).set(t.as_secs_f64());
-    }
-}
-
-/// The reason of a PEM error, in words.
-fn pem_reason(e: rustls::pki_types::pem::Error) -> String {
-    use rustls::pki_types::pem::Error;
-    match e {
-        Error::Io(e) if e.kind() == io::ErrorKind::NotFound => "no such file".into(),
-        Error::Io(e) => format!("cannot read: {e}"),
-        Error::NoItemsFound => "no PEM block of the expected kind in the file".into(),
-        other => format!("not valid PEM: {other:?}"),
     }
 }
 

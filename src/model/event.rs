@@ -361,22 +361,49 @@ pub fn row_key(schema: &str, table: &str, key: &[Option<&Value>]) -> Option<u64>
     if key.is_empty() {
         return None;
     }
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes.iter().chain([0u8].iter()) {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    eat(schema.as_bytes());
-    eat(table.as_bytes());
+    let mut hash = Fnv(0xcbf2_9ce4_8422_2325);
+    hash.field(schema.as_bytes());
+    hash.field(table.as_bytes());
     for value in key {
         match value {
             None | Some(Value::Null) => return None,
-            Some(v) => eat(v.to_string().as_bytes()),
+            Some(v) => {
+                // The JSON text is hashed as serde_json writes it, never allocated.
+                serde_json::to_writer(&mut hash, v).ok()?;
+                hash.field(&[]);
+            }
         }
     }
-    Some(hash)
+    Some(hash.0)
+}
+
+/// FNV-1a (64 bits), fed directly or through [`std::io::Write`].
+struct Fnv(u64);
+
+impl Fnv {
+    fn eat(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// `bytes`, then the NUL that ends a field.
+    fn field(&mut self, bytes: &[u8]) {
+        self.eat(bytes);
+        self.eat(&[0]);
+    }
+}
+
+impl std::io::Write for Fnv {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.eat(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A buffer as [`Bytes`] without spare capacity, so no slack stays allocated with the event.

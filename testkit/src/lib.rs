@@ -7,13 +7,11 @@
 //!   port-0 listeners, waited for (`/readyz`), terminated with SIGTERM.
 //! * [`free_port`]: a loopback port that stays bound until it is handed on; [`refusing_port`]:
 //!   one that stays bound and refuses connections.
-//! * [`tls`] (feature `tls`): a test CA, server certificates for `localhost` it signs, and
-//!   rustls client configurations trusting it.
+//! * [`tls`] (feature `tls`): a test CA (rcgen), server certificates for `localhost` it signs
+//!   (for the listeners and TLS-only clusters), and rustls client configurations trusting it.
 //! * [`demo`]: the demo traffic's event shapes and the `dev` JWT secret.
 //! * [`nats`]: private `nats-server`s with JetStream, alone or as a routed cluster.
 //! * [`install`]: `apt-get install` as root on Debian, with packaged services kept stopped.
-//! * [`tls`] (feature `tls`): a test CA and the server certificates it signs (rcgen), for
-//!   TLS-only clusters.
 //!
 //! It does not depend on the `engagement_relay` library (the `engagement-relay` binary depends on
 //! it for `dev`), so it knows the relay only by its command line, environment and log.

@@ -16,7 +16,9 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::ingest::act_as;
+use tokio_postgres::types::ToSql;
+
+use super::role::query_as;
 use crate::auth::{Principal, Role};
 use crate::http::query::CommaList;
 use crate::http::AppState;
@@ -24,7 +26,7 @@ use crate::http::HttpError;
 use crate::model::format_unix_us;
 
 /// Largest page.
-pub const MAX_LIMIT: i64 = 1000;
+pub const MAX_LIMIT: i64 = crate::http::query::MAX_PAGE as i64;
 
 /// The page query, for a user's rows (`$1` user, `$2`/`$3` since/until, `$4` event types or
 /// NULL, `$5`/`$6` the cursor's timestamp and id or NULL, `$7` the row limit).
@@ -60,7 +62,7 @@ pub struct HistoryQuery {
     /// `event_type=a,b`; present but empty matches no row.
     pub event_type: Option<CommaList>,
     /// Rows per page, 1 to [`MAX_LIMIT`]; default 100.
-    #[serde(default, deserialize_with = "limit")]
+    #[serde(default, deserialize_with = "crate::http::query::page_limit")]
     pub limit: Option<i64>,
     /// The previous page's `next_cursor`: the page starts after that row.
     #[serde(default, deserialize_with = "page_cursor")]
@@ -76,16 +78,6 @@ fn rfc3339<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::
     DateTime::parse_from_rfc3339(&text)
         .map(|t| Some(t.with_timezone(&Utc)))
         .map_err(|_| serde::de::Error::custom("must be RFC 3339 with an offset"))
-}
-
-/// `limit`: 1 to [`MAX_LIMIT`].
-fn limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    let text = String::deserialize(d)?;
-    text.parse::<i64>()
-        .ok()
-        .filter(|l| (1..=MAX_LIMIT).contains(l))
-        .map(Some)
-        .ok_or_else(|| serde::de::Error::custom(format!("must be 1 to {MAX_LIMIT}")))
 }
 
 /// `cursor`: a `next_cursor` this API returned.
@@ -128,29 +120,21 @@ pub async fn page(
         ALL_PAGE_SQL
     };
 
-    let mut client = state.pool.get().await.map_err(HttpError::unavailable)?;
-    let tx = client.transaction().await.map_err(HttpError::database)?;
-    act_as(&tx, principal).await?;
-    let rows = tx
-        .query(
-            sql,
-            &[
-                &user,
-                &since,
-                &until,
-                &types,
-                &after_ts,
-                &after_id,
-                &(limit + 1),
-            ],
-        )
-        .await
-        .map_err(|e| match e.code() {
-            // Class 22: a value PostgreSQL cannot take (e.g. invalid encoding).
-            Some(c) if c.code().starts_with("22") => bad(crate::db::describe(&e)),
-            _ => HttpError::database(e),
-        })?;
-    tx.commit().await.map_err(HttpError::database)?;
+    let params: [&(dyn ToSql + Sync); 7] = [
+        &user,
+        &since,
+        &until,
+        &types,
+        &after_ts,
+        &after_id,
+        &(limit + 1),
+    ];
+    let rows = query_as(&state.pool, principal, sql, &params, |e| match e.code() {
+        // Class 22: a value PostgreSQL cannot take (e.g. invalid encoding).
+        Some(c) if c.code().starts_with("22") => bad(crate::db::describe(&e)),
+        _ => HttpError::database(e),
+    })
+    .await?;
 
     let more = rows.len() as i64 > limit;
     let mut events = Vec::with_capacity(rows.len());

@@ -21,13 +21,15 @@ use serde::{Deserialize, Deserializer};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::ingest::act_as;
+use tokio_postgres::types::ToSql;
+
+use super::role::query_as;
 use crate::auth::Principal;
 use crate::http::{AppState, HttpError};
 use crate::model::format_unix_us;
 
 /// Largest page.
-pub const MAX_LIMIT: i32 = 1000;
+pub const MAX_LIMIT: i32 = crate::http::query::MAX_PAGE as i32;
 /// Page size without `limit`.
 pub const DEFAULT_LIMIT: i32 = 100;
 /// Inactivity threshold without `for`: 48 hours.
@@ -50,7 +52,7 @@ pub struct InactiveQuery {
     #[serde(default, rename = "for", deserialize_with = "threshold")]
     pub inactive_for: Option<Duration>,
     /// Users per page, 1 to [`MAX_LIMIT`]; default [`DEFAULT_LIMIT`].
-    #[serde(default, deserialize_with = "limit")]
+    #[serde(default, deserialize_with = "crate::http::query::page_limit")]
     pub limit: Option<i32>,
     /// The previous page's `next_after`: the page starts after this `user_id`.
     #[serde(default, deserialize_with = "after")]
@@ -70,16 +72,6 @@ fn threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Err
         .ok_or_else(|| {
             serde::de::Error::custom("must be a duration from 1m to 365d, e.g. 48h or 7d")
         })
-}
-
-/// `limit`: 1 to [`MAX_LIMIT`].
-fn limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
-    let text = String::deserialize(d)?;
-    text.parse::<i32>()
-        .ok()
-        .filter(|l| (1..=MAX_LIMIT).contains(l))
-        .map(Some)
-        .ok_or_else(|| serde::de::Error::custom(format!("must be 1 to {MAX_LIMIT}")))
 }
 
 /// `after`: a UUID.
@@ -114,17 +106,15 @@ pub async fn page(
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     let include = query.include_opted_out.unwrap_or(false);
 
-    let mut client = state.pool.get().await.map_err(HttpError::unavailable)?;
-    let tx = client.transaction().await.map_err(HttpError::database)?;
-    act_as(&tx, principal).await?;
-    let rows = tx
-        .query(
-            PAGE_SQL,
-            &[&threshold, &(limit + 1), &query.after, &include],
-        )
-        .await
-        .map_err(HttpError::database)?;
-    tx.commit().await.map_err(HttpError::database)?;
+    let params: [&(dyn ToSql + Sync); 4] = [&threshold, &(limit + 1), &query.after, &include];
+    let rows = query_as(
+        &state.pool,
+        principal,
+        PAGE_SQL,
+        &params,
+        HttpError::database,
+    )
+    .await?;
 
     let more = rows.len() > limit as usize;
     let users: Vec<(Uuid, DateTime<Utc>)> = rows

@@ -1,9 +1,8 @@
 //! Inserting validated events: one transaction, one statement (`INSERT … SELECT FROM unnest`
 //! of column arrays), ids generated here so that they come back in input order.
 //!
-//! Executed as PostgREST does (its "Authorization" page): `SET LOCAL ROLE service_role` for a
-//! service-role token; `SET LOCAL ROLE authenticated` plus `request.jwt.claims` for a user's
-//! token, so the table's RLS policies are the authority on what a user may insert.
+//! Executed as the caller (`role::act_as`), so the table's RLS policies are the
+//! authority on what a user may insert.
 
 use deadpool_postgres::Pool;
 use serde_json::{json, Value};
@@ -11,8 +10,9 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use super::idempotency;
+use super::role::act_as;
 use super::validate::{FieldError, NewEvent};
-use crate::auth::{Principal, Role};
+use crate::auth::Principal;
 use crate::http::HttpError;
 
 /// Inserts `events` in one transaction as `principal`; returns 201 and `{"ids": […]}` in
@@ -64,37 +64,6 @@ pub async fn insert(
     }
     tx.commit().await.map_err(HttpError::database)?;
     Ok((201, body))
-}
-
-/// `SET LOCAL ROLE` and, for a user, the JWT claims RLS reads through `auth.uid()`.
-pub(crate) async fn act_as(
-    tx: &tokio_postgres::Transaction<'_>,
-    principal: &Principal,
-) -> Result<(), HttpError> {
-    match principal.role {
-        Role::ServiceRole => tx
-            .batch_execute("SET LOCAL ROLE service_role")
-            .await
-            .map_err(HttpError::database),
-        Role::Authenticated => {
-            let claims = json!({
-                "sub": principal.user_id,
-                "role": "authenticated",
-                "exp": principal.expires_at,
-            })
-            .to_string();
-            tx.batch_execute("SET LOCAL ROLE authenticated")
-                .await
-                .map_err(HttpError::database)?;
-            tx.execute(
-                "SELECT set_config('request.jwt.claims', $1, true)",
-                &[&claims],
-            )
-            .await
-            .map(|_| ())
-            .map_err(HttpError::database)
-        }
-    }
 }
 
 /// Maps what the database refused to the client's error; an RLS refusal counts in

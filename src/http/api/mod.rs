@@ -16,6 +16,7 @@ pub mod inactive;
 pub mod ingest;
 pub mod limit;
 pub mod openapi;
+mod role;
 pub mod validate;
 
 use axum::body::Bytes;
@@ -65,6 +66,22 @@ fn caller<'h>(state: &AppState, headers: &'h HeaderMap) -> Result<(Principal, &'
     let token = bearer::bearer(headers).ok_or(AuthError::Missing)?;
     let principal = state.verifier.verify(token)?;
     state.rate_limits.check(&principal, token)?;
+    Ok((principal, token))
+}
+
+/// [`caller`], refused with 403 ("`endpoint` needs a service_role token") unless the token is
+/// the service role's.
+fn service_caller<'h>(
+    state: &AppState,
+    headers: &'h HeaderMap,
+    endpoint: &str,
+) -> Result<(Principal, &'h str), HttpError> {
+    let (principal, token) = caller(state, headers)?;
+    if principal.role != Role::ServiceRole {
+        return Err(HttpError::forbidden(&format!(
+            "{endpoint} needs a service_role token"
+        )));
+    }
     Ok((principal, token))
 }
 
@@ -161,12 +178,7 @@ pub async fn post_batch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
-    let (principal, token) = caller(&state, &headers)?;
-    if principal.role != Role::ServiceRole {
-        return Err(HttpError::forbidden(
-            "the batch endpoint needs a service_role token",
-        ));
-    }
+    let (principal, token) = service_caller(&state, &headers, "the batch endpoint")?;
     ingest(&state, &headers, (&principal, token), body, false).await
 }
 
@@ -213,12 +225,7 @@ pub async fn get_inactive(
     headers: HeaderMap,
     query: Result<Query<inactive::InactiveQuery>, QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let (principal, _) = caller(&state, &headers)?;
-    if principal.role != Role::ServiceRole {
-        return Err(HttpError::forbidden(
-            "GET /v1/users/inactive needs a service_role token",
-        ));
-    }
+    let (principal, _) = service_caller(&state, &headers, "GET /v1/users/inactive")?;
     let Query(query) = query.map_err(|e| HttpError::query("invalid_query", &e))?;
     inactive::page(&state, &principal, &query).await
 }

@@ -53,7 +53,9 @@ impl Drop for ScratchDir {
     }
 }
 
-fn chown_to_postgres(path: &Path) -> Result<(), ClusterError> {
+/// As root, `chown postgres: <path>` (the server and its tools run as that user); nothing
+/// otherwise. Errors: [`ClusterError::Command`].
+pub(super) fn chown_to_postgres(path: &Path) -> Result<(), ClusterError> {
     if !super::running_as_root() {
         return Ok(());
     }

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::{env, fs, io};
 
+use super::backup::chown_to_postgres;
 use super::binaries::{euid, postgres_can};
 use super::{io_err, Cluster, ClusterError, ServerTls, StopMode};
 
@@ -99,11 +100,8 @@ impl Cluster {
         }
         fs::set_permissions(&key, fs::Permissions::from_mode(0o600))
             .map_err(io_err(format!("chmod 600 {}", key.display())))?;
-        if self.as_root {
-            let mut chown = Command::new("chown");
-            chown.arg("postgres:").arg(&cert).arg(&key);
-            self.run(&mut chown, "chown postgres: (TLS files)", false)?;
-        }
+        chown_to_postgres(&cert)?;
+        chown_to_postgres(&key)?;
         let hba = self.data_dir.join("pg_hba.conf");
         let text =
             fs::read_to_string(&hba).map_err(io_err(format!("reading {}", hba.display())))?;
