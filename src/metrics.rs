@@ -40,6 +40,11 @@ pub const CLUSTER_CONSUMER_LAG_EVENTS: &str = "relay_cluster_consumer_lag_events
 pub const CLUSTER_UNREADABLE: &str = "relay_cluster_unreadable_messages_total";
 /// Counter: stream events skipped because their cursor was not after the last one dispatched.
 pub const CLUSTER_OUT_OF_ORDER: &str = "relay_cluster_out_of_order_total";
+/// Counter: stream messages erased because a later delete removed their row (publisher only).
+pub const CLUSTER_ERASED: &str = "relay_cluster_erased_total";
+/// Counter by `complete` (`true`/`false`): resumes older than the in-memory window, answered
+/// from the JetStream stream.
+pub const CLUSTER_ARCHIVE_RESUMES: &str = "relay_cluster_archive_resumes_total";
 /// Counter by `reason` (the error code of the refusal): refused tokens.
 pub const AUTH_FAILURES: &str = "relay_auth_failures_total";
 /// Gauge, 0 or 1: the replication stream is connected and streaming.
@@ -217,6 +222,8 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Gauge, CLUSTER_CONSUMER_LAG_EVENTS, None, "Stream messages this cluster node has not read yet."),
     (Counter, CLUSTER_UNREADABLE, None, "Stream messages skipped because they could not be read back."),
     (Counter, CLUSTER_OUT_OF_ORDER, None, "Stream events skipped because their cursor was not after the last one dispatched."),
+    (Counter, CLUSTER_ERASED, None, "Stream messages erased because a later delete removed their row."),
+    (Counter, CLUSTER_ARCHIVE_RESUMES, None, "Resumes older than the in-memory window answered from the JetStream stream, by completeness."),
     (Gauge, REPLICATION_LAG_BYTES, Some(Unit::Bytes), "Server WAL end minus the LSN processed by the relay."),
     (Counter, REPLICATION_RECONNECTS, None, "Replication reconnect attempts."),
     (Gauge, CONFIRMED_FLUSH_LSN, None, "LSN last confirmed to PostgreSQL as flushed."),

@@ -129,31 +129,15 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         config.limits.session_queue.get(),
         &config.replay,
     ));
-    // Single node: the router is the stream's destination and the stream's status is the
-    // relay's. Cluster node: the stream goes to JetStream (confirmed on PubAck, so no window
-    // delay), and the relay serves what its JetStream consumer feeds the router.
-    let (status, slot, dispatch, confirm_after, takeover): (_, _, Arc<dyn Dispatch>, _, _) =
-        if config.cluster.enabled() {
-            let node = crate::cluster::start(&config, router.clone(), stream_stop.clone()).await?;
-            let slot = Arc::new(StreamStatus::with_gauge(crate::metrics::CLUSTER_PUBLISHER));
-            let takeover = Some(config.cluster.takeover_interval);
-            (
-                node.serving,
-                slot,
-                node.publisher,
-                std::time::Duration::ZERO,
-                takeover,
-            )
-        } else {
-            let status = Arc::new(StreamStatus::default());
-            (
-                status.clone(),
-                status,
-                router.clone(),
-                config.replay.window,
-                None,
-            )
-        };
+    let roles = Roles::new(&config, &router, &stream_stop).await?;
+    let Roles {
+        status,
+        slot,
+        dispatch,
+        confirm_after,
+        takeover,
+        archive,
+    } = roles;
     let sessions = TaskTracker::new();
     let state = AppState {
         router: router.clone(),
@@ -167,6 +151,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         pool: http::api::pool(&config)?,
         ingest: config.ingest.clone(),
         rate_limits: Arc::new(http::api::limit::Limits::new(&config.ingest)),
+        archive,
     };
     let replication = tokio::spawn(replication::run(ReplicationContext {
         config: config.database.clone(),
@@ -395,4 +380,54 @@ pub async fn shutdown_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Where the replication stream goes and what the node serves from.
+struct Roles {
+    /// What `/readyz` reports: the stream on a single node, the JetStream consumer on a
+    /// cluster node.
+    status: Arc<StreamStatus>,
+    /// The replication slot's status (on a cluster node, 1 in `relay_cluster_publisher`).
+    slot: Arc<StreamStatus>,
+    /// The stream's destination: the router, or the JetStream publisher.
+    dispatch: Arc<dyn Dispatch>,
+    /// How long after an event its LSN is confirmed: the replay window on a single node,
+    /// zero on a cluster node (the publisher confirms only what JetStream acknowledged).
+    confirm_after: std::time::Duration,
+    /// Cluster node: how often a standby tries to take the slot.
+    takeover: Option<std::time::Duration>,
+    /// Cluster node: the stream read back for old resumes.
+    archive: Option<Arc<crate::cluster::Archive>>,
+}
+
+impl Roles {
+    /// Single node: the router is the stream's destination and the stream's status is the
+    /// relay's. Cluster node: the stream goes to JetStream, and the relay serves what its
+    /// JetStream consumer feeds the router.
+    async fn new(
+        config: &Config,
+        router: &Arc<Router>,
+        stop: &CancellationToken,
+    ) -> Result<Roles, RelayError> {
+        if !config.cluster.enabled() {
+            let status = Arc::new(StreamStatus::default());
+            return Ok(Roles {
+                status: status.clone(),
+                slot: status,
+                dispatch: router.clone(),
+                confirm_after: config.replay.window,
+                takeover: None,
+                archive: None,
+            });
+        }
+        let node = crate::cluster::start(config, router.clone(), stop.clone()).await?;
+        Ok(Roles {
+            status: node.serving,
+            slot: Arc::new(StreamStatus::with_gauge(crate::metrics::CLUSTER_PUBLISHER)),
+            dispatch: node.publisher,
+            confirm_after: std::time::Duration::ZERO,
+            takeover: Some(config.cluster.takeover_interval),
+            archive: Some(node.archive),
+        })
+    }
 }

@@ -229,21 +229,28 @@ impl Router {
         }
         let floor = Cursor::before(lsn, history);
         // The floor moves first: a resume that reads an emptied deque sees it.
-        *lock(&self.positions) = Positions {
+        let mut positions = lock(&self.positions);
+        // Sessions opened before the first begin (a cluster node serving an empty stream)
+        // missed nothing: only a window that existed starts over.
+        let started = positions.floor != Cursor::default();
+        *positions = Positions {
             latest: floor,
             floor,
             wal_end: lsn,
             evicted: 0,
             shared: Cursor::default(),
         };
+        drop(positions);
         global.window.clear();
         for mut entry in self.users.iter_mut() {
             entry.recent.clear();
             entry.floor = Cursor::default();
         }
-        let mut restart = lock(&self.restart);
-        restart.cancel();
-        *restart = CancellationToken::new();
+        if started {
+            let mut restart = lock(&self.restart);
+            restart.cancel();
+            *restart = CancellationToken::new();
+        }
     }
 
     /// Cancelled when the window starts over (a new WAL history, or the slot moved on without
@@ -298,10 +305,7 @@ impl Router {
             interest,
             overflow,
         };
-        let user_id = match principal.role {
-            Role::Authenticated => principal.user_id,
-            Role::ServiceRole => None,
-        };
+        let user_id = principal.owner();
         let (position, replay) = match user_id {
             Some(user) => {
                 let mut entry = self.users.entry(user).or_default();

@@ -55,6 +55,17 @@ pub struct Principal {
     pub expires_at: i64,
 }
 
+impl Principal {
+    /// Whose events it receives: its `sub` for a user, `None` (every owner) for the service
+    /// role.
+    pub fn owner(&self) -> Option<Uuid> {
+        match self.role {
+            Role::Authenticated => self.user_id,
+            Role::ServiceRole => None,
+        }
+    }
+}
+
 /// Why a token was refused. [`AuthError::code`] is the machine-readable code of the JSON error
 /// body, [`AuthError::status`] the HTTP status (401 for a bad token, 403 for a valid token whose
 /// role may not subscribe).

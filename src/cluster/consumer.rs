@@ -161,6 +161,7 @@ fn handle(router: &Router, position: &mut Position, incoming: Incoming) {
                 position.last = None;
             }
         }
+        Incoming::Mark { .. } => {}
         Incoming::Event(event) => {
             let cursor = event.cursor;
             if position.history != Some(cursor.history) {

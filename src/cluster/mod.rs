@@ -7,7 +7,9 @@
 //!
 //! The wire format is [`wire`]'s. Without `cluster.nats_url` none of this runs.
 
+pub mod archive;
 pub mod consumer;
+pub mod erasure;
 pub mod publisher;
 pub mod wire;
 
@@ -20,9 +22,10 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::metrics as m;
-use crate::replication::StreamStatus;
+use crate::replication::{Dispatch, StreamStatus};
 use crate::router::Router;
 
+pub use archive::Archive;
 pub use publisher::Publisher;
 
 /// The shortest `max_age` the stream gets (`replay.window` may be 0: resume off).
@@ -38,8 +41,11 @@ pub enum ClusterError {
 
 /// A running cluster node's parts.
 pub struct Node {
-    /// The replication task's destination on this node.
-    pub publisher: Arc<Publisher>,
+    /// The replication task's destination on this node: the [`Publisher`], noting deletes for
+    /// [`erasure`].
+    pub publisher: Arc<dyn Dispatch>,
+    /// The stream read back, for resumes older than the in-memory window.
+    pub archive: Arc<Archive>,
     /// Consuming and caught up: what `/readyz` reports on a cluster node.
     pub serving: Arc<StreamStatus>,
 }
@@ -93,6 +99,18 @@ pub async fn start(
     let (publisher, sender) =
         Publisher::new(js.clone(), &config.cluster.subject_prefix, stop.clone());
     tokio::spawn(sender);
+    let archive = Arc::new(Archive::new(
+        &config.cluster.subject_prefix,
+        config.cluster.max_resume_events.get(),
+    ));
+    let (publisher, eraser) = erasure::Erasing::new(
+        publisher,
+        &config.cluster.subject_prefix,
+        archive.clone(),
+        stop.clone(),
+    );
+    tokio::spawn(eraser);
+    let node_archive = archive.clone();
     let serving = Arc::new(StreamStatus::with_gauge(m::CLUSTER_CONSUMING));
     let stream_config = stream_config(config);
     let ctx_status = serving.clone();
@@ -118,6 +136,7 @@ pub async fn start(
             stream = stream_config.name,
             "consuming the JetStream stream"
         );
+        archive.attach(stream.clone());
         consumer::run(consumer::ConsumerContext {
             client,
             stream,
@@ -128,5 +147,9 @@ pub async fn start(
         })
         .await;
     });
-    Ok(Node { publisher, serving })
+    Ok(Node {
+        publisher,
+        archive: node_archive,
+        serving,
+    })
 }

@@ -12,6 +12,8 @@
 //! - **Confirmation.** [`Dispatch::oldest_lsn`] is the commit LSN of the oldest event not yet
 //!   acknowledged, so the replication task (run with a zero replay window in cluster mode)
 //!   confirms everything before it, about once a second.
+//! - **Marks.** Every 10 s while events flow, a mark message names the last event published
+//!   before it ([`wire::mark_headers`]).
 //! - **Restarts.** [`Dispatch::begin`] (the stream started again: a new connection to the slot)
 //!   drops what was not acknowledged (the slot sends it again) and publishes a begin message.
 
@@ -30,11 +32,14 @@ use tracing::{debug, warn};
 
 use super::wire;
 use crate::metrics as m;
-use crate::model::{now_unix_us, Event};
+use crate::model::{now_unix_us, Cursor, Event};
 use crate::replication::Dispatch;
 
 /// Messages sent before their PubAcks are awaited.
 const BATCH: usize = 256;
+/// How often, while events flow, a mark says how far back the stream is whole
+/// ([`wire::mark_headers`]), in µs.
+const MARK_EVERY_US: i64 = 10_000_000;
 /// The longest wait between attempts while JetStream refuses or cannot be reached.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -55,6 +60,11 @@ struct Unacked {
     epoch: u64,
     /// Commit LSNs of the events not yet acknowledged, in commit order.
     lsns: VecDeque<u64>,
+    /// The last event dispatched, and the one the last mark named.
+    last: Option<Cursor>,
+    marked: Option<Cursor>,
+    /// When the last mark was sent (Unix µs).
+    marked_at_us: i64,
 }
 
 /// The [`Dispatch`] of the node that holds the slot in cluster mode.
@@ -110,6 +120,8 @@ impl Dispatch for Publisher {
             let mut unacked = self.unacked();
             unacked.epoch += 1;
             unacked.lsns.clear();
+            unacked.last = None;
+            unacked.marked = None;
             unacked.epoch
         };
         let (id, headers) = wire::begin_headers(history, lsn);
@@ -127,6 +139,7 @@ impl Dispatch for Publisher {
         let epoch = {
             let mut unacked = self.unacked();
             unacked.lsns.push_back(event.cursor.lsn);
+            unacked.last = Some(event.cursor);
             unacked.epoch
         };
         let relation = wire::encode_relation(&event.relation);
@@ -142,7 +155,29 @@ impl Dispatch for Publisher {
 
     fn note_wal_end(&self, _lsn: u64) {}
 
-    fn maintain(&self, _now_us: i64) {}
+    fn maintain(&self, now_us: i64) {
+        let (epoch, after) = {
+            let mut unacked = self.unacked();
+            if now_us - unacked.marked_at_us < MARK_EVERY_US || unacked.last == unacked.marked {
+                return;
+            }
+            unacked.marked = unacked.last;
+            unacked.marked_at_us = now_us;
+            match unacked.last {
+                Some(after) => (unacked.epoch, after),
+                None => return,
+            }
+        };
+        let (id, headers) = wire::mark_headers(after);
+        self.send(Outgoing {
+            epoch,
+            subject: wire::mark_subject(&self.prefix),
+            id,
+            headers,
+            payload: Bytes::new(),
+            commit: None,
+        });
+    }
 
     fn oldest_lsn(&self) -> Option<u64> {
         self.unacked().lsns.front().copied()

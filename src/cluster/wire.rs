@@ -12,6 +12,10 @@
 //! - **Begin** (`<prefix>._begin`, empty payload, `Relay-History` and `Relay-Lsn`): the
 //!   publisher's stream started at that LSN of that WAL history; a node whose history differs
 //!   starts its window over (sessions close with 1012).
+//! - **Mark** (`<prefix>._mark`, empty payload, `Relay-After`: a cursor): every event after
+//!   that cursor follows the mark. The publisher sends one every few seconds while events
+//!   flow; with begin messages they tell how far back the stream is whole, which erased
+//!   messages (deleted rows) would otherwise hide.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +36,7 @@ const ROW: &str = "Relay-Row";
 const RELATION: &str = "Relay-Relation";
 const HISTORY: &str = "Relay-History";
 const LSN: &str = "Relay-Lsn";
+const AFTER: &str = "Relay-After";
 
 /// The subject of `event` under `prefix`.
 pub fn subject(prefix: &str, event: &Event) -> String {
@@ -55,9 +60,45 @@ pub fn begin_subject(prefix: &str) -> String {
     format!("{prefix}._begin")
 }
 
+/// The subject of mark messages.
+pub fn mark_subject(prefix: &str) -> String {
+    format!("{prefix}._mark")
+}
+
+/// The subjects of begin and mark messages, which say from where on the stream holds every
+/// event ([`Incoming::horizon`]): `<prefix>.*`.
+pub fn horizon_subjects(prefix: &str) -> String {
+    format!("{prefix}.*")
+}
+
+/// Every event subject (not begin or mark messages): `<prefix>.*.*.*`.
+pub fn event_subjects(prefix: &str) -> String {
+    format!("{prefix}.*.*.*")
+}
+
 /// Every subject of the stream: `<prefix>.>`.
 pub fn all_subjects(prefix: &str) -> String {
     format!("{prefix}.>")
+}
+
+/// The cursor of a stored event message (its `Nats-Msg-Id`); `None` for a begin message or
+/// a foreign one.
+pub fn message_cursor(headers: Option<&HeaderMap>) -> Option<Cursor> {
+    headers?
+        .get(NATS_MESSAGE_ID.as_ref())?
+        .as_str()
+        .parse()
+        .ok()
+}
+
+/// The row (`Relay-Row`) of a stored insert or update message: what erasure removes once a
+/// later delete of that row streamed. `None` for a delete, or a message without a row.
+pub fn erasable_row(headers: Option<&HeaderMap>) -> Option<u64> {
+    let headers = headers?;
+    if headers.get(OP).map(|v| v.as_str()) == Some("delete") {
+        return None;
+    }
+    u64::from_str_radix(headers.get(ROW)?.as_str(), 16).ok()
 }
 
 fn token(name: &str) -> String {
@@ -105,6 +146,15 @@ pub fn begin_headers(history: u32, lsn: u64) -> (String, HeaderMap) {
     headers.insert(NATS_MESSAGE_ID, id.as_str());
     headers.insert(HISTORY, history.to_string().as_str());
     headers.insert(LSN, lsn.to_string().as_str());
+    (id, headers)
+}
+
+/// The id and headers of a mark: every event after `after` follows it in the stream.
+pub fn mark_headers(after: Cursor) -> (String, HeaderMap) {
+    let id = format!("mark-{after}");
+    let mut headers = HeaderMap::new();
+    headers.insert(NATS_MESSAGE_ID, id.as_str());
+    headers.insert(AFTER, after.to_string().as_str());
     (id, headers)
 }
 
@@ -165,6 +215,23 @@ pub enum Incoming {
         /// Where the stream began.
         lsn: u64,
     },
+    /// Every event after this cursor follows in the stream (the publisher's periodic mark).
+    Mark {
+        /// The last event published before the mark.
+        after: Cursor,
+    },
+}
+
+impl Incoming {
+    /// For a begin or mark message: every event after this cursor follows it in the stream
+    /// (until erased), so a resume from at or after it can be answered from the stream.
+    pub fn horizon(&self) -> Option<Cursor> {
+        match self {
+            Incoming::Begin { history, lsn } => Some(Cursor::before(*lsn, *history)),
+            Incoming::Mark { after } => Some(*after),
+            Incoming::Event(_) => None,
+        }
+    }
 }
 
 /// Why a message could not be read back (a message of a newer or foreign writer).
@@ -191,6 +258,12 @@ impl Decoder {
     ) -> Result<Incoming, WireError> {
         let headers = headers.ok_or(WireError("no headers"))?;
         let get = |name: &str| headers.get(name).map(|v| v.as_str());
+        if subject.ends_with("._mark") {
+            return match get(AFTER).and_then(|v| v.parse().ok()) {
+                Some(after) => Ok(Incoming::Mark { after }),
+                None => Err(WireError("mark without Relay-After")),
+            };
+        }
         if subject.ends_with("._begin") {
             let history = get(HISTORY).and_then(|v| v.parse().ok());
             let lsn = get(LSN).and_then(|v| v.parse().ok());

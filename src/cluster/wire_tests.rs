@@ -90,6 +90,34 @@ fn a_begin_message_names_its_history_and_lsn() {
 }
 
 #[test]
+fn begin_and_mark_messages_say_from_where_the_stream_is_whole() {
+    let after = Cursor {
+        lsn: 500,
+        index: 3,
+        history: 9,
+    };
+    let (id, headers) = mark_headers(after);
+    assert_eq!(id, format!("mark-{after}"));
+    let mark = Decoder::default().decode(&mark_subject("relay"), Some(&headers), Bytes::new());
+    assert_eq!(mark.unwrap().horizon(), Some(after));
+    let (_, headers) = begin_headers(9, 77);
+    let begin = Decoder::default().decode(&begin_subject("relay"), Some(&headers), Bytes::new());
+    assert_eq!(begin.unwrap().horizon(), Some(Cursor::before(77, 9)));
+}
+
+#[test]
+fn stored_messages_give_their_cursor_and_erasable_row() {
+    let insert = event(Operation::Insert);
+    let relation = encode_relation(&insert.relation);
+    let headers = event_headers(&insert, &relation);
+    assert_eq!(message_cursor(Some(&headers)), Some(insert.cursor));
+    assert_eq!(erasable_row(Some(&headers)), insert.row);
+    let delete = event(Operation::Delete);
+    assert_eq!(erasable_row(Some(&event_headers(&delete, &relation))), None);
+    assert_eq!(message_cursor(None), None);
+}
+
+#[test]
 fn unreadable_messages_are_errors_not_panics() {
     let sent = event(Operation::Insert);
     let good = event_headers(&sent, &encode_relation(&sent.relation));

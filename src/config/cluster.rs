@@ -33,6 +33,10 @@ pub struct ClusterConfig {
     /// (`cluster.duplicate_window`; default `10m`, at most `replay.window`).
     #[serde(with = "humantime_serde")]
     pub duplicate_window: Duration,
+    /// Most events a resume reads back from the stream when its cursor is older than the
+    /// node's in-memory window (`cluster.max_resume_events`; default 100,000). A resume that
+    /// missed more is answered `complete:false`.
+    pub max_resume_events: NonZeroUsize,
 }
 
 impl Default for ClusterConfig {
@@ -44,6 +48,7 @@ impl Default for ClusterConfig {
             takeover_interval: Duration::from_secs(1),
             replicas: NonZeroUsize::MIN,
             duplicate_window: Duration::from_secs(600),
+            max_resume_events: NonZeroUsize::new(100_000).unwrap_or(NonZeroUsize::MIN),
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct AppState {
     pub ingest: IngestConfig,
     /// The API's rate limits.
     pub rate_limits: Arc<api::limit::Limits>,
+    /// Cluster node: the JetStream stream read back for resumes older than the window.
+    pub archive: Option<Arc<crate::cluster::Archive>>,
 }
 
 /// The session cap: `max_sessions` permits (`server.max_sessions`), at most

@@ -230,6 +230,7 @@ where
         limits: state.limits.clone(),
         shutdown: state.shutdown.clone(),
         restart: state.router.restart_signal(),
+        archive: state.archive.clone(),
     };
     let tracker = state.sessions.clone();
     Ok(upgrade

@@ -65,6 +65,8 @@ pub struct SessionContext {
     pub shutdown: CancellationToken,
     /// Cancelled when the replay window starts over ([`Router::restart_signal`]).
     pub restart: CancellationToken,
+    /// Cluster node: resumes older than the in-memory window are answered from the stream.
+    pub archive: Option<Arc<crate::cluster::Archive>>,
 }
 
 /// Why a session ended, as the close frame sent.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::extract::ws::{Utf8Bytes, WebSocket};
 use metrics::counter;
 use serde::{Deserialize, Serialize};
-use tracing::debug;
+use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::engine::{
@@ -19,9 +19,11 @@ use super::{
     refresh, Close, RefreshError, SessionContext, CLOSE_IDENTITY, CLOSE_POLICY, CLOSE_TOKEN,
 };
 use crate::auth::{Principal, Verifier};
+use crate::cluster::Archive;
 use crate::filter::Interest;
 use crate::metrics as m;
 use crate::model::{Cursor, Event, InvalidCursor};
+use crate::router::Replay;
 
 /// Runs a native-protocol session until it closes. `interest` narrows the events; `since`
 /// (the `since` query parameter, parsed) resumes after that cursor: the missed events, then a
@@ -43,7 +45,12 @@ pub async fn run_native(
         }
     };
     let mut subs = Subscriptions::new(ctx.router.clone());
-    let (_, position, replay) = subs.subscribe(&principal, interest, since);
+    let (_, position, mut replay) = subs.subscribe(&principal, interest.clone(), since);
+    if let (Some(archive), Some(since), Some(window)) = (&ctx.archive, since, &mut replay) {
+        if !window.complete && since < position {
+            *window = from_archive(archive, &principal, &interest, since, position).await;
+        }
+    }
     debug!(session_id, user_id = ?principal.user_id, role = principal.role.as_str(), "session opened");
     // With `since`, the client holds everything up to its cursor; otherwise the stream starts
     // after the subscription's position.
@@ -76,6 +83,35 @@ pub async fn run_native(
         skip,
     };
     engine::run(ws, &ctx, protocol, subs, opening, &session_id).await;
+}
+
+/// A cluster node's answer to a resume older than its in-memory window: the owner's events
+/// after `since` up to `position` read back from the JetStream stream, `complete:false` when
+/// the stream no longer reaches back that far or cannot be read.
+async fn from_archive(
+    archive: &Archive,
+    principal: &Principal,
+    interest: &Interest,
+    since: Cursor,
+    position: Cursor,
+) -> Replay {
+    let events = match archive
+        .replay(principal.owner(), interest, since, position)
+        .await
+    {
+        Ok(events) => events,
+        Err(e) => {
+            warn!("a resume could not be answered from JetStream ({e})");
+            None
+        }
+    };
+    let complete = events.is_some();
+    counter!(m::CLUSTER_ARCHIVE_RESUMES, "complete" => if complete { "true" } else { "false" })
+        .increment(1);
+    Replay {
+        complete,
+        events: events.unwrap_or_default(),
+    }
 }
 
 /// A native session's protocol state.
@@ -151,10 +187,7 @@ pub fn ready(session_id: &str, principal: &Principal, cursor: Cursor) -> Utf8Byt
         role: &'static str,
         cursor: String,
     }
-    let user_id = match principal.role {
-        crate::auth::Role::Authenticated => principal.user_id,
-        crate::auth::Role::ServiceRole => None,
-    };
+    let user_id = principal.owner();
     to_frame(&Ready {
         kind: "ready",
         session_id,
