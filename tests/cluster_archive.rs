@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::common::ws::connect;
+use crate::common::ws::{connect, Client};
 use crate::common::{
     assert_at_least, create_user, insert_event, scrape, user_token, wait_until_async, TestDb,
 };
@@ -15,6 +15,7 @@ use engagement_relay::Relay;
 use futures_util::StreamExt;
 use relay_testkit::nats::{NatsOptions, NatsServer};
 use serde_json::{json, Value};
+use uuid::Uuid;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -25,15 +26,45 @@ async fn nats() -> NatsServer {
         .expect("nats-server starts (apt-get install -y nats-server)")
 }
 
-/// A cluster node whose in-memory window holds only the newest 8 events.
-async fn small_window_node(db: &TestDb, nats: &NatsServer) -> Relay {
-    let url = nats.url();
-    db.relay_with(move |c| {
-        c.cluster.nats_url = Secret::new(url);
-        c.cluster.takeover_interval = Duration::from_millis(200);
-        c.replay.max_events = 8;
-    })
-    .await
+/// A cluster node whose in-memory window holds only the newest 8 events, two users, and a
+/// live session of the first.
+struct Setup {
+    nats: NatsServer,
+    _db: TestDb,
+    node: Relay,
+    pg: tokio_postgres::Client,
+    user: Uuid,
+    other: Uuid,
+    token: String,
+    live: Client,
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let nats = nats().await;
+        let db = TestDb::new().await;
+        let url = nats.url();
+        let node = db
+            .relay_with(move |c| {
+                c.cluster.nats_url = Secret::new(url);
+                c.replay.max_events = 8;
+            })
+            .await;
+        let pg = db.client().await;
+        let (user, other) = (create_user(&pg).await, create_user(&pg).await);
+        let token = user_token(user, Duration::from_secs(3600));
+        let (live, _) = connect(&node, &token, "").await;
+        Setup {
+            nats,
+            _db: db,
+            node,
+            pg,
+            user,
+            other,
+            token,
+            live,
+        }
+    }
 }
 
 /// Reads a resume's replay up to its `recovered` frame: the events, then that frame.
@@ -51,13 +82,16 @@ async fn replay(relay: &Relay, token: &str, since: &str) -> (Vec<Value>, Value) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_older_than_the_window_is_answered_from_jetstream() {
-    let nats = nats().await;
-    let db = TestDb::new().await;
-    let node = small_window_node(&db, &nats).await;
-    let pg = db.client().await;
-    let (user, other) = (create_user(&pg).await, create_user(&pg).await);
-    let token = user_token(user, Duration::from_secs(3600));
-    let (mut live, _) = connect(&node, &token, "").await;
+    let Setup {
+        nats: _nats,
+        node,
+        pg,
+        user,
+        other,
+        token,
+        mut live,
+        _db,
+    } = Setup::new().await;
     for n in 0..20 {
         insert_event(&pg, user, "app_open", json!({ "n": n })).await;
         insert_event(&pg, other, "app_open", json!({ "n": n })).await;
@@ -86,13 +120,16 @@ async fn a_resume_older_than_the_window_is_answered_from_jetstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erased_rows_are_erased_from_the_stream_and_no_resume_replays_them() {
-    let nats = nats().await;
-    let db = TestDb::new().await;
-    let node = small_window_node(&db, &nats).await;
-    let pg = db.client().await;
-    let (user, other) = (create_user(&pg).await, create_user(&pg).await);
-    let token = user_token(user, Duration::from_secs(3600));
-    let (mut live, _) = connect(&node, &token, "").await;
+    let Setup {
+        nats,
+        node,
+        pg,
+        user,
+        other,
+        token,
+        mut live,
+        _db,
+    } = Setup::new().await;
     for n in 0..6 {
         insert_event(&pg, user, "app_open", json!({ "n": n })).await;
     }
