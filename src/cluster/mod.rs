@@ -64,6 +64,19 @@ pub fn stream_config(config: &Config) -> stream::Config {
     }
 }
 
+/// The servers of `cluster.nats_url` (comma-separated NATS URLs), as the relay and `doctor`
+/// connect to them.
+///
+/// Errors: [`ClusterError::Url`] naming the URL that does not parse (its text is not repeated:
+/// it may hold credentials).
+pub fn servers(nats_url: &str) -> Result<Vec<async_nats::ServerAddr>, ClusterError> {
+    nats_url
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e: std::io::Error| ClusterError::Url(e.to_string()))
+}
+
 /// Connects to NATS (in the background: an unreachable NATS is retried, and the node is not
 /// ready meanwhile), and spawns the publisher's sender and, once the stream exists (created
 /// when missing), the consumer feeding `router`. Everything stops with `stop`.
@@ -74,14 +87,7 @@ pub async fn start(
     router: Arc<Router>,
     stop: CancellationToken,
 ) -> Result<Node, ClusterError> {
-    let servers: Vec<async_nats::ServerAddr> = config
-        .cluster
-        .nats_url
-        .expose()
-        .split(',')
-        .map(|s| s.trim().parse())
-        .collect::<Result<_, _>>()
-        .map_err(|e: std::io::Error| ClusterError::Url(e.to_string()))?;
+    let servers = servers(config.cluster.nats_url.expose())?;
     let client = async_nats::ConnectOptions::new()
         .name("engagement-relay")
         .retry_on_initial_connect()
