@@ -77,6 +77,26 @@ pub fn servers(nats_url: &str) -> Result<Vec<async_nats::ServerAddr>, ClusterErr
         .map_err(|e: std::io::Error| ClusterError::Url(e.to_string()))
 }
 
+/// Connection options carrying the credentials of `servers` (the first URL with any):
+/// `nats://user:password@host` as user and password, `nats://token@host` as a token. The
+/// client does not read them from the URLs itself.
+pub fn connect_options(servers: &[async_nats::ServerAddr]) -> async_nats::ConnectOptions {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let options = async_nats::ConnectOptions::new();
+    let Some(server) = servers.iter().find(|s| s.username().is_some()) else {
+        return options;
+    };
+    let user = decode(server.username().unwrap_or_default());
+    match server.password() {
+        Some(password) => options.user_and_password(user, decode(password)),
+        None => options.token(user),
+    }
+}
+
 /// Connects to NATS (in the background: an unreachable NATS is retried, and the node is not
 /// ready meanwhile), and spawns the publisher's sender and, once the stream exists (created
 /// when missing), the consumer feeding `router`. Everything stops with `stop`.
@@ -88,7 +108,7 @@ pub async fn start(
     stop: CancellationToken,
 ) -> Result<Node, ClusterError> {
     let servers = servers(config.cluster.nats_url.expose())?;
-    let client = async_nats::ConnectOptions::new()
+    let client = connect_options(&servers)
         .name("engagement-relay")
         .retry_on_initial_connect()
         .max_reconnects(None)

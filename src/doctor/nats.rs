@@ -75,7 +75,7 @@ async fn connect(servers: &[ServerAddr], timeout: Duration) -> (Check, Option<Cl
                TLS; that nats-server runs (systemctl status nats-server) and accepts clients \
                from here";
     let targets = describe(servers);
-    let options = async_nats::ConnectOptions::new()
+    let options = crate::cluster::connect_options(servers)
         .name("engagement-relay doctor")
         .connection_timeout(timeout);
     let attempt = tokio::time::timeout(timeout, options.connect(servers.to_vec())).await;

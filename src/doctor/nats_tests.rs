@@ -255,3 +255,37 @@ async fn nothing_listening_fails_nats_and_skips_the_rest_without_credentials_in_
     let bad = doctor(&config("nats://[::1", Duration::from_secs(300))).await;
     assert_check(find(&bad, NATS), Status::Fail, "cluster.nats_url");
 }
+
+#[tokio::test]
+async fn credentials_in_the_url_are_used_and_wrong_ones_fail_nats() {
+    let server = tokio::task::spawn_blocking(|| {
+        NatsServer::start(NatsOptions {
+            args: vec![
+                "--user".into(),
+                "relay".into(),
+                "--pass".into(),
+                "s3cret".into(),
+            ],
+            ..NatsOptions::default()
+        })
+    })
+    .await
+    .expect("spawn_blocking")
+    .expect("nats-server starts");
+    let at = server.url().replace("nats://", "");
+    let good = doctor(&config(
+        &format!("nats://relay:s3cret@{at}"),
+        Duration::from_secs(300),
+    ))
+    .await;
+    assert_check(find(&good, NATS), Status::Pass, "connected to nats-server");
+    assert_check(find(&good, JETSTREAM), Status::Pass, "JetStream enabled");
+    let bad = doctor(&config(
+        &format!("nats://relay:wrong@{at}"),
+        Duration::from_secs(300),
+    ))
+    .await;
+    let check = find(&bad, NATS);
+    assert_check(check, Status::Fail, "cannot connect to NATS");
+    assert!(!check.detail.contains("wrong"), "{}", check.detail);
+}
