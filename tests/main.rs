@@ -20,6 +20,7 @@ mod client_tls;
 mod cluster;
 mod db_health;
 mod deletes;
+mod deploy_cluster;
 mod dev;
 mod doctor;
 mod engagement_schema;
