@@ -353,8 +353,8 @@ fn compare(wanted: &stream::Config, found: &stream::Config) -> Vec<Finding> {
         differ(
             Status::Fail,
             "retention",
-            word(&found.retention).into(),
-            word(&wanted.retention).into(),
+            word(&found.retention),
+            word(&wanted.retention),
             " (interest and workqueue remove messages once read: nodes cannot rebuild or resume)",
             true,
         );
@@ -363,8 +363,8 @@ fn compare(wanted: &stream::Config, found: &stream::Config) -> Vec<Finding> {
         differ(
             Status::Warn,
             "storage",
-            word(&found.storage).into(),
-            word(&wanted.storage).into(),
+            word(&found.storage),
+            word(&wanted.storage),
             " (memory storage loses the stream when NATS restarts)",
             true,
         );
@@ -408,8 +408,8 @@ fn compare(wanted: &stream::Config, found: &stream::Config) -> Vec<Finding> {
         differ(
             Status::Warn,
             "discard",
-            word(&found.discard).into(),
-            word(&wanted.discard).into(),
+            word(&found.discard),
+            word(&wanted.discard),
             " (discard new refuses publishes once a limit is reached: the slot stops advancing)",
             false,
         );
