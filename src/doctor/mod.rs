@@ -158,8 +158,14 @@ pub async fn run(config: &Config, options: &Options) -> Report {
         server::headroom(c, &config.database.slot)
     })
     .await;
+    // In cluster mode the slot is confirmed on PubAck: no window holds it back.
+    let pinned = if config.cluster.enabled() {
+        Duration::ZERO
+    } else {
+        config.replay.window
+    };
     db.one(MAX_SLOT_WAL_KEEP_SIZE, |c| {
-        server::max_slot_wal_keep_size(c, config.replay.window)
+        server::max_slot_wal_keep_size(c, pinned)
     })
     .await;
     db.one(MIGRATIONS, server::migrations).await;
