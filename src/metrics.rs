@@ -248,6 +248,26 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Counter, RLS_DENIALS, None, "Cross-user attempts refused by the relay, by source (api, token_refresh)."),
 ];
 
+/// Exports the metrics of the relay's mode at their resting values, so that they exist from
+/// the start (alerts and dashboards see a 0, not a missing series): on a single node
+/// `relay_replication_connected` 0; on a cluster node (`cluster`) `relay_cluster_publisher`,
+/// `relay_cluster_consuming` and `relay_cluster_consumer_lag_events` 0 and the skip counters.
+///
+/// A cluster node never exports `relay_replication_connected`: whether it holds the slot is
+/// `relay_cluster_publisher`, and a standby does not hold it by design, so the single-node
+/// "replication disconnected" alert must not see it (docs/OPERATIONS.md, "Cluster mode").
+pub fn export_mode(cluster: bool) {
+    if cluster {
+        metrics::gauge!(CLUSTER_PUBLISHER).set(0.0);
+        metrics::gauge!(CLUSTER_CONSUMING).set(0.0);
+        metrics::gauge!(CLUSTER_CONSUMER_LAG_EVENTS).set(0.0);
+        metrics::counter!(CLUSTER_UNREADABLE).increment(0);
+        metrics::counter!(CLUSTER_OUT_OF_ORDER).increment(0);
+    } else {
+        metrics::gauge!(REPLICATION_CONNECTED).set(0.0);
+    }
+}
+
 fn describe() {
     metrics::with_recorder(|recorder| {
         for &(kind, name, unit, description) in DESCRIPTIONS {
@@ -263,7 +283,6 @@ fn describe() {
         }
     });
     metrics::gauge!(SLO_TARGET).set(SLO_TARGET_SECONDS);
-    metrics::gauge!(REPLICATION_CONNECTED).set(0.0);
     // Present from the start, so that `increase()` sees the first denial.
     for source in RLS_SOURCES {
         metrics::counter!(RLS_DENIALS, "source" => source).increment(0);

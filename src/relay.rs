@@ -101,6 +101,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     config.require_token_keys()?;
     // The recorder first: loading a certificate exports its expiry.
     let handle = crate::metrics::install();
+    crate::metrics::export_mode(config.cluster.enabled());
     let server_tls = load_tls(config.server.tls()?)?;
     let metrics_tls = load_tls(config.metrics.tls()?)?;
     // `shutdown` is the request; the supervisor below then stops the stream first

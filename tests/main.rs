@@ -21,6 +21,7 @@ mod cluster;
 mod cluster_archive;
 mod db_health;
 mod deletes;
+mod deploy_cluster;
 mod dev;
 mod doctor;
 mod engagement_schema;

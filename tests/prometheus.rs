@@ -1,8 +1,14 @@
 //! The monitoring kit in `deploy/` against real components: `promtool` checks and unit-tests the
 //! rules and checks the example config; a real Prometheus scrapes a real relay carrying real
-//! traffic (over https, the relay verifying JWKS tokens too, so its TLS and JWKS metrics exist), evaluates every rule without error, and answers every query of the Grafana dashboard
-//! — and every metric and label those queries and rules name exists in the relay's scrape, so the
-//! dashboard, the alerts and `src/metrics.rs` cannot drift apart.
+//! traffic (over https, the relay verifying JWKS tokens too, so its TLS and JWKS metrics exist)
+//! and a cluster-mode relay on a real nats-server (`relay_cluster_*` exist only on cluster
+//! nodes), evaluates every rule without error, and answers every query of the Grafana dashboard
+//! — and every metric and label those queries and rules name exists in the relays' scrapes, so
+//! the dashboard, the alerts and `src/metrics.rs` cannot drift apart.
+//!
+//! The metrics recorder is process-wide, so here both targets expose both modes' metrics; which
+//! series each mode exports on its own is what alerts_test.yml's cluster cases assume
+//! ([`engagement_relay::metrics::export_mode`]).
 //!
 //! Needs `prometheus` and `promtool` on PATH (Debian: `sudo apt-get install -y prometheus`).
 
@@ -20,6 +26,8 @@ use crate::common::prometheus::{promtool_ok, repo, tool, Api, Prometheus, WAIT};
 use crate::common::promql::selectors;
 use crate::common::ws::{self, Next};
 use crate::common::{create_user, insert_event, user_token, wait_until, wait_until_async, TestDb};
+use engagement_relay::config::Secret;
+use relay_testkit::nats::{NatsOptions, NatsServer};
 use serde_json::{json, Value};
 
 /// What the dashboard's `$__rate_interval` stands for here (Prometheus scrapes every second).
@@ -152,22 +160,69 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
     // relay_rls_denials_total, relay_db_pool_*).
     api_requests(&relay, &sql).await;
 
+    // A cluster node, on a database of its own (its own slot) and a private nats-server, that
+    // holds the slot and has published one event (relay_cluster_publish_seconds).
+    let nats = tokio::task::spawn_blocking(|| NatsServer::start(NatsOptions::default()))
+        .await
+        .expect("spawn_blocking")
+        .expect("nats-server starts (apt-get install -y nats-server)");
+    let node_db = TestDb::on(&cluster).await;
+    let nats_url = nats.url();
+    let node = node_db
+        .relay_with(|config| {
+            config.cluster.nats_url = Secret::new(nats_url);
+            config.metrics.tls_cert = Some(certs.cert("metrics"));
+            config.metrics.tls_key = Some(certs.key("metrics"));
+        })
+        .await;
+    wait_until("the cluster node holds the slot", WAIT, || {
+        node.holds_slot()
+    })
+    .await;
+    let node_sql = node_db.client().await;
+    let someone = create_user(&node_sql).await;
+    insert_event(&node_sql, someone, "prometheus_test", json!({})).await;
+    let node_url = format!("https://localhost:{}/metrics", node.metrics_addr().port());
+    let scrape_node = || async {
+        certs
+            .http()
+            .get(&node_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    wait_until_async("the cluster node has a PubAck", WAIT, || async {
+        scrape_node().await.lines().any(|l| {
+            l.strip_prefix("relay_cluster_publish_seconds_count ")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .is_some_and(|n| n >= 1.0)
+        })
+    })
+    .await;
+
     // Events keep flowing to the live session (real delivery latency samples) until the end.
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = tokio::spawn(traffic(db.client().await, live, user, stop.clone()));
 
-    let prometheus =
-        Prometheus::start(&prometheus_bin, relay.metrics_addr(), Some(&certs.ca_pem())).await;
+    let prometheus = Prometheus::start(
+        &prometheus_bin,
+        &[relay.metrics_addr(), node.metrics_addr()],
+        Some(&certs.ca_pem()),
+    )
+    .await;
     let api = Api::new(&prometheus);
 
-    // The target is up.
-    wait_for("Prometheus scrapes the relay (target up)", || async {
+    // Both targets are up.
+    wait_for("Prometheus scrapes both relays (targets up)", || async {
         let targets = api.get("/api/v1/targets", &[]).await;
-        targets["activeTargets"]
-            .as_array()
-            .expect("activeTargets")
-            .iter()
-            .any(|t| t["labels"]["job"] == "engagement-relay" && t["health"] == "up")
+        let active = targets["activeTargets"].as_array().expect("activeTargets");
+        active.len() == 2
+            && active
+                .iter()
+                .all(|t| t["labels"]["job"] == "engagement-relay" && t["health"] == "up")
     })
     .await;
 
@@ -278,7 +333,8 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
         .iter()
         .map(|n| n.as_str().expect("name").to_string())
         .collect();
-    let exposed = exposed_names(&scrape().await);
+    let mut exposed = exposed_names(&scrape().await);
+    exposed.extend(exposed_names(&scrape_node().await));
     let mut expressions: Vec<(String, String)> = queries
         .iter()
         .map(|(panel, e)| (format!("dashboard panel {panel:?}"), substitute(e)))
@@ -322,6 +378,7 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
     assert!(delivered > 0, "the live session received events");
     drop(prometheus);
     relay.shutdown().await.expect("relay shutdown");
+    node.shutdown().await.expect("cluster node shutdown");
 }
 
 /// Through the API as one user: an insert of their own (201), one of another user's rows that

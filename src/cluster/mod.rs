@@ -70,6 +70,39 @@ pub fn stream_config(config: &Config) -> stream::Config {
     }
 }
 
+/// The servers of `cluster.nats_url` (comma-separated NATS URLs), as the relay and `doctor`
+/// connect to them.
+///
+/// Errors: [`ClusterError::Url`] naming the URL that does not parse (its text is not repeated:
+/// it may hold credentials).
+pub fn servers(nats_url: &str) -> Result<Vec<async_nats::ServerAddr>, ClusterError> {
+    nats_url
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e: std::io::Error| ClusterError::Url(e.to_string()))
+}
+
+/// Connection options carrying the credentials of `servers` (the first URL with any):
+/// `nats://user:password@host` as user and password, `nats://token@host` as a token. The
+/// client does not read them from the URLs itself.
+pub fn connect_options(servers: &[async_nats::ServerAddr]) -> async_nats::ConnectOptions {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let options = async_nats::ConnectOptions::new();
+    let Some(server) = servers.iter().find(|s| s.username().is_some()) else {
+        return options;
+    };
+    let user = decode(server.username().unwrap_or_default());
+    match server.password() {
+        Some(password) => options.user_and_password(user, decode(password)),
+        None => options.token(user),
+    }
+}
+
 /// Connects to NATS (in the background: an unreachable NATS is retried, and the node is not
 /// ready meanwhile), and spawns the publisher's sender and, once the stream exists (created
 /// when missing), the consumer feeding `router`. Everything stops with `stop`.
@@ -80,15 +113,8 @@ pub async fn start(
     router: Arc<Router>,
     stop: CancellationToken,
 ) -> Result<Node, ClusterError> {
-    let servers: Vec<async_nats::ServerAddr> = config
-        .cluster
-        .nats_url
-        .expose()
-        .split(',')
-        .map(|s| s.trim().parse())
-        .collect::<Result<_, _>>()
-        .map_err(|e: std::io::Error| ClusterError::Url(e.to_string()))?;
-    let client = async_nats::ConnectOptions::new()
+    let servers = servers(config.cluster.nats_url.expose())?;
+    let client = connect_options(&servers)
         .name("engagement-relay")
         .retry_on_initial_connect()
         .max_reconnects(None)

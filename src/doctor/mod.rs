@@ -12,7 +12,8 @@
 //!   `message_queue` (the service-only queue stays out of the stream);
 //! * slot: `slot`, `slot_lag`, `slot_retained`;
 //! * this host and the configuration: `jwt_secret`, `jwks`, `disk`;
-//! * activity: `long_transactions`, `connections`.
+//! * activity: `long_transactions`, `connections`;
+//! * cluster mode, only with `cluster.nats_url` set: `nats`, `jetstream`, `nats_stream`.
 //!
 //! Each check is a query (parameterized) followed by a pure evaluation with its own unit
 //! tests. An unreachable database fails `connectivity` and skips every other database check; a
@@ -21,6 +22,7 @@
 
 mod host;
 mod keys;
+mod nats;
 mod report;
 mod schema;
 mod security;
@@ -76,6 +78,12 @@ pub const DISK: &str = "disk";
 pub const LONG_TRANSACTIONS: &str = "long_transactions";
 /// Id of the connection-count check.
 pub const CONNECTIONS: &str = "connections";
+/// Id of the NATS reachability check (cluster mode only).
+pub const NATS: &str = "nats";
+/// Id of the check that JetStream is enabled for the account (cluster mode only).
+pub const JETSTREAM: &str = "jetstream";
+/// Id of the check of the stream's configuration against the relay's (cluster mode only).
+pub const NATS_STREAM: &str = "nats_stream";
 
 /// Id of a per-table check: `<kind>:<schema>.<table>`, `kind` one of `table`, `rls`, `indexes`.
 pub fn table_check_id(kind: &str, schema: &str, table: &str) -> String {
@@ -95,8 +103,9 @@ pub struct Options {
     /// `long_transactions` warns about transactions open longer than this
     /// (`--max-xact-age`, default 5 minutes).
     pub max_xact_age: Duration,
-    /// How long connecting may take before `connectivity` fails (`--connect-timeout`,
-    /// default 10 s); also each query's `statement_timeout`.
+    /// How long connecting may take before `connectivity` (and `nats`) fails
+    /// (`--connect-timeout`, default 10 s); also each query's `statement_timeout` and each
+    /// JetStream request's timeout.
     pub connect_timeout: Duration,
 }
 
@@ -149,8 +158,14 @@ pub async fn run(config: &Config, options: &Options) -> Report {
         server::headroom(c, &config.database.slot)
     })
     .await;
+    // In cluster mode the slot is confirmed on PubAck: no window holds it back.
+    let pinned = if config.cluster.enabled() {
+        Duration::ZERO
+    } else {
+        config.replay.window
+    };
     db.one(MAX_SLOT_WAL_KEEP_SIZE, |c| {
-        server::max_slot_wal_keep_size(c, config.replay.window)
+        server::max_slot_wal_keep_size(c, pinned)
     })
     .await;
     db.one(MIGRATIONS, server::migrations).await;
@@ -179,6 +194,10 @@ pub async fn run(config: &Config, options: &Options) -> Report {
         server::connections(c, config.ingest.pool_size.get())
     })
     .await;
+    if config.cluster.enabled() {
+        let cluster = nats::checks(config, options.connect_timeout).await;
+        db.checks.extend(cluster);
+    }
     Report { checks: db.checks }
 }
 

@@ -202,9 +202,13 @@ fn unit_bytes(unit: &str) -> u64 {
 /// `limit` in bytes (`None`: unlimited) against the README's rule: at least 3 ×
 /// `replay.window` × peak WAL rate, plus the outage to survive. `rate` is the average WAL
 /// rate in bytes/s: a peak is higher, so a limit below 3 × window × average is surely small.
+/// `window` is zero when no window holds the slot back (resume off, or cluster mode, where the
+/// slot is confirmed on PubAck): then only the outage counts and no floor is estimated.
 pub(super) fn evaluate_keep_size(limit: Option<u64>, rate: Option<f64>, window: Duration) -> Check {
     let window_text = humantime::format_duration(window).to_string();
-    let floor = rate.map(|r| (3.0 * window.as_secs_f64() * r.max(0.0)) as u64);
+    let floor = rate
+        .filter(|_| !window.is_zero())
+        .map(|r| (3.0 * window.as_secs_f64() * r.max(0.0)) as u64);
     let estimate = match (rate, floor) {
         (Some(r), Some(f)) => format!(
             "; average WAL rate {}/min, so 3 × replay.window ({window_text}) × it = {}",
@@ -213,11 +217,17 @@ pub(super) fn evaluate_keep_size(limit: Option<u64>, rate: Option<f64>, window: 
         ),
         _ => String::new(),
     };
-    let fix = format!(
+    let fix = if window.is_zero() {
         "ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf(); -- at least \
-         3 × replay.window ({window_text}) × the peak WAL rate plus the outage to survive (README, \
-         WAL retained by the replay window)"
-    );
+         the WAL written during the outage to survive (no replay window holds the slot back)"
+            .to_string()
+    } else {
+        format!(
+            "ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf(); -- at \
+             least 3 × replay.window ({window_text}) × the peak WAL rate plus the outage to \
+             survive (README, WAL retained by the replay window)"
+        )
+    };
     match limit {
         None => Check::warn(
             MAX_SLOT_WAL_KEEP_SIZE,
@@ -490,6 +500,12 @@ mod tests {
         // 1 MB/s average × 300 s × 3 = 900 MB > 512 MiB.
         let c = evaluate_keep_size(Some(512 << 20), Some(1_000_000.0), window);
         assert_eq!(c.status, Status::Warn, "{}", c.detail);
+        // Cluster mode: no window holds the slot back, so no floor is estimated.
+        let c = evaluate_keep_size(Some(512 << 20), Some(1_000_000.0), Duration::ZERO);
+        assert_eq!(c.status, Status::Pass, "{}", c.detail);
+        assert!(!c.detail.contains("replay.window"), "{}", c.detail);
+        let c = evaluate_keep_size(None, Some(1_000_000.0), Duration::ZERO);
+        assert!(c.fix.unwrap_or_default().contains("no replay window"));
         assert_eq!(unit_bytes("MB"), 1 << 20);
         assert_eq!(unit_bytes("kB"), 1024);
     }

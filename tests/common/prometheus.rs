@@ -1,5 +1,5 @@
 //! A real Prometheus for the monitoring tests: finding `prometheus`/`promtool`, running
-//! `promtool`, a server on loopback with a temporary TSDB scraping one target, and its HTTP API.
+//! `promtool`, a server on loopback with a temporary TSDB scraping relays, and its HTTP API.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -49,7 +49,7 @@ pub fn promtool_ok(promtool: &Path, dir: &Path, args: &[&str]) {
     );
 }
 
-/// A Prometheus server on 127.0.0.1 with a temporary TSDB, scraping the relay every second and
+/// A Prometheus server on 127.0.0.1 with a temporary TSDB, scraping relays every second and
 /// evaluating deploy/prometheus/alerts.yml every second. Drop kills it and removes its files.
 pub struct Prometheus {
     child: Child,
@@ -58,9 +58,9 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts Prometheus `bin` scraping `target` (over https trusting the CA in `ca`, when
-    /// given); fails the test if it cannot.
-    pub async fn start(bin: &Path, target: SocketAddr, ca: Option<&Path>) -> Prometheus {
+    /// Starts Prometheus `bin` scraping `targets` in job `engagement-relay` (over https
+    /// trusting the CA in `ca`, when given); fails the test if it cannot.
+    pub async fn start(bin: &Path, targets: &[SocketAddr], ca: Option<&Path>) -> Prometheus {
         let dir = std::env::temp_dir().join(format!(
             "relay-prometheus-{}-{}",
             std::process::id(),
@@ -75,7 +75,12 @@ impl Prometheus {
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {rules:?}\n\
              scrape_configs:\n  - job_name: engagement-relay\n    static_configs:\n      \
-             - targets: [\"{target}\"]\n{tls}",
+             - targets: [{targets}]\n{tls}",
+            targets = targets
+                .iter()
+                .map(|t| format!("\"{t}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
             tls = ca.map_or(String::new(), |ca| format!(
                 "    scheme: https\n    tls_config:\n      ca_file: {ca:?}\n"
             )),
