@@ -13,7 +13,6 @@ use crate::common::prometheus::repo;
 use crate::common::ws::connect;
 use crate::common::{create_user, insert_event, user_token, wait_until, wait_until_async, TestDb};
 use engagement_relay::config::{Config, Overrides, Secret};
-use engagement_relay::model::Cursor;
 use relay_testkit::nats::find_nats_server;
 use serde_json::json;
 
@@ -158,12 +157,6 @@ async fn the_example_forms_a_nats_cluster_on_which_a_relay_publishes_to_an_r3_st
         })
         .await;
     wait_until("the relay holds the slot", T, || relay.holds_slot()).await;
-    // A node turns ready on the empty stream; the publisher's first begin message then starts
-    // its window (closing sessions open by then with 1012): wait until it has read it.
-    wait_until("the node has read the publisher's begin message", T, || {
-        relay.router().latest_cursor() != Cursor::default()
-    })
-    .await;
     let pg = db.client().await;
     let user = create_user(&pg).await;
     let (mut client, _) = connect(&relay, &user_token(user, Duration::from_secs(3600)), "").await;

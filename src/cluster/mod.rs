@@ -104,8 +104,8 @@ pub fn connect_options(servers: &[async_nats::ServerAddr]) -> async_nats::Connec
 }
 
 /// Connects to NATS (in the background: an unreachable NATS is retried, and the node is not
-/// ready meanwhile), and spawns the publisher's sender and, once the stream exists (created
-/// when missing), the consumer feeding `router`. Everything stops with `stop`.
+/// ready meanwhile), and, once the stream exists (created when missing), spawns the
+/// publisher's sender and the consumer feeding `router`. Everything stops with `stop`.
 ///
 /// Errors: [`ClusterError::Url`] when `cluster.nats_url` cannot be parsed.
 pub async fn start(
@@ -124,7 +124,6 @@ pub async fn start(
     let js = jetstream::new(client.clone());
     let (publisher, sender) =
         Publisher::new(js.clone(), &config.cluster.subject_prefix, stop.clone());
-    tokio::spawn(sender);
     let archive = Arc::new(Archive::new(
         &config.cluster.subject_prefix,
         config.cluster.max_resume_events.get(),
@@ -163,6 +162,9 @@ pub async fn start(
             "consuming the JetStream stream"
         );
         archive.attach(stream.clone());
+        // Publishing starts once the stream exists (events wait in the sender's queue), so
+        // the first events of a fresh cluster are not refused for want of a stream.
+        tokio::spawn(sender);
         consumer::run(consumer::ConsumerContext {
             client,
             stream,
