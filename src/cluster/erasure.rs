@@ -102,6 +102,10 @@ impl Dispatch for Erasing {
     fn evicted_lsn(&self) -> u64 {
         self.inner.evicted_lsn()
     }
+
+    fn is_full(&self) -> bool {
+        self.inner.is_full()
+    }
 }
 
 /// Deleted rows by subject: each row with its newest delete.

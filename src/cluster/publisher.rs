@@ -12,6 +12,9 @@
 //! - **Confirmation.** [`Dispatch::oldest_lsn`] is the commit LSN of the oldest event not yet
 //!   acknowledged, so the replication task (run with a zero replay window in cluster mode)
 //!   confirms everything before it, about once a second.
+//! - **Back-pressure.** While JetStream cannot be reached, at most [`MAX_UNACKED`] events
+//!   wait in memory; then the replication task stops reading the slot (PostgreSQL keeps the
+//!   WAL, as it does for anything unconfirmed) until PubAcks come again.
 //! - **Marks.** Every 10 s while events flow, a mark message names the last event published
 //!   before it ([`wire::mark_headers`]).
 //! - **Restarts.** [`Dispatch::begin`] (the stream started again: a new connection to the slot)
@@ -40,6 +43,9 @@ const BATCH: usize = 256;
 /// How often, while events flow, a mark says how far back the stream is whole
 /// ([`wire::mark_headers`]), in µs.
 const MARK_EVERY_US: i64 = 10_000_000;
+/// Most events published but not yet acknowledged; beyond it the replication task stops
+/// reading the slot ([`Dispatch::is_full`]) until JetStream acknowledges again (~1 KB each).
+const MAX_UNACKED: usize = 100_000;
 /// The longest wait between attempts while JetStream refuses or cannot be reached.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -185,6 +191,10 @@ impl Dispatch for Publisher {
 
     fn evicted_lsn(&self) -> u64 {
         0
+    }
+
+    fn is_full(&self) -> bool {
+        self.unacked().lsns.len() >= MAX_UNACKED
     }
 }
 

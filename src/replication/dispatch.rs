@@ -39,4 +39,11 @@ pub trait Dispatch: Send + Sync {
     /// Commit LSN of the newest row the destination gave up (0 before any): PostgreSQL may
     /// recycle the WAL before it.
     fn evicted_lsn(&self) -> u64;
+
+    /// True while the destination holds as much as it may (a publisher whose broker is
+    /// unreachable): the task stops reading the slot, which keeps the WAL, and still sends its
+    /// status updates, until this turns false. Default: never.
+    fn is_full(&self) -> bool {
+        false
+    }
 }

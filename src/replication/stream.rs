@@ -176,7 +176,7 @@ pub async fn stream(
                 advance(&client, ctx, progress);
                 continue;
             }
-            event = client.recv() => event,
+            event = client.recv(), if !ctx.dispatch.is_full() => event,
         };
         let event = match event {
             Ok(Some(event)) => event,
