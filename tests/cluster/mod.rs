@@ -1,0 +1,14 @@
+//! Cluster mode on a real `nats-server -js` (issue 14): relay nodes on one database and one
+//! slot. One holds the slot and publishes to JetStream; every node serves its sessions from
+//! the stream, with the same frames and cursors.
+//!
+//! - [`serving`]: nodes serve the same frames, clients spread over three nodes get exactly
+//!   their own events, the slot is confirmed on PubAck, a late node rebuilds its window from
+//!   the stream, a graceful stop hands the slot over.
+//! - [`failover`]: SIGKILL of the publisher.
+//! - [`outages`]: `nats-server` and PostgreSQL restarted under load.
+
+mod failover;
+mod outages;
+mod serving;
+mod support;
