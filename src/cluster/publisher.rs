@@ -11,7 +11,8 @@
 //!   before the expected predecessor, so re-sent duplicates are acknowledged as such.
 //! - **Confirmation.** [`Dispatch::oldest_lsn`] is the commit LSN of the oldest event not yet
 //!   acknowledged, so the replication task (run with a zero replay window in cluster mode)
-//!   confirms everything before it, about once a second.
+//!   confirms everything before it, about once a second; also when PostgreSQL shuts down
+//!   ([`Dispatch::keeps_dispatched`] is false: the task leaves rather than confirm the rest).
 //! - **Restarts.** [`Dispatch::begin`] (the stream started again: a new connection to the slot)
 //!   drops what was not acknowledged (the slot sends it again) and publishes a begin message.
 
@@ -150,6 +151,11 @@ impl Dispatch for Publisher {
 
     fn evicted_lsn(&self) -> u64 {
         0
+    }
+
+    /// JetStream has not stored what is unacknowledged: a database shutdown must not confirm it.
+    fn keeps_dispatched(&self) -> bool {
+        false
     }
 }
 

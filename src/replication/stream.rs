@@ -249,6 +249,13 @@ pub async fn stream(
                     && tx.is_none()
                     && super::slot::server_is_stopping(&ctx.config).await
                 {
+                    if !ctx.dispatch.keeps_dispatched() && ctx.dispatch.oldest_lsn().is_some() {
+                        // Rows the destination has not stored yet: the slot must keep them.
+                        // Leaving ends the walsender, so the shutdown need not wait for a
+                        // confirmation that cannot come yet.
+                        info!("PostgreSQL is shutting down: leaving the slot unconfirmed past rows not stored yet");
+                        return Err(ReplicationError::Ended);
+                    }
                     server_stopping(&client, progress);
                 }
                 report(wal_end, progress);

@@ -6,6 +6,8 @@
 //!   the outage arrives, once, in order.
 //! - PostgreSQL restarted (fast, then immediate): as on a single node, the slot is taken again,
 //!   events after the restart stream, and clients that resume meanwhile get no duplicates.
+//! - PostgreSQL restarted while `nats-server` is down: its fast shutdown does not get the rows
+//!   JetStream never acknowledged confirmed, and once both are back nothing is lost.
 
 use std::time::Duration;
 
@@ -141,6 +143,62 @@ async fn postgresql_restarted_the_slot_is_taken_again_and_resuming_clients_get_n
     for (node, record) in clients.settle(&pg, load).await {
         assert!(!record.recovered.is_empty(), "node {node}: {record:?}");
     }
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_restarted_while_nats_is_down_confirms_nothing_unacknowledged() {
+    let mut nats = nats().await;
+    let cluster = private_cluster().await;
+    let db = TestDb::on(&cluster).await;
+    let nodes = nodes(&db, &nats.url(), 2).await;
+    publisher(&nodes).await;
+    let pg = db.client().await;
+    let users = [create_user(&pg).await, create_user(&pg).await];
+    let addrs: Vec<_> = nodes.iter().map(|n| n.server_addr()).collect();
+    let clients = Clients::start(&addrs, &users).await;
+    let load = Load::start(&db.url, users.to_vec(), 50, 0);
+    clients.received(5).await;
+
+    tokio::task::block_in_place(|| nats.stop()).unwrap();
+    let down = last_seq(&pg).await;
+    wait_until_async("rows are committed during the outage", T, || async {
+        last_seq(&pg).await > down + 10
+    })
+    .await;
+    let unacked = wal_lsn(&pg).await;
+    // A checkpoint logs the running transactions: a confirmation past it moves the slot's
+    // restart_lsn, which PostgreSQL saves to disk at once, confirmed_flush_lsn with it.
+    pg.batch_execute("CHECKPOINT").await.unwrap();
+    // A fast shutdown waits for the walsender, which waits for the relay's confirmation.
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.restart(StopMode::Fast))
+        .await
+        .unwrap()
+        .unwrap();
+    let pg = db.client().await;
+    let confirmed = confirmed_lsn(&pg, &db.name).await;
+    assert!(
+        confirmed < unacked,
+        "the slot was confirmed to {confirmed:#x} at shutdown, past rows JetStream never \
+         acknowledged (< {unacked:#x})"
+    );
+    publisher(&nodes).await;
+
+    tokio::task::block_in_place(|| nats.restart()).unwrap();
+    let after = last_seq(&pg).await;
+    wait_until("rows committed after both restarts arrive", T, || {
+        clients
+            .on(1)
+            .record()
+            .seqs
+            .last()
+            .is_some_and(|s| *s > after)
+    })
+    .await;
+    clients.settle(&pg, load).await;
     for node in nodes {
         node.shutdown().await.unwrap();
     }
