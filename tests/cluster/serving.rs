@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::support::{confirmed_lsn, nats, node, nodes, publisher, wal_lsn, Clients, T};
+use super::support::{confirmed_lsn, nats, node, node_with, nodes, publisher, wal_lsn, Clients, T};
 use crate::common::workload::Load;
 use crate::common::ws::connect;
 use crate::common::{create_user, insert_event, user_token, wait_until, wait_until_async, TestDb};
@@ -104,6 +104,49 @@ async fn a_late_node_rebuilds_its_window_from_jetstream_not_from_the_slot() {
     // And it serves live events too.
     insert_event(&pg, user, "app_open", json!({ "n": 8 })).await;
     assert_eq!(resumed.events(1, T).await, live.events(1, T).await);
+    late.shutdown().await.unwrap();
+    first.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_rebuilt_from_inside_a_transaction_does_not_claim_its_earlier_rows() {
+    let nats = nats().await;
+    let db = TestDb::new().await;
+    let first = node(&db, &nats.url()).await;
+    wait_until("the first node holds the slot", T, || first.holds_slot()).await;
+    let pg = db.client().await;
+    let user = create_user(&pg).await;
+    let token = user_token(user, Duration::from_secs(3600));
+    let (mut live, _) = connect(&first, &token, "").await;
+    pg.execute(
+        "INSERT INTO public.engagement_events (user_id, event_type, value) \
+         SELECT $1, 'app_open', jsonb_build_object('n', n) FROM generate_series(1, 4) n",
+        &[&user],
+    )
+    .await
+    .unwrap();
+    let seen = live.events(4, T).await;
+    let cursors: Vec<Cursor> = seen
+        .iter()
+        .map(|e| e["cursor"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        cursors.iter().all(|c| c.lsn == cursors[0].lsn),
+        "one transaction"
+    );
+    let since = cursors[0];
+
+    // The late node reads back only the stream's last two messages: rows of that transaction
+    // after the first, not all of them.
+    let late = node_with(&db, &nats.url(), |c| c.replay.max_events = 2).await;
+    let (mut resumed, _) = connect(&late, &token, &format!("&since={since}")).await;
+    let recovered = loop {
+        let frame = resumed.next_json(T).await.expect("a frame");
+        if frame["type"] == "recovered" {
+            break frame;
+        }
+    };
+    assert_eq!(recovered["complete"], false, "{recovered}");
     late.shutdown().await.unwrap();
     first.shutdown().await.unwrap();
 }

@@ -38,7 +38,16 @@ pub fn cluster_mode(config: &mut Config, url: &str) {
 
 /// A cluster node in this process on `db` and NATS `url`, once ready (consuming the stream).
 pub async fn node(db: &TestDb, url: &str) -> Relay {
-    db.relay_with(|c| cluster_mode(c, url)).await
+    node_with(db, url, |_| {}).await
+}
+
+/// [`node`] with an adjusted configuration.
+pub async fn node_with(db: &TestDb, url: &str, adjust: impl FnOnce(&mut Config)) -> Relay {
+    db.relay_with(|c| {
+        cluster_mode(c, url);
+        adjust(c);
+    })
+    .await
 }
 
 /// `n` cluster nodes in this process, started one after the other (the first takes the slot).
