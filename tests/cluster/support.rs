@@ -59,22 +59,25 @@ pub async fn nodes(db: &TestDb, url: &str, n: usize) -> Vec<Relay> {
     nodes
 }
 
-/// A cluster node as a child process (the real binary, to SIGKILL), once ready and holding
-/// the slot (`relay_cluster_publisher` 1): start it before any other node.
-pub async fn process_publisher(db: &TestDb, url: &str) -> RelayProcess {
-    let node = start_ready(
+/// A cluster node as a child process (the real binary, to SIGKILL or to read its log), once
+/// ready.
+pub async fn process_node(db: &TestDb, url: &str) -> RelayProcess {
+    start_ready(
         db,
         &[
             ("RELAY_CLUSTER__NATS_URL", url),
             ("RELAY_CLUSTER__TAKEOVER_INTERVAL", TAKEOVER_ENV),
         ],
     )
-    .await;
+    .await
+}
+
+/// Waits until the node `process` holds the slot (`relay_cluster_publisher` 1).
+pub async fn process_publishes(process: &RelayProcess) {
     wait_until_async("the node's process holds the slot", T, || async {
-        metric(&node.scrape().await, "relay_cluster_publisher") == 1.0
+        metric(&process.scrape().await, "relay_cluster_publisher") == 1.0
     })
     .await;
-    node
 }
 
 /// Waits until exactly one of `nodes` holds the slot; returns its index.
