@@ -326,7 +326,9 @@ fn advance(client: &ReplicationClient, ctx: &ReplicationContext, progress: &mut 
 /// new connections are refused as shutting down (57P03), the relay confirms everything
 /// dispatched. Its in-memory window is unaffected, so clients
 /// still resume; only a relay restarted before the window ages could answer `complete:false`
-/// to a cursor the old window held.
+/// to a cursor the old window held. A destination that does not keep what it was given
+/// ([`super::Dispatch::keeps_dispatched`], the cluster publisher) is not confirmed past what
+/// it still needs: while it holds such rows the task leaves the stream instead.
 fn server_stopping(client: &ReplicationClient, progress: &mut Progress) {
     progress.confirmed = progress.confirmed.max(progress.dispatched);
     client.update_applied_lsn(Lsn::from_u64(progress.confirmed));
