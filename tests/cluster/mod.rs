@@ -4,9 +4,11 @@
 //!
 //! - [`serving`]: nodes serve the same frames, clients spread over three nodes get exactly
 //!   their own events, the slot is confirmed on PubAck, a late node rebuilds its window from
-//!   the stream, a graceful stop hands the slot over.
+//!   the stream (and never calls complete a window that starts inside a transaction), a
+//!   graceful stop hands the slot over.
 //! - [`failover`]: SIGKILL of the publisher.
-//! - [`outages`]: `nats-server` and PostgreSQL restarted under load.
+//! - [`outages`]: `nats-server` restarted, PostgreSQL restarted, and PostgreSQL restarted
+//!   while `nats-server` is down, all under load.
 
 mod failover;
 mod outages;
