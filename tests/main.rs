@@ -18,7 +18,6 @@ mod backup_restore;
 mod cli;
 mod client_tls;
 mod cluster;
-mod cluster_archive;
 mod db_health;
 mod deletes;
 mod deploy_cluster;

@@ -3,7 +3,8 @@
 //!
 //! - **Start.** The node rebuilds its replay window from the stream's last `replay.max_events`
 //!   messages (not from the slot) and is ready (`/readyz` 200) once it has read up to where
-//!   the stream stood when it started.
+//!   the stream stood when it started. When those messages begin inside a transaction, the
+//!   window starts after it (its earlier rows were not read).
 //! - **Live.** It stays ready only while connected to NATS and consuming; a standby never
 //!   serves stale data as live.
 //! - **Begin messages.** One of another WAL history (a restore or failover) starts the window
@@ -54,6 +55,9 @@ struct Position {
     history: Option<u32>,
     /// The cursor of the last event dispatched.
     last: Option<Cursor>,
+    /// The first event read of a transaction whose earlier rows may not have been: the rest
+    /// of that transaction stays out of the window.
+    partial: Option<Cursor>,
 }
 
 /// Consumes until `stop`, reconnecting (from the next sequence) after any failure.
@@ -159,17 +163,35 @@ fn handle(router: &Router, position: &mut Position, incoming: Incoming) {
                 router.begin(history, lsn);
                 position.history = Some(history);
                 position.last = None;
+                position.partial = None;
             }
         }
         Incoming::Mark { .. } => {}
         Incoming::Event(event) => {
             let cursor = event.cursor;
             if position.history != Some(cursor.history) {
-                // The begin message aged out of the stream, or a new history began without
-                // one reaching this node: start at this event.
-                router.begin(cursor.history, cursor.lsn);
+                // The begin message aged out of the stream, the rebuild started after it
+                // (`replay.max_events`), or a new history began without one reaching this
+                // node: the window starts here.
                 position.history = Some(cursor.history);
                 position.last = None;
+                position.partial = None;
+                if cursor.index == 0 {
+                    router.begin(cursor.history, cursor.lsn);
+                } else {
+                    // Rows of this transaction before it may be in the stream before where
+                    // this node started: a window starting at its commit LSN would answer
+                    // `complete` to a cursor among them without them. It starts after it.
+                    router.begin(cursor.history, cursor.lsn.saturating_add(1));
+                    position.partial = Some(cursor);
+                    return;
+                }
+            }
+            if position
+                .partial
+                .is_some_and(|p| p.lsn == cursor.lsn && p.history == cursor.history)
+            {
+                return;
             }
             if position.last.is_some_and(|last| cursor <= last) {
                 counter!(m::CLUSTER_OUT_OF_ORDER).increment(1);

@@ -106,6 +106,10 @@ impl Dispatch for Erasing {
     fn is_full(&self) -> bool {
         self.inner.is_full()
     }
+
+    fn keeps_dispatched(&self) -> bool {
+        self.inner.keeps_dispatched()
+    }
 }
 
 /// Deleted rows by subject: each row with its newest delete.

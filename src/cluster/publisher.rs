@@ -8,10 +8,14 @@
 //! - **No duplicates.** `Nats-Msg-Id` is the event's cursor: JetStream drops a message it
 //!   already stored within `cluster.duplicate_window` (a re-send after a lost PubAck, or a new
 //!   publisher re-reading the unconfirmed tail after a takeover). JetStream checks the id
-//!   before the expected predecessor, so re-sent duplicates are acknowledged as such.
+//!   before the expected predecessor, so re-sent duplicates are acknowledged as such. A
+//!   duplicate stores nothing: the stream's last id stays the one before it, so the chain
+//!   continues from the last message stored, and a message refused right after a duplicate
+//!   (pipelined, it named the duplicate) is sent again at once, unchained, without a warning.
 //! - **Confirmation.** [`Dispatch::oldest_lsn`] is the commit LSN of the oldest event not yet
 //!   acknowledged, so the replication task (run with a zero replay window in cluster mode)
-//!   confirms everything before it, about once a second.
+//!   confirms everything before it, about once a second; also when PostgreSQL shuts down
+//!   ([`Dispatch::keeps_dispatched`] is false: the task leaves rather than confirm the rest).
 //! - **Back-pressure.** While JetStream cannot be reached, at most [`MAX_UNACKED`] events
 //!   wait in memory; then the replication task stops reading the slot (PostgreSQL keeps the
 //!   WAL, as it does for anything unconfirmed) until PubAcks come again.
@@ -24,7 +28,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use async_nats::jetstream::context::{Context, PublishAckFuture};
+use async_nats::jetstream::context::{Context, PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -196,6 +200,11 @@ impl Dispatch for Publisher {
     fn is_full(&self) -> bool {
         self.unacked().lsns.len() >= MAX_UNACKED
     }
+
+    /// JetStream has not stored what is unacknowledged: a database shutdown must not confirm it.
+    fn keeps_dispatched(&self) -> bool {
+        false
+    }
 }
 
 /// Sends what `rx` brings, in order, until `stop`.
@@ -208,7 +217,8 @@ async fn run(
     let latency = histogram!(m::CLUSTER_PUBLISH_SECONDS);
     // Sent but not acknowledged, oldest first: retried from the front after a failure.
     let mut pending: VecDeque<Outgoing> = VecDeque::new();
-    // The id of the last message JetStream acknowledged in this run; `None` after a failure.
+    // The id of the last message JetStream stored in this run (a duplicate stores nothing, so
+    // the stream's last id stays the one before it); `None` after a failure.
     let mut last_id: Option<String> = None;
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -231,49 +241,63 @@ async fn run(
         let epoch = publisher.epoch();
         pending.retain(|m| m.epoch == epoch);
         let batch = pending.len().min(BATCH);
-        match send_batch(&js, &pending, batch, last_id.as_deref()).await {
-            Ok(()) => {
-                for message in pending.drain(..batch) {
-                    if let Some((_, commit_us)) = message.commit {
-                        publisher.acked(message.epoch);
-                        latency.record((now_unix_us() - commit_us).max(0) as f64 / 1e6);
-                    }
-                    last_id = Some(message.id);
-                }
-                backoff = Duration::from_millis(50);
-            }
-            Err((acked, e)) => {
-                for message in pending.drain(..acked) {
-                    if message.commit.is_some() {
-                        publisher.acked(message.epoch);
-                    }
-                }
-                // Which message is stored last is unknown now: the next send names none.
-                last_id = None;
-                warn!("publishing to JetStream failed ({e}); retrying in {backoff:?}");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+        let outcome = send_batch(&js, &pending, batch, last_id.as_deref()).await;
+        if let Some(i) = outcome.last_stored {
+            last_id = Some(pending[i].id.clone());
+        }
+        for message in pending.drain(..outcome.acked) {
+            if let Some((_, commit_us)) = message.commit {
+                publisher.acked(message.epoch);
+                latency.record((now_unix_us() - commit_us).max(0) as f64 / 1e6);
             }
         }
+        let Some(e) = outcome.failure else {
+            backoff = Duration::from_millis(50);
+            continue;
+        };
+        // Which message is stored last is unknown now: the next send names none.
+        last_id = None;
+        if outcome.after_duplicate && e.kind() == PublishErrorKind::WrongLastMessageId {
+            // Expected after a takeover or a retry: the re-sent head of the tail was already
+            // stored (a duplicate), so the stream's last id is not the one the next message
+            // named. Sent again at once from the refused one, unchained.
+            debug!("JetStream refused a message chained to a duplicate; sending again");
+            continue;
+        }
+        warn!("publishing to JetStream failed ({e}); retrying in {backoff:?}");
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// What became of a batch.
+#[derive(Default)]
+struct Outcome {
+    /// How many messages, from the first, JetStream acknowledged (stored, or dropped as
+    /// duplicates) before the first failure.
+    acked: usize,
+    /// The index of the last acknowledged message JetStream stored (not a duplicate).
+    last_stored: Option<usize>,
+    /// Whether the last acknowledged message was a duplicate.
+    after_duplicate: bool,
+    /// The first failure, if any.
+    failure: Option<PublishError>,
 }
 
 /// Sends the first `n` of `pending`, chained by `Nats-Expected-Last-Msg-Id` (the first after
 /// `last_id`, or unchained), and awaits their PubAcks in order.
-///
-/// Errors: how many were acknowledged before the first failure, and that failure.
 async fn send_batch(
     js: &Context,
     pending: &VecDeque<Outgoing>,
     n: usize,
     last_id: Option<&str>,
-) -> Result<(), (usize, async_nats::Error)> {
+) -> Outcome {
     let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(n);
     let mut previous = last_id.map(str::to_string);
-    for (i, message) in pending.iter().take(n).enumerate() {
+    for message in pending.iter().take(n) {
         let mut publish = PublishMessage::build()
             .payload(message.payload.clone())
             .headers(message.headers.clone());
@@ -284,35 +308,35 @@ async fn send_batch(
             Ok(ack) => acks.push(ack),
             Err(e) => {
                 // What was sent before this one may still be stored: count what was.
-                let done = match await_acks(acks).await {
-                    Ok(done) | Err((done, _)) => done,
-                };
-                return Err((done.min(i), e.into()));
+                let mut outcome = await_acks(acks).await;
+                outcome.failure.get_or_insert(e);
+                return outcome;
             }
         }
         previous = Some(message.id.clone());
     }
-    let total = acks.len();
-    match await_acks(acks).await {
-        Ok(done) if done == total => Ok(()),
-        Ok(done) => Err((done, "a PubAck went missing".into())),
-        Err((done, e)) => Err((done, e)),
-    }
+    await_acks(acks).await
 }
 
-/// Awaits `acks` in order. Errors: how many succeeded before the first failure, and it.
-async fn await_acks(acks: Vec<PublishAckFuture>) -> Result<usize, (usize, async_nats::Error)> {
-    let mut done = 0;
+/// Awaits `acks` in order, up to the first failure.
+async fn await_acks(acks: Vec<PublishAckFuture>) -> Outcome {
+    let mut outcome = Outcome::default();
     for ack in acks {
         match ack.await {
             Ok(ack) => {
                 if ack.duplicate {
                     debug!(sequence = ack.sequence, "JetStream already had this event");
+                } else {
+                    outcome.last_stored = Some(outcome.acked);
                 }
-                done += 1;
+                outcome.after_duplicate = ack.duplicate;
+                outcome.acked += 1;
             }
-            Err(e) => return Err((done, e.into())),
+            Err(e) => {
+                outcome.failure = Some(e);
+                break;
+            }
         }
     }
-    Ok(done)
+    outcome
 }

@@ -46,4 +46,14 @@ pub trait Dispatch: Send + Sync {
     fn is_full(&self) -> bool {
         false
     }
+
+    /// Whether a row, once dispatched, no longer needs the slot when PostgreSQL shuts down.
+    /// True for the router (default): its window lives in this process, which a database
+    /// shutdown does not touch, so the task confirms everything dispatched and lets a fast
+    /// shutdown finish. False for a destination that stores rows elsewhere and acknowledges
+    /// them later (the cluster publisher): until [`Dispatch::oldest_lsn`] is `None` the slot
+    /// is the only copy of those rows, so the task leaves instead of confirming them.
+    fn keeps_dispatched(&self) -> bool {
+        true
+    }
 }

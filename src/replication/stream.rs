@@ -249,6 +249,13 @@ pub async fn stream(
                     && tx.is_none()
                     && super::slot::server_is_stopping(&ctx.config).await
                 {
+                    if !ctx.dispatch.keeps_dispatched() && ctx.dispatch.oldest_lsn().is_some() {
+                        // Rows the destination has not stored yet: the slot must keep them.
+                        // Leaving ends the walsender, so the shutdown need not wait for a
+                        // confirmation that cannot come yet.
+                        info!("PostgreSQL is shutting down: leaving the slot unconfirmed past rows not stored yet");
+                        return Err(ReplicationError::Ended);
+                    }
                     server_stopping(&client, progress);
                 }
                 report(wal_end, progress);
@@ -319,7 +326,9 @@ fn advance(client: &ReplicationClient, ctx: &ReplicationContext, progress: &mut 
 /// new connections are refused as shutting down (57P03), the relay confirms everything
 /// dispatched. Its in-memory window is unaffected, so clients
 /// still resume; only a relay restarted before the window ages could answer `complete:false`
-/// to a cursor the old window held.
+/// to a cursor the old window held. A destination that does not keep what it was given
+/// ([`super::Dispatch::keeps_dispatched`], the cluster publisher) is not confirmed past what
+/// it still needs: while it holds such rows the task leaves the stream instead.
 fn server_stopping(client: &ReplicationClient, progress: &mut Progress) {
     progress.confirmed = progress.confirmed.max(progress.dispatched);
     client.update_applied_lsn(Lsn::from_u64(progress.confirmed));

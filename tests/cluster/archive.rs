@@ -10,21 +10,15 @@ use crate::common::{
     assert_at_least, create_user, insert_event, scrape, user_token, wait_until_async, TestDb,
 };
 use async_nats::jetstream;
-use engagement_relay::config::Secret;
 use engagement_relay::Relay;
 use futures_util::StreamExt;
-use relay_testkit::nats::{NatsOptions, NatsServer};
+use relay_testkit::nats::NatsServer;
+
+use super::support::{nats, node_with};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 const T: Duration = Duration::from_secs(30);
-
-async fn nats() -> NatsServer {
-    tokio::task::spawn_blocking(|| NatsServer::start(NatsOptions::default()))
-        .await
-        .unwrap()
-        .expect("nats-server starts (apt-get install -y nats-server)")
-}
 
 /// A cluster node whose in-memory window holds only the newest 8 events, two users, and a
 /// live session of the first.
@@ -43,13 +37,7 @@ impl Setup {
     async fn new() -> Setup {
         let nats = nats().await;
         let db = TestDb::new().await;
-        let url = nats.url();
-        let node = db
-            .relay_with(move |c| {
-                c.cluster.nats_url = Secret::new(url);
-                c.replay.max_events = 8;
-            })
-            .await;
+        let node = node_with(&db, &nats.url(), |c| c.replay.max_events = 8).await;
         let pg = db.client().await;
         let (user, other) = (create_user(&pg).await, create_user(&pg).await);
         let token = user_token(user, Duration::from_secs(3600));
