@@ -512,6 +512,45 @@ mod tests {
     }
 
     #[test]
+    fn node_histograms_are_summed_bucket_by_bucket() {
+        let a = "relay_delivery_latency_seconds_bucket{le=\"0.001\"} 90\n\
+                 relay_delivery_latency_seconds_bucket{le=\"0.002\"} 100\n\
+                 relay_delivery_latency_seconds_bucket{le=\"+Inf\"} 100\n";
+        let b = "relay_delivery_latency_seconds_bucket{le=\"0.001\"} 0\n\
+                 relay_delivery_latency_seconds_bucket{le=\"0.002\"} 100\n\
+                 relay_delivery_latency_seconds_bucket{le=\"+Inf\"} 100\n";
+        let m = RelayMetrics::summed(&[("", a), ("", b)]);
+        assert_eq!(m.delivery.count, 200.0);
+        // 90 of 200 samples under 1 ms: the median is in the second bucket, not the mean of
+        // the nodes' medians.
+        let expected = 1.0 + 10.0 / 110.0;
+        assert!(
+            (m.delivery.p50_ms - expected).abs() < 1e-9,
+            "{}",
+            m.delivery.p50_ms
+        );
+    }
+
+    #[test]
+    fn order_and_resumes_are_counted() {
+        let sent = Sent {
+            owner: vec![0, 0, 0],
+            failed_batches: 0,
+        };
+        let a = SessionOutcome {
+            connected: true,
+            seqs: vec![0, 2, 1],
+            resumes: 1,
+            incomplete_resumes: 1,
+            ..Default::default()
+        };
+        let mut r = Report::default();
+        account(&mut r, &sent, &[a], &[Some(0)]);
+        assert_eq!((r.lost, r.duplicates, r.out_of_order), (0, 0, 1));
+        assert_eq!((r.resumes, r.incomplete_resumes), (1, 1));
+    }
+
+    #[test]
     fn loss_duplicates_and_leaks_are_counted_per_session() {
         let sent = Sent {
             owner: vec![0, 1, 0, 1],

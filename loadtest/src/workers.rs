@@ -372,3 +372,26 @@ pub fn plan(
     }
     plan
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_sessions_land_on_different_nodes() {
+        let users: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        let plan = plan(9, 1, &users, 3);
+        for u in 0..3 {
+            let mut nodes: Vec<usize> = plan
+                .iter()
+                .filter(|s| s.user == Some(u))
+                .map(|s| s.target)
+                .collect();
+            nodes.sort_unstable();
+            assert_eq!(nodes, [0, 1, 2], "user {u}");
+        }
+        assert_eq!(plan[9].user, None, "the firehose session comes last");
+        assert_eq!(count_for(45_000, 0), 3);
+        assert_eq!(count_for(10, 2), 2);
+    }
+}
