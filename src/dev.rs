@@ -1,5 +1,7 @@
 //! `engagement-relay dev`: a private PostgreSQL with `wal_level=logical`, the migrations and
-//! the seed, the relay on top, and demo traffic, so one command shows live events.
+//! the seed, the relay on top, and demo traffic, so one command shows live events. With
+//! `--nodes N` (N > 1) the relay runs as a cluster: a private `nats-server -js` and N relay
+//! processes on consecutive ports (submodule `nodes`).
 //!
 //! Part of the binary, not of the library: the cluster, the demo data and the PostgreSQL
 //! install (as root on Debian, when the server binaries are missing) come from the
@@ -22,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+mod nodes;
+
 /// Options of `engagement-relay dev`.
 #[derive(Debug, Clone)]
 pub struct DevOptions {
@@ -31,6 +35,11 @@ pub struct DevOptions {
     pub pg_port: Option<u16>,
     /// Demo events inserted per second, spread over the seeded users (0 disables).
     pub demo_rate: f64,
+    /// Relay nodes: 1 runs the relay in this process (no NATS); more start a private
+    /// `nats-server -js` and that many relay processes in cluster mode.
+    pub nodes: usize,
+    /// The `--config` file when given explicitly (what the node processes are started with).
+    pub config_file: Option<PathBuf>,
 }
 
 /// Starts the private cluster, applies migrations and the seed, runs the relay and the demo
@@ -45,6 +54,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(ensure_postgres).await??;
+    if opts.nodes > 1 {
+        tokio::task::spawn_blocking(nodes::ensure_nats_server).await??;
+    }
     let cluster_opts = ClusterOptions {
         data_dir: Some(opts.data_dir.clone()),
         port: opts.pg_port,
@@ -113,6 +125,9 @@ async fn serve(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
 
+    if opts.nodes > 1 {
+        return serve_cluster(config, &users, &url, opts, shutdown).await;
+    }
     let relay = engagement_relay::start(config.clone()).await?;
     // Sessions are refused until the replay window is rebuilt: show the URL once it works.
     tokio::select! {
@@ -140,6 +155,103 @@ async fn serve(
         let _ = demo.await;
     }
     relay.shutdown().await?;
+    Ok(())
+}
+
+/// `--nodes N`: NATS and N relay processes instead of the relay in this process, the demo
+/// traffic, then everything stopped on `shutdown` (or when starting a node fails).
+async fn serve_cluster(
+    config: &Config,
+    users: &[(Uuid, String)],
+    url: &str,
+    opts: &DevOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let nats = nodes::start_nats().await?;
+    let node_config = nodes::NodeConfig {
+        config_file: opts.config_file.clone(),
+        database_url: url.to_string(),
+        jwt_secret: config.auth.jwt_secret.expose().to_string(),
+        listen: config.server.listen,
+        metrics_listen: config.metrics.listen,
+    };
+    let mut cluster = nodes::start(opts.nodes, nats, &node_config, &shutdown).await?;
+    if !shutdown.is_cancelled() {
+        print_cluster_banner(config, &cluster, users, url)?;
+    }
+    let demo = (opts.demo_rate > 0.0 && !users.is_empty()).then(|| {
+        let ids = users.iter().map(|(id, _)| *id).collect();
+        tokio::spawn(demo_traffic(
+            url.to_string(),
+            ids,
+            opts.demo_rate,
+            shutdown.clone(),
+        ))
+    });
+    cluster.watch(&shutdown).await;
+    if let Some(demo) = demo {
+        let _ = demo.await;
+    }
+    cluster.stop().await;
+    Ok(())
+}
+
+/// The cluster's banner: NATS, then each node's URLs (a `connect` line per node).
+fn print_cluster_banner(
+    config: &Config,
+    cluster: &nodes::Nodes,
+    users: &[(Uuid, String)],
+    url: &str,
+) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    use std::io::Write as _;
+    let secret = config.auth.jwt_secret.expose();
+    let ttl = Duration::from_secs(24 * 3600);
+    let n = cluster.nodes.len();
+    let mut text = String::new();
+    writeln!(
+        text,
+        "\nengagement-relay dev is running {n} nodes (Ctrl-C stops them, nats-server and the private PostgreSQL)\n"
+    )?;
+    writeln!(text, "  database   {url}")?;
+    writeln!(text, "  nats       {}", cluster.nats_url())?;
+    let token = match users.first() {
+        Some((id, email)) => {
+            let token = mint(secret, Some(*id), Role::Authenticated, ttl)?;
+            writeln!(text, "  user       {email} ({id})")?;
+            writeln!(text, "  token      {token}")?;
+            Some(token)
+        }
+        None => None,
+    };
+    let service = mint(secret, None, Role::ServiceRole, ttl)?;
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let (port, metrics) = (node.addr.port(), node.metrics_addr.port());
+        writeln!(
+            text,
+            "  node {i}     http://127.0.0.1:{port}  metrics http://127.0.0.1:{metrics}/metrics"
+        )?;
+        if let Some(token) = &token {
+            writeln!(
+                text,
+                "  connect    ws://127.0.0.1:{port}/v1/events?access_token={token}"
+            )?;
+        }
+        writeln!(
+            text,
+            "  firehose   ws://127.0.0.1:{port}/v1/events?access_token={service}"
+        )?;
+    }
+    writeln!(
+        text,
+        "  resume     a client may reconnect to any node with ?since=<cursor>"
+    )?;
+    writeln!(
+        text,
+        "  new token  engagement-relay --jwt-secret '{secret}' token --sub <uuid>\n"
+    )?;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     Ok(())
 }
 

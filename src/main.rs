@@ -57,6 +57,11 @@ enum Command {
         /// Port of the private cluster (default: a free one).
         #[arg(long)]
         pg_port: Option<u16>,
+        /// Relay nodes. 1: the relay in this process, as always. More: a private
+        /// `nats-server -js` (installed when missing and root) and that many relay processes
+        /// in cluster mode on consecutive ports from `server.listen` and `metrics.listen`.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        nodes: u16,
     },
     /// Apply pending migrations (sql/migrations, embedded) to database.url.
     Migrate {
@@ -123,10 +128,15 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(1, &e),
     };
-    runtime.block_on(run(cli.command.unwrap_or(Command::Run), config))
+    let config_file = explicit.then(|| cli.config.clone());
+    runtime.block_on(run(
+        cli.command.unwrap_or(Command::Run),
+        config,
+        config_file,
+    ))
 }
 
-async fn run(command: Command, config: Config) -> ExitCode {
+async fn run(command: Command, config: Config, config_file: Option<PathBuf>) -> ExitCode {
     match command {
         Command::Run => {
             if let Err(e) = config.require_token_keys() {
@@ -156,6 +166,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
             demo_rate,
             data_dir,
             pg_port,
+            nodes,
         } => {
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
@@ -177,6 +188,8 @@ async fn run(command: Command, config: Config) -> ExitCode {
                 data_dir,
                 pg_port,
                 demo_rate,
+                nodes: usize::from(nodes),
+                config_file,
             };
             match dev::run(config, opts, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -78,6 +78,69 @@ async fn dev_shows_live_events_and_ctrl_c_stops_everything() {
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
+/// `dev --nodes 2`: a private nats-server and two relay processes in cluster mode; each node
+/// prints its own `connect` URL and serves the demo events, and Ctrl-C stops the nodes, NATS
+/// and PostgreSQL with exit status 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_nodes_serves_the_demo_on_every_node() {
+    let data_dir =
+        std::env::temp_dir().join(format!("relay-dev-nodes-test-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engagement-relay"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "dev",
+        ])
+        .args(["--nodes", "2", "--demo-rate", "20", "--data-dir"])
+        .arg(&data_dir)
+        .env_remove("RELAY_JWT_SECRET")
+        .env_remove("RELAY_DATABASE_URL")
+        .env_remove("RELAY_CLUSTER__NATS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _stop_on_failure = StopOnPanic(child.id());
+    let stdout = child.stdout.take().unwrap();
+    let urls = tokio::task::spawn_blocking(move || {
+        let mut urls = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.trim().strip_prefix("connect") {
+                urls.push(url.trim().to_string());
+            }
+            if line.trim().starts_with("new token") {
+                break;
+            }
+        }
+        urls
+    })
+    .await
+    .unwrap();
+    assert_eq!(urls.len(), 2, "one connect URL per node: {urls:?}");
+    assert_ne!(urls[0], urls[1], "the nodes listen on different ports");
+    for url in &urls {
+        assert_eq!(
+            first_frames_or_1012(url).await,
+            ["ready", "insert"],
+            "a live demo event arrives on {url}"
+        );
+    }
+
+    relay_testkit::sigint(child.id()).expect("SIGINT");
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "dev --nodes exits 0 on Ctrl-C: {exit:?}");
+    assert!(
+        !data_dir.join("postmaster.pid").exists(),
+        "the private PostgreSQL was stopped"
+    );
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
 /// The types of the first two frames of a new session on `url` (each within 30 s; the upgrade
 /// is retried for 30 s while the relay reconnects and answers 503).
 async fn first_frames(url: &str) -> Vec<String> {
@@ -105,6 +168,39 @@ async fn first_frames(url: &str) -> Vec<String> {
         }
     }
     types
+}
+
+/// [`first_frames`], but a session closed with 1012 (the window started over: the client
+/// resumes, as the protocol says) is opened again, up to 3 times. A node is ready once it
+/// has read the stream, which can be before the publisher's first `begin` message reaches
+/// it; that message then restarts the sessions already open.
+async fn first_frames_or_1012(url: &str) -> Vec<String> {
+    for _ in 0..3 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut types = Vec::new();
+        let mut restarted = false;
+        while types.len() < 2 {
+            let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+                .await
+                .expect("a frame within 30 s");
+            match msg {
+                Some(Ok(Message::Text(text))) => {
+                    let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    types.push(frame["type"].as_str().unwrap().to_string());
+                }
+                Some(Ok(Message::Close(Some(close)))) if u16::from(close.code) == 1012 => {
+                    restarted = true;
+                    break;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the session ended: {other:?}"),
+            }
+        }
+        if !restarted {
+            return types;
+        }
+    }
+    panic!("{url}: closed with 1012 three times")
 }
 
 /// `pg_ctl restart -m fast` of the dev cluster in `data_dir` (its options come from

@@ -6,11 +6,15 @@
 mod drain;
 mod ingest;
 mod load;
+mod multi;
+mod nodes;
 mod plot;
 mod procstat;
 mod report;
 mod sessions;
 mod spawn;
+mod wal;
+mod workers;
 
 /// The allocator of the engagement-relay binary (jemalloc, background purging), so that the
 /// `__relay` child's RSS is the shipped binary's.
@@ -53,11 +57,14 @@ enum Command {
     /// (internal) run the relay from RELAY_* variables; used by --spawn-dev.
     #[command(name = "__relay", hide = true)]
     Relay,
+    /// (internal) a harness worker: sessions read from stdin; used by multi-process runs.
+    #[command(name = "__worker", hide = true)]
+    Worker,
 }
 
 /// A soak run.
 #[derive(Args, Clone)]
-struct SoakArgs {
+pub(crate) struct SoakArgs {
     /// Relay WebSocket base URL (loopback only): `ws://` or `wss://` (then give `--ca`).
     #[arg(long, default_value = "ws://127.0.0.1:4000")]
     url: String,
@@ -118,6 +125,38 @@ struct SoakArgs {
     /// `fsync=off` to take the disk's flush latency out of commit → receive.
     #[arg(long = "pg-setting", value_parser = parse_setting)]
     pg_settings: Vec<(String, String)>,
+    /// Spawn a private PostgreSQL, a private `nats-server -js` and N relay nodes in cluster
+    /// mode (same slot and configuration), and spread the sessions over them.
+    #[arg(long, conflicts_with_all = ["spawn_dev", "targets"], value_parser = clap::value_parser!(u16).range(1..=16))]
+    nodes: Option<u16>,
+    /// A relay node's WebSocket base URL (repeatable, loopback only): spread the sessions over
+    /// these running nodes instead of `--url`.
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    /// The metrics URL of each `--target`, in the same order (repeatable; optional).
+    #[arg(long = "target-metrics")]
+    target_metrics: Vec<String>,
+    /// Harness worker processes holding the sessions (0: as many as needed, each under
+    /// 15,000 sockets; multi-node runs and runs above 15,000 sessions always use workers).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// With --nodes: SIGKILL the publisher node this long into the insert load, and measure
+    /// the time until another node publishes (sessions resume with `since` on other nodes).
+    #[arg(long, requires = "nodes", value_parser = humantime::parse_duration)]
+    kill_publisher_after: Option<Duration>,
+    /// Sessions a node drops resume with `since` on another node (multi-node runs).
+    #[arg(long)]
+    resume: bool,
+    /// Sample the WAL the slot retains once a second during the load (`--slot`).
+    #[arg(long)]
+    sample_wal: bool,
+    /// The relay's replication slot (for --sample-wal; spawned relays use `relay_soak`).
+    #[arg(long, default_value = "relay_soak")]
+    slot: String,
+    /// Extra variable for spawned relays, `NAME=value` (repeatable), e.g.
+    /// `RELAY_REPLAY__WINDOW=1h`.
+    #[arg(long = "relay-env", value_parser = parse_setting)]
+    relay_env: Vec<(String, String)>,
     /// Write the JSON report here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -148,6 +187,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Some(Command::Relay) => spawn::serve_relay().await.map(|()| true),
+            Some(Command::Worker) => workers::serve_worker().await.map(|()| true),
             Some(Command::Drain(args)) => drain::run(args).await.map(|()| true),
             Some(Command::Ingest(args)) => ingest::run(args).await.map(|()| true),
             None => soak(cli.soak).await,
@@ -177,6 +217,13 @@ async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
     if args.users == 0 || args.connections == 0 && args.firehose == 0 {
         bail!("--users and --connections (or --firehose) must be at least 1");
     }
+    if args.nodes.is_some()
+        || !args.targets.is_empty()
+        || args.workers > 0
+        || args.connections + args.firehose > workers::MAX_PER_WORKER
+    {
+        return multi::soak(args).await;
+    }
     let mut _cluster = None;
     let mut child = None;
     let mut _certs = None;
@@ -191,7 +238,8 @@ async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
             None
         };
         let extra = tls.as_ref().map(spawn::TlsFiles::env).unwrap_or_default();
-        let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        extra.extend(args.relay_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let https = match &args.ca {
             Some(ca) if args.tls => Some(https_client(ca)?),
             _ => None,
@@ -259,7 +307,7 @@ async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
 }
 
 /// The relay's address, refusing anything outside 127.0.0.0/8.
-fn loopback_target(url: &str) -> anyhow::Result<SocketAddr> {
+pub(crate) fn loopback_target(url: &str) -> anyhow::Result<SocketAddr> {
     let rest = url
         .strip_prefix("ws://")
         .or_else(|| url.strip_prefix("wss://"))
@@ -299,6 +347,7 @@ async fn run(
             tls: tls.clone(),
             relay,
             source: sessions::source_address(i),
+            resume_to: Vec::new(),
         });
     }
     let service = mint(secret, None, Role::ServiceRole, ttl)?;
@@ -310,6 +359,7 @@ async fn run(
             tls: tls.clone(),
             relay,
             source: sessions::source_address(args.connections + i),
+            resume_to: Vec::new(),
         });
     }
 
@@ -406,32 +456,7 @@ async fn run(
         "connect_rate": args.connect_rate, "slo_ms": args.slo_ms,
         "pg_settings": args.pg_settings,
     });
-    if sent.failed_batches > 0 {
-        report
-            .failures
-            .push(format!("{} insert batches failed", sent.failed_batches));
-    }
-    for (what, n) in [
-        ("leaks", report.leaks),
-        ("lost", report.lost),
-        ("duplicates", report.duplicates),
-    ] {
-        if n > 0 {
-            report.failures.push(format!("{n} {what}"));
-        }
-    }
-    if report.connection_errors > 0 {
-        report.failures.push(format!(
-            "{} sessions never connected",
-            report.connection_errors
-        ));
-    }
-    if !args.no_slo && report.latency_ms.p99 > args.slo_ms {
-        report.failures.push(format!(
-            "p99 {:.2} ms is above --slo-ms {}",
-            report.latency_ms.p99, args.slo_ms
-        ));
-    }
+    report::judge(&mut report, &sent, args.slo_ms, args.no_slo);
     if let Some(path) = &args.svg {
         let title = format!(
             "relay-soak: {} sessions, {} users, {} events/s for {:?}",
@@ -451,7 +476,7 @@ fn https_client(ca: &std::path::Path) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-async fn scrape(url: &str) -> String {
+pub(crate) async fn scrape(url: &str) -> String {
     match reqwest::get(url).await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => String::new(),

@@ -70,6 +70,27 @@ pub struct RelayHistogram {
     pub p99_ms: f64,
 }
 
+/// One node of a multi-node run (`--nodes`, `--target`).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct NodeUsage {
+    /// Its WebSocket base URL.
+    pub url: String,
+    /// Pid measured (0 when unknown).
+    pub pid: u32,
+    /// Sessions assigned to it that reached `ready`.
+    pub sessions: usize,
+    /// CPU seconds from the start of the ramp to the end of the drain.
+    pub cpu_seconds: f64,
+    /// Peak resident set size, bytes.
+    pub max_rss_bytes: u64,
+    /// RSS before the first session connected, bytes.
+    pub rss_before_ramp_bytes: u64,
+    /// RSS once every session was connected, before any event, bytes.
+    pub rss_after_ramp_bytes: u64,
+    /// (after − before) / its connected sessions, bytes.
+    pub rss_per_connection_bytes: u64,
+}
+
 /// The relay's own view, from `/metrics`.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct RelayMetrics {
@@ -86,6 +107,15 @@ impl RelayMetrics {
         RelayMetrics {
             delivery: relay_histogram(before, after, "relay_delivery_latency_seconds"),
             replication: relay_histogram(before, after, "relay_replication_latency_seconds"),
+        }
+    }
+
+    /// Both histograms over several nodes: each node's bucket counts between its two scrapes,
+    /// summed bucket by bucket (the nodes share bucket bounds), then the quantiles.
+    pub fn summed(scrapes: &[(&str, &str)]) -> RelayMetrics {
+        RelayMetrics {
+            delivery: summed_histogram(scrapes, "relay_delivery_latency_seconds"),
+            replication: summed_histogram(scrapes, "relay_replication_latency_seconds"),
         }
     }
 }
@@ -123,6 +153,25 @@ pub struct Report {
     pub relay_metrics: RelayMetrics,
     /// The run's parameters.
     pub params: serde_json::Value,
+    /// Sessions whose events of one user arrived out of sequence (commit) order.
+    pub out_of_order: u64,
+    /// Resumes (`since`) on another node after a node dropped a session.
+    pub resumes: u64,
+    /// Resumes answered `complete:false`.
+    pub incomplete_resumes: u64,
+    /// Per node (multi-node runs only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeUsage>,
+    /// Harness worker processes (0: the sessions ran in this process).
+    pub harness_workers: usize,
+    /// The workers' RSS summed after the ramp, bytes.
+    pub harness_rss_bytes: u64,
+    /// `--kill-publisher-after`: the takeover.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub takeover: Option<crate::nodes::Takeover>,
+    /// `--sample-wal`: WAL the slot retained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<crate::wal::WalReport>,
     /// Why the run failed (empty when it passed).
     pub failures: Vec<String>,
 }
@@ -156,6 +205,11 @@ pub fn account(
             *report.closes.entry(code.to_string()).or_default() += 1;
         }
         report.leaks += outcome.leaks;
+        report.resumes += u64::from(outcome.resumes);
+        report.incomplete_resumes += u64::from(outcome.incomplete_resumes);
+        if outcome.seqs.windows(2).any(|w| w[1] < w[0]) {
+            report.out_of_order += 1;
+        }
         let mut got = outcome.seqs.clone();
         got.sort_unstable();
         let before = got.len();
@@ -250,6 +304,61 @@ pub fn relay_histogram(before: &str, after: &str, name: &str) -> RelayHistogram 
     }
 }
 
+/// Histogram `name` summed over several nodes' scrape pairs.
+fn summed_histogram(scrapes: &[(&str, &str)], name: &str) -> RelayHistogram {
+    let mut total: Vec<(f64, f64)> = Vec::new();
+    for (before, after) in scrapes {
+        let b = buckets(before, name);
+        for (le, n) in buckets(after, name) {
+            let n = n - b.iter().find(|x| x.0 == le).map_or(0.0, |x| x.1);
+            match total.iter_mut().find(|x| x.0 == le) {
+                Some(slot) => slot.1 += n,
+                None => total.push((le, n)),
+            }
+        }
+    }
+    total.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let count = total.last().map_or(0.0, |x| x.1);
+    RelayHistogram {
+        count,
+        p50_ms: bucket_quantile(&total, 0.5) * 1000.0,
+        p99_ms: bucket_quantile(&total, 0.99) * 1000.0,
+    }
+}
+
+/// Adds the run's failures: failed insert batches, leaks, loss, duplicates, sessions out of
+/// order or never connected, incomplete resumes, and (unless `no_slo`) a p99 above `slo_ms`.
+pub fn judge(report: &mut Report, sent: &Sent, slo_ms: f64, no_slo: bool) {
+    if sent.failed_batches > 0 {
+        report
+            .failures
+            .push(format!("{} insert batches failed", sent.failed_batches));
+    }
+    for (what, n) in [
+        ("leaks", report.leaks),
+        ("lost", report.lost),
+        ("duplicates", report.duplicates),
+        ("sessions saw events out of order", report.out_of_order),
+        ("resumes were incomplete", report.incomplete_resumes),
+    ] {
+        if n > 0 {
+            report.failures.push(format!("{n} {what}"));
+        }
+    }
+    if report.connection_errors > 0 {
+        report.failures.push(format!(
+            "{} sessions never connected",
+            report.connection_errors
+        ));
+    }
+    if !no_slo && report.latency_ms.p99 > slo_ms {
+        report.failures.push(format!(
+            "p99 {:.2} ms is above --slo-ms {}",
+            report.latency_ms.p99, slo_ms
+        ));
+    }
+}
+
 /// Linear interpolation inside the bucket holding quantile `q` (Prometheus semantics).
 fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
     let total = buckets.last().map_or(0.0, |b| b.1);
@@ -322,6 +431,48 @@ pub fn summary(r: &Report) -> String {
         r.relay.max_rss_bytes as f64 / 1048576.0,
         r.relay.rss_per_connection_bytes
     );
+    for (i, n) in r.nodes.iter().enumerate() {
+        s += &format!(
+            "node {i} {:<22} pid {}, {} sessions, cpu {:.2} s, max rss {:.1} MiB, {} B per connection\n",
+            n.url,
+            n.pid,
+            n.sessions,
+            n.cpu_seconds,
+            n.max_rss_bytes as f64 / 1048576.0,
+            n.rss_per_connection_bytes
+        );
+    }
+    if r.harness_workers > 0 {
+        s += &format!(
+            "harness                {} worker processes, rss {:.1} MiB after the ramp\n",
+            r.harness_workers,
+            r.harness_rss_bytes as f64 / 1048576.0
+        );
+    }
+    if r.out_of_order + r.resumes + r.incomplete_resumes > 0 {
+        s += &format!(
+            "order / resumes        {} sessions out of order, {} resumes ({} incomplete)\n",
+            r.out_of_order, r.resumes, r.incomplete_resumes
+        );
+    }
+    if let Some(t) = &r.takeover {
+        s += &format!(
+            "takeover               node {} killed; node {:?} publisher after {:?} s, first publish after {:?} s\n",
+            t.killed_node, t.new_publisher, t.to_publisher_seconds, t.to_first_publish_seconds
+        );
+    }
+    if let Some(w) = &r.wal {
+        s += &format!(
+            "retained WAL           {:.0} B/s written; max retained {} B = {:.2} s, mean {:.0} B; max unconfirmed {} B = {:.2} s ({} samples)\n",
+            w.rate_bytes_per_second,
+            w.max_retained_bytes,
+            w.max_retained_seconds,
+            w.mean_retained_bytes,
+            w.max_unconfirmed_bytes,
+            w.max_unconfirmed_seconds,
+            w.samples
+        );
+    }
     if r.relay.rss_settled_bytes > 0 {
         s += &format!(
             "relay memory           rss {:.1} MiB before the ramp, {:.1} MiB settled after the sessions closed\n",
@@ -358,6 +509,45 @@ mod tests {
         assert_eq!(h.count, 100.0);
         assert!((h.p50_ms - 1.0).abs() < 1e-9);
         assert!((h.p99_ms - 1.98).abs() < 1e-9);
+    }
+
+    #[test]
+    fn node_histograms_are_summed_bucket_by_bucket() {
+        let a = "relay_delivery_latency_seconds_bucket{le=\"0.001\"} 90\n\
+                 relay_delivery_latency_seconds_bucket{le=\"0.002\"} 100\n\
+                 relay_delivery_latency_seconds_bucket{le=\"+Inf\"} 100\n";
+        let b = "relay_delivery_latency_seconds_bucket{le=\"0.001\"} 0\n\
+                 relay_delivery_latency_seconds_bucket{le=\"0.002\"} 100\n\
+                 relay_delivery_latency_seconds_bucket{le=\"+Inf\"} 100\n";
+        let m = RelayMetrics::summed(&[("", a), ("", b)]);
+        assert_eq!(m.delivery.count, 200.0);
+        // 90 of 200 samples under 1 ms: the median is in the second bucket, not the mean of
+        // the nodes' medians.
+        let expected = 1.0 + 10.0 / 110.0;
+        assert!(
+            (m.delivery.p50_ms - expected).abs() < 1e-9,
+            "{}",
+            m.delivery.p50_ms
+        );
+    }
+
+    #[test]
+    fn order_and_resumes_are_counted() {
+        let sent = Sent {
+            owner: vec![0, 0, 0],
+            failed_batches: 0,
+        };
+        let a = SessionOutcome {
+            connected: true,
+            seqs: vec![0, 2, 1],
+            resumes: 1,
+            incomplete_resumes: 1,
+            ..Default::default()
+        };
+        let mut r = Report::default();
+        account(&mut r, &sent, &[a], &[Some(0)]);
+        assert_eq!((r.lost, r.duplicates, r.out_of_order), (0, 0, 1));
+        assert_eq!((r.resumes, r.incomplete_resumes), (1, 1));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -28,10 +28,14 @@ pub struct SessionSpec {
     pub relay: SocketAddr,
     /// Loopback source address (127.0.0.x) to spread local ports over.
     pub source: IpAddr,
+    /// Where to resume (`url` with `&since=<cursor>` appended, and its address) when the relay
+    /// drops the session before `stop`, tried in turn from the first, round and round, until
+    /// `stop`. Empty: the session ends when the relay drops it (single-node mode).
+    pub resume_to: Vec<(String, SocketAddr)>,
 }
 
 /// What one session saw.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct SessionOutcome {
     /// Reached `ready`.
     pub connected: bool,
@@ -47,6 +51,12 @@ pub struct SessionOutcome {
     pub commit_latency_us: Vec<u32>,
     /// Insert sent → receive latency per event, µs.
     pub send_latency_us: Vec<u32>,
+    /// Times it resumed (`since`) on another node after the relay dropped it.
+    #[serde(default)]
+    pub resumes: u32,
+    /// Resumes answered `recovered` with `complete:false`.
+    #[serde(default)]
+    pub incomplete_resumes: u32,
 }
 
 /// Counters shared by all sessions, for progress and straggler waits.
@@ -68,6 +78,10 @@ struct Frame<'a> {
     commit_timestamp: Option<&'a str>,
     #[serde(default, borrow)]
     record: Option<Record<'a>>,
+    #[serde(default, borrow)]
+    cursor: Option<&'a str>,
+    #[serde(default)]
+    complete: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -88,10 +102,11 @@ pub fn source_address(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % 250) as u8))
 }
 
-/// Runs one session until `stop`; never panics on what the relay sends.
+/// Runs one session until `stop`; never panics on what the relay sends. With `resume_to`, a
+/// session the relay drops resumes with `since` on the next address until `stop`.
 pub async fn run(spec: SessionSpec, live: Arc<Live>, stop: StopToken) -> SessionOutcome {
     let mut out = SessionOutcome::default();
-    let mut ws = match connect(&spec).await {
+    let mut ws = match connect(&spec.url, spec.relay, &spec).await {
         Ok(ws) => ws,
         Err(e) => {
             live.failed.fetch_add(1, Ordering::Relaxed);
@@ -100,49 +115,100 @@ pub async fn run(spec: SessionSpec, live: Arc<Live>, stop: StopToken) -> Session
         }
     };
     // The first frame must be `ready`.
-    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+    let mut cursor = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
         Ok(Some(Ok(Message::Text(t)))) if t.contains("\"ready\"") => {
             out.connected = true;
             live.ready.fetch_add(1, Ordering::Relaxed);
+            serde_json::from_str::<Frame>(&t)
+                .ok()
+                .and_then(|f| f.cursor.map(str::to_string))
         }
         other => {
             live.failed.fetch_add(1, Ordering::Relaxed);
             out.error = Some(format!("no ready frame: {other:?}"));
             return out;
         }
+    };
+    let mut next_target = 0usize;
+    loop {
+        let dropped = serve(&mut ws, &mut out, &spec, &live, &stop, &mut cursor).await;
+        if !dropped || spec.resume_to.is_empty() {
+            return out;
+        }
+        // Resume elsewhere with the last cursor seen, until `stop`.
+        let Some(since) = cursor.clone() else {
+            return out;
+        };
+        loop {
+            if stop.is_cancelled() {
+                return out;
+            }
+            let (url, addr) = &spec.resume_to[next_target % spec.resume_to.len()];
+            next_target += 1;
+            let url = format!("{url}&since={since}");
+            match connect(&url, *addr, &spec).await {
+                Ok(resumed) => {
+                    ws = resumed;
+                    out.resumes += 1;
+                    live.failed.fetch_sub(1, Ordering::Relaxed);
+                    break;
+                }
+                Err(_) => {
+                    tokio::select! {
+                        _ = stop.cancelled() => return out,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        }
     }
+}
+
+/// Reads frames until `stop` (false) or until the relay closes or drops the session (true,
+/// after counting it in `live.failed`).
+async fn serve(
+    ws: &mut Ws,
+    out: &mut SessionOutcome,
+    spec: &SessionSpec,
+    live: &Live,
+    stop: &StopToken,
+    cursor: &mut Option<String>,
+) -> bool {
     loop {
         let msg = tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
+            _ = stop.cancelled() => return false,
             msg = ws.next() => msg,
         };
         match msg {
-            Some(Ok(Message::Text(text))) => record(&mut out, &spec, &live, text.as_bytes()),
+            Some(Ok(Message::Text(text))) => {
+                if let Some(c) = record(out, spec, live, text.as_bytes()) {
+                    *cursor = Some(c);
+                }
+            }
             Some(Ok(Message::Close(frame))) => {
                 out.close_code = frame.map(|f| u16::from(f.code));
                 live.failed.fetch_add(1, Ordering::Relaxed);
-                break;
+                return true;
             }
             Some(Ok(_)) => {}
             Some(Err(_)) | None => {
                 live.failed.fetch_add(1, Ordering::Relaxed);
-                break;
+                return true;
             }
         }
     }
-    out
 }
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(spec: &SessionSpec) -> Result<Ws, String> {
+async fn connect(url: &str, relay: SocketAddr, spec: &SessionSpec) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     socket
         .bind(SocketAddr::new(spec.source, 0))
         .map_err(|e| format!("bind {}: {e}", spec.source))?;
-    let stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(spec.relay))
+    let stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(relay))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
@@ -158,27 +224,31 @@ async fn connect(spec: &SessionSpec) -> Result<Ws, String> {
         .clone()
         .map(tokio_tungstenite::Connector::Rustls)
         .unwrap_or(tokio_tungstenite::Connector::Plain);
-    let (ws, _) = tokio_tungstenite::client_async_tls_with_config(
-        spec.url.as_str(),
-        stream,
-        Some(config),
-        Some(connector),
-    )
-    .await
-    .map_err(|e| format!("handshake: {e}"))?;
+    let (ws, _) =
+        tokio_tungstenite::client_async_tls_with_config(url, stream, Some(config), Some(connector))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
     Ok(ws)
 }
 
-fn record(out: &mut SessionOutcome, spec: &SessionSpec, live: &Live, text: &[u8]) {
+/// Accounts one frame; returns its cursor when it is an event (where a resume starts).
+fn record(
+    out: &mut SessionOutcome,
+    spec: &SessionSpec,
+    live: &Live,
+    text: &[u8],
+) -> Option<String> {
     let now = chrono::Utc::now().timestamp_micros();
-    let Ok(frame) = serde_json::from_slice::<Frame>(text) else {
-        return;
-    };
-    if frame.kind != "insert" {
-        return;
+    let frame = serde_json::from_slice::<Frame>(text).ok()?;
+    if frame.kind == "recovered" && frame.complete == Some(false) {
+        out.incomplete_resumes += 1;
     }
+    if frame.kind != "insert" {
+        return None;
+    }
+    let cursor = frame.cursor.map(str::to_string);
     let Some(record) = frame.record else {
-        return;
+        return cursor;
     };
     if let Some(own) = &spec.user_id {
         if record.user_id != own {
@@ -195,6 +265,7 @@ fn record(out: &mut SessionOutcome, spec: &SessionSpec, live: &Live, text: &[u8]
     out.send_latency_us
         .push(clamp_us(now - record.value.sent_us));
     live.received.fetch_add(1, Ordering::Relaxed);
+    cursor
 }
 
 fn clamp_us(us: i64) -> u32 {
