@@ -313,6 +313,13 @@ fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // pgwire-replication reports every ended replication connection at ERROR; the relay logs
+    // each one itself at the level it deserves (a cluster standby finding the slot busy every
+    // `cluster.takeover_interval` is routine, at DEBUG).
+    let filter = match "pgwire_replication::client::tokio_client=off".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

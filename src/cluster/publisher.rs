@@ -39,7 +39,7 @@ use tracing::{debug, warn};
 
 use super::wire;
 use crate::metrics as m;
-use crate::model::{now_unix_us, Cursor, Event};
+use crate::model::{now_unix_us, Cursor, Event, Relation};
 use crate::replication::Dispatch;
 
 /// Messages sent before their PubAcks are awaited.
@@ -81,6 +81,9 @@ struct Unacked {
 pub struct Publisher {
     prefix: String,
     unacked: Mutex<Unacked>,
+    /// `Relay-Relation` texts of the relations seen, encoded once each (the decoder keeps one
+    /// `Arc` per relation until its schema changes).
+    relations: Mutex<Vec<(Arc<Relation>, Arc<str>)>>,
     tx: mpsc::UnboundedSender<Outgoing>,
 }
 
@@ -96,6 +99,7 @@ impl Publisher {
         let publisher = Arc::new(Publisher {
             prefix: prefix.to_string(),
             unacked: Mutex::new(Unacked::default()),
+            relations: Mutex::default(),
             tx,
         });
         let task = run(js, publisher.clone(), rx, stop);
@@ -116,6 +120,21 @@ impl Publisher {
         if unacked.epoch == epoch {
             unacked.lsns.pop_front();
         }
+    }
+
+    /// The `Relay-Relation` text of `relation`, encoded at its first event only.
+    fn relation_header(&self, relation: &Arc<Relation>) -> Arc<str> {
+        let mut relations = self.relations.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, text)) = relations.iter().find(|(r, _)| Arc::ptr_eq(r, relation)) {
+            return text.clone();
+        }
+        // Schema changes replace relations; a bound keeps the old ones from piling up.
+        if relations.len() >= 256 {
+            relations.clear();
+        }
+        let text: Arc<str> = wire::encode_relation(relation).into();
+        relations.push((relation.clone(), text.clone()));
+        text
     }
 
     fn send(&self, message: Outgoing) {
@@ -152,7 +171,7 @@ impl Dispatch for Publisher {
             unacked.last = Some(event.cursor);
             unacked.epoch
         };
-        let relation = wire::encode_relation(&event.relation);
+        let relation = self.relation_header(&event.relation);
         self.send(Outgoing {
             epoch,
             subject: wire::subject(&self.prefix, &event),
