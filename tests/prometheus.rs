@@ -97,17 +97,7 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
         })
         .await;
     let metrics_url = format!("https://localhost:{}/metrics", relay.metrics_addr().port());
-    let scrape = || async {
-        certs
-            .http()
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let scrape = || get_text(&certs, &metrics_url);
     let sql = db.client().await;
 
     // One lost replication connection: the relay reconnects (relay_replication_reconnects_total).
@@ -183,17 +173,7 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
     let someone = create_user(&node_sql).await;
     insert_event(&node_sql, someone, "prometheus_test", json!({})).await;
     let node_url = format!("https://localhost:{}/metrics", node.metrics_addr().port());
-    let scrape_node = || async {
-        certs
-            .http()
-            .get(&node_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let scrape_node = || get_text(&certs, &node_url);
     wait_until_async("the cluster node has a PubAck", WAIT, || async {
         scrape_node().await.lines().any(|l| {
             l.strip_prefix("relay_cluster_publish_seconds_count ")
@@ -383,6 +363,19 @@ async fn a_real_prometheus_scrapes_the_relay_evaluates_every_rule_and_every_dash
 
 /// Through the API as one user: an insert of their own (201), one of another user's rows that
 /// RLS refuses (403), then malformed requests until one is over the user's rate limit (429).
+/// `GET url` with a client that trusts `certs`: the body.
+async fn get_text(certs: &Certs, url: &str) -> String {
+    certs
+        .http()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn api_requests(relay: &engagement_relay::Relay, sql: &tokio_postgres::Client) {
     let (me, other) = (create_user(sql).await, create_user(sql).await);
     let token = user_token(me, Duration::from_secs(3600));

@@ -228,15 +228,16 @@ pub(super) fn missing(wanted: &stream::Config, clustered: bool) -> Check {
 
 /// The wanted configuration in one phrase.
 fn summary(c: &stream::Config) -> String {
+    let [retention, storage, discard, max_age, duplicate_window] = spelled(c);
     format!(
         "subjects {}, {} retention, {} storage, discard {}, max_age {}, duplicate_window {}, {} \
          replica{}",
         c.subjects.join(" "),
-        word(&c.retention),
-        word(&c.storage),
-        word(&c.discard),
-        go_duration(c.max_age),
-        go_duration(c.duplicate_window),
+        retention,
+        storage,
+        discard,
+        max_age,
+        duplicate_window,
         c.num_replicas,
         if c.num_replicas == 1 { "" } else { "s" }
     )
@@ -244,18 +245,30 @@ fn summary(c: &stream::Config) -> String {
 
 /// A `nats stream <verb>` command line that gives the stream `c`'s settings.
 fn nats_cli(verb: &str, c: &stream::Config) -> String {
+    let [retention, storage, discard, max_age, duplicate_window] = spelled(c);
     format!(
         "nats stream {verb} {} --subjects '{}' --retention {} --storage {} --discard {} \
          --max-age {} --dupe-window {} --replicas {} --defaults",
         c.name,
         c.subjects.join(","),
+        retention,
+        storage,
+        discard,
+        max_age,
+        duplicate_window,
+        c.num_replicas
+    )
+}
+
+/// `c`'s retention, storage, discard, max_age and duplicate_window as NATS spells them.
+fn spelled(c: &stream::Config) -> [String; 5] {
+    [
         word(&c.retention),
         word(&c.storage),
         word(&c.discard),
         go_duration(c.max_age),
         go_duration(c.duplicate_window),
-        c.num_replicas
-    )
+    ]
 }
 
 /// One difference between the server's stream and the relay's.
@@ -320,6 +333,42 @@ pub(super) fn evaluate(
     }
 }
 
+/// The stream settings [`compare`] checks one by one: how bad a difference is, the key, why it
+/// matters, and whether only a new stream fixes it (JetStream cannot change it in place).
+const SETTINGS: [(Status, &str, &str, bool); 6] = [
+    (
+        Status::Fail,
+        "retention",
+        " (interest and workqueue remove messages once read: nodes cannot rebuild or resume)",
+        true,
+    ),
+    (
+        Status::Warn,
+        "storage",
+        " (memory storage loses the stream when NATS restarts)",
+        true,
+    ),
+    (
+        Status::Warn,
+        "max_age",
+        " (replay.window, at least 1m)",
+        false,
+    ),
+    (
+        Status::Warn,
+        "duplicate_window",
+        " (cluster.duplicate_window, at most max_age)",
+        false,
+    ),
+    (Status::Warn, "num_replicas", " (cluster.replicas)", false),
+    (
+        Status::Warn,
+        "discard",
+        " (discard new refuses publishes once a limit is reached: the slot stops advancing)",
+        false,
+    ),
+];
+
 fn compare(wanted: &stream::Config, found: &stream::Config) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut differ = |status, key: &str, server: String, relay: String, why: &str, fixed| {
@@ -349,70 +398,42 @@ fn compare(wanted: &stream::Config, found: &stream::Config) -> Vec<Finding> {
             false,
         );
     }
-    if found.retention != wanted.retention {
-        differ(
-            Status::Fail,
-            "retention",
-            word(&found.retention),
-            word(&wanted.retention),
-            " (interest and workqueue remove messages once read: nodes cannot rebuild or resume)",
-            true,
-        );
-    }
-    if found.storage != wanted.storage {
-        differ(
-            Status::Warn,
-            "storage",
-            word(&found.storage),
-            word(&wanted.storage),
-            " (memory storage loses the stream when NATS restarts)",
-            true,
-        );
-    }
-    if found.max_age != wanted.max_age {
-        let server = if found.max_age.is_zero() {
-            "unlimited".to_string()
-        } else {
-            go_duration(found.max_age)
-        };
-        differ(
-            Status::Warn,
-            "max_age",
-            server,
-            go_duration(wanted.max_age),
-            " (replay.window, at least 1m)",
-            false,
-        );
-    }
-    if found.duplicate_window != wanted.duplicate_window {
-        differ(
-            Status::Warn,
-            "duplicate_window",
-            go_duration(found.duplicate_window),
-            go_duration(wanted.duplicate_window),
-            " (cluster.duplicate_window, at most max_age)",
-            false,
-        );
-    }
-    if found.num_replicas.max(1) != wanted.num_replicas {
-        differ(
-            Status::Warn,
-            "num_replicas",
-            found.num_replicas.max(1).to_string(),
-            wanted.num_replicas.to_string(),
-            " (cluster.replicas)",
-            false,
-        );
-    }
-    if found.discard != wanted.discard {
-        differ(
-            Status::Warn,
-            "discard",
-            word(&found.discard),
-            word(&wanted.discard),
-            " (discard new refuses publishes once a limit is reached: the slot stops advancing)",
-            false,
-        );
+    let (f, w) = (found, wanted);
+    let server_max_age = if f.max_age.is_zero() {
+        "unlimited".to_string()
+    } else {
+        go_duration(f.max_age)
+    };
+    // In the order of SETTINGS: whether it differs, the server's value, the relay's.
+    let settings = [
+        (
+            f.retention != w.retention,
+            word(&f.retention),
+            word(&w.retention),
+        ),
+        (f.storage != w.storage, word(&f.storage), word(&w.storage)),
+        (
+            f.max_age != w.max_age,
+            server_max_age,
+            go_duration(w.max_age),
+        ),
+        (
+            f.duplicate_window != w.duplicate_window,
+            go_duration(f.duplicate_window),
+            go_duration(w.duplicate_window),
+        ),
+        (
+            f.num_replicas.max(1) != w.num_replicas,
+            f.num_replicas.max(1).to_string(),
+            w.num_replicas.to_string(),
+        ),
+        (f.discard != w.discard, word(&f.discard), word(&w.discard)),
+    ];
+    for ((differs, server, relay), (status, key, why, fixed)) in settings.into_iter().zip(SETTINGS)
+    {
+        if differs {
+            differ(status, key, server, relay, why, fixed);
+        }
     }
     for (key, value) in [
         ("max_bytes", found.max_bytes),

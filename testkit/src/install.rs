@@ -52,14 +52,12 @@ pub enum InstallError {
         output_tail: String,
     },
     /// Writing `policy-rc.d` or starting a command failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done, e.g. `creating /usr/sbin/policy-rc.d`.
-        context: String,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
+}
+
+fn io_err(context: impl std::fmt::Display) -> impl FnOnce(io::Error) -> InstallError {
+    crate::io_error::io_err(context)
 }
 
 /// The line to run to install `packages` by hand (not root):
@@ -266,13 +264,6 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), InstallError> {
         status: out.status.to_string(),
         output_tail: lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n"),
     })
-}
-
-fn io_err(context: impl std::fmt::Display) -> impl FnOnce(io::Error) -> InstallError {
-    move |source| InstallError::Io {
-        context: context.to_string(),
-        source,
-    }
 }
 
 #[cfg(test)]

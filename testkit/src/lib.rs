@@ -20,6 +20,7 @@
 
 pub mod demo;
 pub mod install;
+mod io_error;
 pub mod nats;
 mod net;
 pub mod pgcluster;
@@ -30,6 +31,7 @@ mod signal;
 #[cfg(feature = "tls")]
 pub mod tls;
 
+pub use io_error::IoError;
 pub use net::{free_port, refusing_port, reserve_port, PortGuard, RefusingPort};
 #[cfg(feature = "process")]
 pub use process::{RelayLog, RelayProcess, RelayProcessError, StartOptions};

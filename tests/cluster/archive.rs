@@ -3,22 +3,16 @@
 //! owner's events only; a user's erased rows are erased from the stream too, so such a
 //! resume replays only their deletes.
 
-use std::time::Duration;
-
 use crate::common::ws::{connect, Client};
-use crate::common::{
-    assert_at_least, create_user, insert_event, scrape, user_token, wait_until_async, TestDb,
-};
+use crate::common::{assert_at_least, create_user, insert_event, scrape, wait_until_async, TestDb};
 use async_nats::jetstream;
 use engagement_relay::Relay;
 use futures_util::StreamExt;
 use relay_testkit::nats::NatsServer;
 
-use super::support::{nats, node_with};
-use serde_json::{json, Value};
+use super::support::{nats, node_with, replay, user_and_token, T};
+use serde_json::json;
 use uuid::Uuid;
-
-const T: Duration = Duration::from_secs(30);
 
 /// A cluster node whose in-memory window holds only the newest 8 events, two users, and a
 /// live session of the first.
@@ -39,8 +33,8 @@ impl Setup {
         let db = TestDb::new().await;
         let node = node_with(&db, &nats.url(), |c| c.replay.max_events = 8).await;
         let pg = db.client().await;
-        let (user, other) = (create_user(&pg).await, create_user(&pg).await);
-        let token = user_token(user, Duration::from_secs(3600));
+        let (user, token) = user_and_token(&pg).await;
+        let other = create_user(&pg).await;
         let (live, _) = connect(&node, &token, "").await;
         Setup {
             nats,
@@ -55,39 +49,17 @@ impl Setup {
     }
 }
 
-/// Reads a resume's replay up to its `recovered` frame: the events, then that frame.
-async fn replay(relay: &Relay, token: &str, since: &str) -> (Vec<Value>, Value) {
-    let (mut ws, _) = connect(relay, token, &format!("&since={since}")).await;
-    let mut events = Vec::new();
-    loop {
-        let frame = ws.next_json(T).await.expect("a frame before recovered");
-        if frame["type"] == "recovered" {
-            return (events, frame);
-        }
-        events.push(frame);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_older_than_the_window_is_answered_from_jetstream() {
-    let Setup {
-        nats: _nats,
-        node,
-        pg,
-        user,
-        other,
-        token,
-        mut live,
-        _db,
-    } = Setup::new().await;
+    let mut s = Setup::new().await;
     for n in 0..20 {
-        insert_event(&pg, user, "app_open", json!({ "n": n })).await;
-        insert_event(&pg, other, "app_open", json!({ "n": n })).await;
+        insert_event(&s.pg, s.user, "app_open", json!({ "n": n })).await;
+        insert_event(&s.pg, s.other, "app_open", json!({ "n": n })).await;
     }
-    let seen = live.events(20, T).await;
+    let seen = s.live.events(20, T).await;
     let since = seen[1]["cursor"].as_str().unwrap();
 
-    let (events, recovered) = replay(&node, &token, since).await;
+    let (events, recovered) = replay(&s.node, &s.token, since).await;
     assert_eq!(recovered["complete"], true, "{recovered}");
     assert_eq!(
         events,
@@ -95,64 +67,55 @@ async fn a_resume_older_than_the_window_is_answered_from_jetstream() {
         "the user's 18 later events, in order, nobody else's"
     );
     assert_eq!(recovered["replayed"], 18, "{recovered}");
-    let metrics = scrape(&node).await;
+    let metrics = scrape(&s.node).await;
     let name = "relay_cluster_archive_resumes_total{complete=\"true\"}";
     assert_at_least(&metrics, name, 1.0);
 
     // A cursor from before the stream began cannot be answered complete.
-    let (events, recovered) = replay(&node, &token, &"0".repeat(32)).await;
+    let (events, recovered) = replay(&s.node, &s.token, &"0".repeat(32)).await;
     assert_eq!(recovered["complete"], false, "{recovered}");
     assert!(events.is_empty());
-    node.shutdown().await.unwrap();
+    s.node.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erased_rows_are_erased_from_the_stream_and_no_resume_replays_them() {
-    let Setup {
-        nats,
-        node,
-        pg,
-        user,
-        other,
-        token,
-        mut live,
-        _db,
-    } = Setup::new().await;
+    let mut s = Setup::new().await;
     for n in 0..6 {
-        insert_event(&pg, user, "app_open", json!({ "n": n })).await;
+        insert_event(&s.pg, s.user, "app_open", json!({ "n": n })).await;
     }
-    let seen = live.events(6, T).await;
+    let seen = s.live.events(6, T).await;
     let since = seen[0]["cursor"].as_str().unwrap().to_string();
-    pg.execute("SELECT * FROM public.delete_user_data($1)", &[&user])
+    s.pg.execute("SELECT * FROM public.delete_user_data($1)", &[&s.user])
         .await
         .unwrap();
-    let deletes = live.events(6, T).await;
+    let deletes = s.live.events(6, T).await;
     assert!(deletes.iter().all(|d| d["type"] == "delete"), "{deletes:?}");
     // Enough of the other user's events to push the user's out of the in-memory window.
     for n in 0..10 {
-        insert_event(&pg, other, "app_open", json!({ "n": n })).await;
+        insert_event(&s.pg, s.other, "app_open", json!({ "n": n })).await;
     }
 
     // In the stream, the user's subject keeps only the deletes.
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = async_nats::connect(s.nats.url()).await.unwrap();
     let stream = jetstream::new(client)
         .get_stream("ENGAGEMENT_RELAY")
         .await
         .unwrap();
-    let subject = format!("relay.*.*.{user}");
+    let subject = format!("relay.*.*.{}", s.user);
     wait_until_async(
         "the user's inserts are erased from the stream",
         T,
         || async { operations(&stream, &subject).await == vec!["delete"; 6] },
     )
     .await;
-    assert_at_least(&scrape(&node).await, "relay_cluster_erased_total", 6.0);
+    assert_at_least(&scrape(&s.node).await, "relay_cluster_erased_total", 6.0);
 
     // A resume from before the deletes replays only them, complete.
-    let (events, recovered) = replay(&node, &token, &since).await;
+    let (events, recovered) = replay(&s.node, &s.token, &since).await;
     assert_eq!(recovered["complete"], true, "{recovered}");
     assert_eq!(events, deletes);
-    node.shutdown().await.unwrap();
+    s.node.shutdown().await.unwrap();
 }
 
 /// The `Relay-Op` of every message stored on `subject`, in stream order.

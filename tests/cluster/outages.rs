@@ -12,23 +12,22 @@
 use std::time::Duration;
 
 use super::support::{
-    confirmed_lsn, last_seq, nats, nodes, publisher, readyz, wal_lsn, Clients, T,
+    confirmed_lsn, last_seq, nats, publisher, readyz, readyz_on_all, shutdown, wal_lsn, Loaded, T,
 };
-use crate::common::workload::Load;
-use crate::common::{create_user, private_cluster, wait_until, wait_until_async, TestDb};
+use crate::common::{private_cluster, wait_until, wait_until_async, TestDb};
 use relay_testkit::pgcluster::StopMode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restarted_nothing_confirmed_past_jetstream_and_nothing_lost() {
     let mut nats = nats().await;
     let db = TestDb::new().await;
-    let nodes = nodes(&db, &nats.url(), 2).await;
-    publisher(&nodes).await;
-    let pg = db.client().await;
-    let users = [create_user(&pg).await, create_user(&pg).await];
-    let addrs: Vec<_> = nodes.iter().map(|n| n.server_addr()).collect();
-    let clients = Clients::start(&addrs, &users).await;
-    let load = Load::start(&db.url, users.to_vec(), 50, 0);
+    let Loaded {
+        nodes,
+        addrs,
+        pg,
+        clients,
+        load,
+    } = Loaded::start(&db, &nats.url()).await;
     clients.received(10).await;
 
     tokio::task::block_in_place(|| nats.stop()).unwrap();
@@ -40,12 +39,7 @@ async fn nats_restarted_nothing_confirmed_past_jetstream_and_nothing_lost() {
     })
     .await;
     let unacked = wal_lsn(&pg).await;
-    for addr in &addrs {
-        wait_until_async("/readyz is 503 while NATS is down", T, || async {
-            readyz(*addr).await == 503
-        })
-        .await;
-    }
+    readyz_on_all(&addrs, 503, "/readyz is 503 while NATS is down").await;
     // Rows keep coming for a while; the publisher confirms about once a second.
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -61,32 +55,18 @@ async fn nats_restarted_nothing_confirmed_past_jetstream_and_nothing_lost() {
     );
 
     tokio::task::block_in_place(|| nats.restart()).unwrap();
-    for addr in &addrs {
-        wait_until_async("/readyz is 200 once NATS is back", T, || async {
-            readyz(*addr).await == 200
-        })
-        .await;
-    }
+    readyz_on_all(&addrs, 200, "/readyz is 200 once NATS is back").await;
     wait_until_async(
         "the slot is confirmed past the outage's rows",
         T,
         || async { confirmed_lsn(&pg, &db.name).await >= unacked },
     )
     .await;
-    let after = last_seq(&pg).await;
-    wait_until("rows committed after the restart arrive", T, || {
-        clients
-            .on(1)
-            .record()
-            .seqs
-            .last()
-            .is_some_and(|s| *s > after)
-    })
-    .await;
+    clients
+        .get_rows_after_now(1, &pg, "rows committed after the restart arrive")
+        .await;
     clients.settle(&pg, load).await;
-    for node in nodes {
-        node.shutdown().await.unwrap();
-    }
+    shutdown(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,13 +74,13 @@ async fn postgresql_restarted_the_slot_is_taken_again_and_resuming_clients_get_n
     let nats = nats().await;
     let cluster = private_cluster().await;
     let db = TestDb::on(&cluster).await;
-    let nodes = nodes(&db, &nats.url(), 2).await;
-    publisher(&nodes).await;
-    let pg = db.client().await;
-    let users = [create_user(&pg).await, create_user(&pg).await];
-    let addrs: Vec<_> = nodes.iter().map(|n| n.server_addr()).collect();
-    let clients = Clients::start(&addrs, &users).await;
-    let load = Load::start(&db.url, users.to_vec(), 50, 0);
+    let Loaded {
+        nodes,
+        addrs,
+        pg: _,
+        clients,
+        load,
+    } = Loaded::start(&db, &nats.url()).await;
 
     for (round, mode) in [StopMode::Fast, StopMode::Immediate]
         .into_iter()
@@ -130,22 +110,13 @@ async fn postgresql_restarted_the_slot_is_taken_again_and_resuming_clients_get_n
         clients.cut(round);
     }
     let pg = db.client().await;
-    let after = last_seq(&pg).await;
-    wait_until("rows committed after the restarts arrive", T, || {
-        clients
-            .on(0)
-            .record()
-            .seqs
-            .last()
-            .is_some_and(|s| *s > after)
-    })
-    .await;
+    clients
+        .get_rows_after_now(0, &pg, "rows committed after the restarts arrive")
+        .await;
     for (node, record) in clients.settle(&pg, load).await {
         assert!(!record.recovered.is_empty(), "node {node}: {record:?}");
     }
-    for node in nodes {
-        node.shutdown().await.unwrap();
-    }
+    shutdown(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,13 +124,13 @@ async fn postgresql_restarted_while_nats_is_down_confirms_nothing_unacknowledged
     let mut nats = nats().await;
     let cluster = private_cluster().await;
     let db = TestDb::on(&cluster).await;
-    let nodes = nodes(&db, &nats.url(), 2).await;
-    publisher(&nodes).await;
-    let pg = db.client().await;
-    let users = [create_user(&pg).await, create_user(&pg).await];
-    let addrs: Vec<_> = nodes.iter().map(|n| n.server_addr()).collect();
-    let clients = Clients::start(&addrs, &users).await;
-    let load = Load::start(&db.url, users.to_vec(), 50, 0);
+    let Loaded {
+        nodes,
+        addrs: _,
+        pg,
+        clients,
+        load,
+    } = Loaded::start(&db, &nats.url()).await;
     clients.received(5).await;
 
     tokio::task::block_in_place(|| nats.stop()).unwrap();
@@ -188,18 +159,9 @@ async fn postgresql_restarted_while_nats_is_down_confirms_nothing_unacknowledged
     publisher(&nodes).await;
 
     tokio::task::block_in_place(|| nats.restart()).unwrap();
-    let after = last_seq(&pg).await;
-    wait_until("rows committed after both restarts arrive", T, || {
-        clients
-            .on(1)
-            .record()
-            .seqs
-            .last()
-            .is_some_and(|s| *s > after)
-    })
-    .await;
+    clients
+        .get_rows_after_now(1, &pg, "rows committed after both restarts arrive")
+        .await;
     clients.settle(&pg, load).await;
-    for node in nodes {
-        node.shutdown().await.unwrap();
-    }
+    shutdown(nodes).await;
 }

@@ -6,12 +6,30 @@
 
 use std::time::Duration;
 
-use super::support::{confirmed_lsn, nats, node, node_with, nodes, publisher, wal_lsn, Clients, T};
+use super::support::{
+    confirmed_lsn, first_node, nats, node, node_with, nodes, publisher, replay, shutdown,
+    slot_confirmed_past_commits, user_and_token, Clients, T,
+};
 use crate::common::workload::Load;
-use crate::common::ws::connect;
-use crate::common::{create_user, insert_event, user_token, wait_until, wait_until_async, TestDb};
+use crate::common::ws::{connect, Client};
+use crate::common::{create_user, insert_event, wait_until, TestDb};
 use engagement_relay::model::Cursor;
+use engagement_relay::Relay;
 use serde_json::json;
+use uuid::Uuid;
+
+/// A first node on `db` and NATS `url` holding the slot, a client of the database, a user, their
+/// token and a live session of theirs on the node.
+async fn first_node_and_session(
+    db: &TestDb,
+    url: &str,
+) -> (Relay, tokio_postgres::Client, Uuid, String, Client) {
+    let first = first_node(db, url).await;
+    let pg = db.client().await;
+    let (user, token) = user_and_token(&pg).await;
+    let (live, _) = connect(&first, &token, "").await;
+    (first, pg, user, token, live)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_serve_the_same_frames_and_the_slot_is_confirmed_on_puback() {
@@ -20,8 +38,7 @@ async fn two_nodes_serve_the_same_frames_and_the_slot_is_confirmed_on_puback() {
     let nodes = nodes(&db, &nats.url(), 2).await;
     publisher(&nodes).await;
     let pg = db.client().await;
-    let user = create_user(&pg).await;
-    let token = user_token(user, Duration::from_secs(3600));
+    let (user, token) = user_and_token(&pg).await;
     let (mut a, _) = connect(&nodes[0], &token, "").await;
     let (mut b, _) = connect(&nodes[1], &token, "").await;
     for n in 0..5 {
@@ -30,15 +47,9 @@ async fn two_nodes_serve_the_same_frames_and_the_slot_is_confirmed_on_puback() {
     let from_a = a.events(5, T).await;
     let from_b = b.events(5, T).await;
     assert_eq!(from_a, from_b, "both nodes write the same frames");
-    let last = wal_lsn(&pg).await;
     // The default replay window is minutes; PubAcks confirm within seconds.
-    wait_until_async("the slot is confirmed past the events", T, || async {
-        confirmed_lsn(&pg, &db.name).await >= last
-    })
-    .await;
-    for node in nodes {
-        node.shutdown().await.unwrap();
-    }
+    slot_confirmed_past_commits(&pg, &db).await;
+    shutdown(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,21 +75,14 @@ async fn clients_spread_over_three_nodes_get_exactly_their_own_events_on_every_n
         );
         assert!(record.recovered.is_empty(), "node {node}: {record:?}");
     }
-    for node in nodes {
-        node.shutdown().await.unwrap();
-    }
+    shutdown(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_node_rebuilds_its_window_from_jetstream_not_from_the_slot() {
     let nats = nats().await;
     let db = TestDb::new().await;
-    let first = node(&db, &nats.url()).await;
-    wait_until("the first node holds the slot", T, || first.holds_slot()).await;
-    let pg = db.client().await;
-    let user = create_user(&pg).await;
-    let token = user_token(user, Duration::from_secs(3600));
-    let (mut live, _) = connect(&first, &token, "").await;
+    let (first, pg, user, token, mut live) = first_node_and_session(&db, &nats.url()).await;
     for n in 0..8 {
         insert_event(&pg, user, "app_open", json!({ "n": n })).await;
     }
@@ -86,11 +90,7 @@ async fn a_late_node_rebuilds_its_window_from_jetstream_not_from_the_slot() {
     let since = seen[2]["cursor"].as_str().unwrap().to_string();
     let cursor: Cursor = since.parse().unwrap();
     // The slot has moved past the cursor: only JetStream still holds what follows it.
-    let last = wal_lsn(&pg).await;
-    wait_until_async("the slot is confirmed past the events", T, || async {
-        confirmed_lsn(&pg, &db.name).await >= last
-    })
-    .await;
+    slot_confirmed_past_commits(&pg, &db).await;
     assert!(confirmed_lsn(&pg, &db.name).await as u64 > cursor.lsn);
 
     let late = node(&db, &nats.url()).await;
@@ -112,12 +112,7 @@ async fn a_late_node_rebuilds_its_window_from_jetstream_not_from_the_slot() {
 async fn a_window_rebuilt_from_inside_a_transaction_does_not_claim_its_earlier_rows() {
     let nats = nats().await;
     let db = TestDb::new().await;
-    let first = node(&db, &nats.url()).await;
-    wait_until("the first node holds the slot", T, || first.holds_slot()).await;
-    let pg = db.client().await;
-    let user = create_user(&pg).await;
-    let token = user_token(user, Duration::from_secs(3600));
-    let (mut live, _) = connect(&first, &token, "").await;
+    let (first, pg, user, token, mut live) = first_node_and_session(&db, &nats.url()).await;
     pg.execute(
         "INSERT INTO public.engagement_events (user_id, event_type, value) \
          SELECT $1, 'app_open', jsonb_build_object('n', n) FROM generate_series(1, 4) n",
@@ -143,15 +138,7 @@ async fn a_window_rebuilt_from_inside_a_transaction_does_not_claim_its_earlier_r
     // The late node reads back only the stream's last two messages: rows of that transaction
     // after the first, not all of them. It must not call a replay of those complete.
     let late = node_with(&db, &nats.url(), |c| c.replay.max_events = 2).await;
-    let (mut resumed, _) = connect(&late, &token, &format!("&since={since}")).await;
-    let mut replayed = Vec::new();
-    let recovered = loop {
-        let frame = resumed.next_json(T).await.expect("a frame");
-        if frame["type"] == "recovered" {
-            break frame;
-        }
-        replayed.push(frame);
-    };
+    let (replayed, recovered) = replay(&late, &token, &since.to_string()).await;
     if recovered["complete"] == true {
         assert_eq!(
             replayed,
@@ -169,12 +156,10 @@ async fn a_window_rebuilt_from_inside_a_transaction_does_not_claim_its_earlier_r
 async fn when_the_publisher_stops_the_standby_takes_the_slot_and_clients_resume_on_it() {
     let nats = nats().await;
     let db = TestDb::new().await;
-    let first = node(&db, &nats.url()).await;
-    wait_until("the first node holds the slot", T, || first.holds_slot()).await;
+    let first = first_node(&db, &nats.url()).await;
     let second = node(&db, &nats.url()).await;
     let pg = db.client().await;
-    let user = create_user(&pg).await;
-    let token = user_token(user, Duration::from_secs(3600));
+    let (user, token) = user_and_token(&pg).await;
     let (mut on_first, _) = connect(&first, &token, "").await;
     let (mut on_second, _) = connect(&second, &token, "").await;
     insert_event(&pg, user, "app_open", json!({ "n": 1 })).await;

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use crate::common::process::{start_ready, RelayProcess};
 use crate::common::workload::{settle, Load, Record, Recorder};
-use crate::common::{metric, wait_until, wait_until_async, TestDb};
+use crate::common::ws::connect;
+use crate::common::{create_user, metric, user_token, wait_until, wait_until_async, TestDb};
 use engagement_relay::config::{Config, Secret};
 use engagement_relay::Relay;
 use relay_testkit::nats::{NatsOptions, NatsServer};
+use serde_json::Value;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -48,6 +50,13 @@ pub async fn node_with(db: &TestDb, url: &str, adjust: impl FnOnce(&mut Config))
         adjust(c);
     })
     .await
+}
+
+/// A first cluster node on `db` and NATS `url`, once it holds the slot.
+pub async fn first_node(db: &TestDb, url: &str) -> Relay {
+    let first = node(db, url).await;
+    wait_until("the first node holds the slot", T, || first.holds_slot()).await;
+    first
 }
 
 /// `n` cluster nodes in this process, started one after the other (the first takes the slot).
@@ -87,6 +96,57 @@ pub async fn publisher(nodes: &[Relay]) -> usize {
     })
     .await;
     nodes.iter().position(|n| n.holds_slot()).unwrap()
+}
+
+/// Waits until `db`'s slot is confirmed past every transaction committed so far.
+pub async fn slot_confirmed_past_commits(pg: &tokio_postgres::Client, db: &TestDb) {
+    let last = wal_lsn(pg).await;
+    wait_until_async("the slot is confirmed past the events", T, || async {
+        confirmed_lsn(pg, &db.name).await >= last
+    })
+    .await;
+}
+
+/// Stops every node gracefully, one after the other.
+pub async fn shutdown(nodes: Vec<Relay>) {
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+/// A new user and a token of theirs, valid for an hour.
+pub async fn user_and_token(pg: &tokio_postgres::Client) -> (Uuid, String) {
+    let user = create_user(pg).await;
+    (user, user_token(user, Duration::from_secs(3600)))
+}
+
+/// Two cluster nodes on `db` and NATS `url` (one holding the slot), two users with a client
+/// each on both nodes, and a steady insert load of theirs.
+pub struct Loaded {
+    pub nodes: Vec<Relay>,
+    pub addrs: Vec<SocketAddr>,
+    pub pg: tokio_postgres::Client,
+    pub clients: Clients,
+    pub load: Load,
+}
+
+impl Loaded {
+    pub async fn start(db: &TestDb, url: &str) -> Loaded {
+        let nodes = nodes(db, url, 2).await;
+        publisher(&nodes).await;
+        let pg = db.client().await;
+        let users = [create_user(&pg).await, create_user(&pg).await];
+        let addrs: Vec<_> = nodes.iter().map(|n| n.server_addr()).collect();
+        let clients = Clients::start(&addrs, &users).await;
+        let load = Load::start(&db.url, users.to_vec(), 50, 0);
+        Loaded {
+            nodes,
+            addrs,
+            pg,
+            clients,
+            load,
+        }
+    }
 }
 
 /// `confirmed_flush_lsn` of `slot`, as a number.
@@ -132,6 +192,26 @@ pub async fn readyz(addr: SocketAddr) -> u16 {
     match reqwest::get(format!("http://{addr}/readyz")).await {
         Ok(response) => response.status().as_u16(),
         Err(_) => 0,
+    }
+}
+
+/// Waits until `/readyz` answers `status` on every one of `addrs` (`what`).
+pub async fn readyz_on_all(addrs: &[SocketAddr], status: u16, what: &str) {
+    for addr in addrs {
+        wait_until_async(what, T, || async { readyz(*addr).await == status }).await;
+    }
+}
+
+/// Reads a resume's replay up to its `recovered` frame: the events, then that frame.
+pub async fn replay(relay: &Relay, token: &str, since: &str) -> (Vec<Value>, Value) {
+    let (mut ws, _) = connect(relay, token, &format!("&since={since}")).await;
+    let mut events = Vec::new();
+    loop {
+        let frame = ws.next_json(T).await.expect("a frame before recovered");
+        if frame["type"] == "recovered" {
+            return (events, frame);
+        }
+        events.push(frame);
     }
 }
 
@@ -182,6 +262,19 @@ impl Clients {
     /// The first client of `node`, to watch deliveries on it.
     pub fn on(&self, node: usize) -> &Recorder {
         &self.recorders.iter().find(|(n, _)| *n == node).unwrap().1
+    }
+
+    /// Waits until node `node`'s first client receives a row committed after now (`what`).
+    pub async fn get_rows_after_now(&self, node: usize, pg: &tokio_postgres::Client, what: &str) {
+        let after = last_seq(pg).await;
+        wait_until(what, T, || {
+            self.on(node)
+                .record()
+                .seqs
+                .last()
+                .is_some_and(|s| *s > after)
+        })
+        .await;
     }
 
     /// Stops `load` and asserts every client's sequence exactly (each of its user's committed

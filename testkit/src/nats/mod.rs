@@ -93,21 +93,12 @@ pub enum NatsError {
         log_tail: String,
     },
     /// A filesystem or process error.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done, e.g. `creating /tmp/relay-nats-…`.
-        context: String,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
 }
 
 fn io_err(context: impl std::fmt::Display) -> impl FnOnce(io::Error) -> NatsError {
-    move |source| NatsError::Io {
-        context: context.to_string(),
-        source,
-    }
+    crate::io_error::io_err(context)
 }
 
 /// How to start a [`NatsServer`]. `Default`: free ports, a temp store dir, no name, standalone.

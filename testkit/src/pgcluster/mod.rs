@@ -68,14 +68,8 @@ pub enum ClusterError {
         log_tail: String,
     },
     /// A filesystem or process-spawn error.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done, e.g. `creating /tmp/relay-pg-…`.
-        context: String,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
     /// As root: the `postgres` user cannot traverse a parent of the data or socket
     /// dir (e.g. a repo under `/root`, mode 700).
     #[error("running as root, but the `postgres` OS user cannot access {path}; make it traversable (chmod o+x) or use a data dir it can reach, e.g. RELAY_DEV_PGDATA=/tmp/relay-dev-pgdata or `engagement-relay dev --data-dir /tmp/relay-dev-pgdata`")]
@@ -92,10 +86,7 @@ pub enum ClusterError {
 }
 
 fn io_err(context: impl std::fmt::Display) -> impl FnOnce(io::Error) -> ClusterError {
-    move |source| ClusterError::Io {
-        context: context.to_string(),
-        source,
-    }
+    crate::io_error::io_err(context)
 }
 
 /// How to start a cluster. `Default`: temp dir, free port, durable, 300 connections.
