@@ -87,6 +87,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Every `every`-th event is the user's; the others go round the other users.
     let every = (total / mine).max(1) as i64;
+    let want = (0..total as i64).filter(|n| n % every == 0).count();
+    // The user's live session is read all along (it answers pings; its queue never fills) and
+    // sees its last event once everything is through the stream; the cursor the client holds
+    // is its first event, the oldest of the run.
+    let reader = tokio::spawn(async move {
+        let mut seen = 0;
+        let mut since = String::new();
+        while seen < want {
+            let frame = next_json(&mut live).await.map_err(|e| e.to_string())?;
+            if frame["type"] == "insert" {
+                if seen == 0 {
+                    since = frame["cursor"].as_str().unwrap_or_default().to_string();
+                }
+                seen += 1;
+            }
+        }
+        Ok::<_, String>(since)
+    });
     let started = Instant::now();
     let chunk: i64 = 100_000;
     let mut from: i64 = 0;
@@ -105,20 +123,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         from = to;
     }
     let inserted = started.elapsed();
-    // The user's live session sees its last event once everything is through the stream.
-    let want = (0..total as i64).filter(|n| n % every == 0).count();
-    let mut seen = 0;
-    let mut since = String::new();
-    while seen < want {
-        let frame = next_json(&mut live).await?;
-        if frame["type"] == "insert" {
-            if seen == 0 {
-                // The cursor the client holds: its first event, the oldest of the run.
-                since = frame["cursor"].as_str().ok_or("no cursor")?.to_string();
-            }
-            seen += 1;
-        }
-    }
+    let since = reader.await??;
     println!(
         "committed {total} events ({want} of the user's) in {:.1} s; all through the stream after {:.1} s",
         inserted.as_secs_f64(),
