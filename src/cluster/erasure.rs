@@ -3,8 +3,8 @@
 //! which overwrites the stored message), so no resume on any node, now or later, replays
 //! them; the delete itself stays, so a resuming client learns the row is gone.
 //!
-//! - **Who.** Only the node holding the slot: [`Erasing`] wraps its publisher and notes each
-//!   delete; the [`run`] task does the work.
+//! - **Who.** Only the node holding the slot: its publisher notes each delete it publishes
+//!   ([`Erasures`]); the [`run`] task does the work.
 //! - **When.** About a second after a delete (deletes of one user's rows, as
 //!   `delete_user_data` makes, are gathered into one pass), and only once JetStream
 //!   acknowledged every event up to the delete, so no earlier message of the row is still in
@@ -42,86 +42,48 @@ struct Erase {
     delete: Cursor,
 }
 
-/// The publisher, noting deletes for erasure.
-pub struct Erasing {
-    inner: Arc<dyn Dispatch>,
-    prefix: String,
+/// Where the publisher notes each delete it publishes, for the [`run`] task.
+#[derive(Clone)]
+pub struct Erasures {
     tx: mpsc::UnboundedSender<Erase>,
 }
 
-impl Erasing {
-    /// `inner` (the publisher) with deletes noted for the [`run`] task it returns (spawn it;
-    /// it runs until `stop`).
-    pub fn new(
-        inner: Arc<dyn Dispatch>,
-        prefix: &str,
-        archive: Arc<Archive>,
-        stop: CancellationToken,
-    ) -> (Arc<Erasing>, impl std::future::Future<Output = ()>) {
+impl Erasures {
+    /// The noting end, and the receiving end to hand to [`run`].
+    pub fn new() -> (Erasures, Receiver) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = run(archive, inner.clone(), rx, stop);
-        let erasing = Arc::new(Erasing {
-            inner,
-            prefix: prefix.to_string(),
-            tx,
-        });
-        (erasing, task)
-    }
-}
-
-impl Dispatch for Erasing {
-    fn begin(&self, history: u32, lsn: u64) {
-        self.inner.begin(history, lsn);
+        (Erasures { tx }, Receiver(rx))
     }
 
-    fn dispatch(&self, event: Arc<Event>) {
+    /// Notes `event`, published on `subject`, if it is a delete of a known row.
+    pub fn note(&self, subject: &str, event: &Event) {
         if let (Operation::Delete, Some(row)) = (event.operation, event.row) {
-            // The task ends only at shutdown: a delete noted then is erased by the next
-            // publisher's own pass only if it streams again; the resume filter covers it.
+            // The task ends only at shutdown; a delete noted then is left to the resume
+            // filter ([`super::archive::Archive::replay`]).
             let _ = self.tx.send(Erase {
-                subject: wire::subject(&self.prefix, &event),
+                subject: subject.to_string(),
                 row,
                 delete: event.cursor,
             });
         }
-        self.inner.dispatch(event);
-    }
-
-    fn note_wal_end(&self, lsn: u64) {
-        self.inner.note_wal_end(lsn);
-    }
-
-    fn maintain(&self, now_us: i64) {
-        self.inner.maintain(now_us);
-    }
-
-    fn oldest_lsn(&self) -> Option<u64> {
-        self.inner.oldest_lsn()
-    }
-
-    fn evicted_lsn(&self) -> u64 {
-        self.inner.evicted_lsn()
-    }
-
-    fn is_full(&self) -> bool {
-        self.inner.is_full()
-    }
-
-    fn keeps_dispatched(&self) -> bool {
-        self.inner.keeps_dispatched()
     }
 }
+
+/// The receiving end of [`Erasures`].
+pub struct Receiver(mpsc::UnboundedReceiver<Erase>);
 
 /// Deleted rows by subject: each row with its newest delete.
 type Pass = HashMap<String, HashMap<u64, Cursor>>;
 
-/// Erases what `rx` names, a pass at a time, until `stop`.
-async fn run(
+/// Erases what `rx` names, a pass at a time, until `stop`; a pass waits until `publisher` has
+/// no unacknowledged event up to its newest delete.
+pub async fn run(
     archive: Arc<Archive>,
     publisher: Arc<dyn Dispatch>,
-    mut rx: mpsc::UnboundedReceiver<Erase>,
+    rx: Receiver,
     stop: CancellationToken,
 ) {
+    let mut rx = rx.0;
     let mut pass = Pass::new();
     loop {
         if pass.is_empty() {

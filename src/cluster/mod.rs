@@ -122,19 +122,23 @@ pub async fn start(
         .await
         .map_err(|e| ClusterError::Url(e.to_string()))?;
     let js = jetstream::new(client.clone());
-    let (publisher, sender) =
-        Publisher::new(js.clone(), &config.cluster.subject_prefix, stop.clone());
+    let (erasures, deletes) = erasure::Erasures::new();
+    let (publisher, sender) = Publisher::new(
+        js.clone(),
+        &config.cluster.subject_prefix,
+        erasures,
+        stop.clone(),
+    );
     let archive = Arc::new(Archive::new(
         &config.cluster.subject_prefix,
         config.cluster.max_resume_events.get(),
     ));
-    let (publisher, eraser) = erasure::Erasing::new(
-        publisher,
-        &config.cluster.subject_prefix,
+    tokio::spawn(erasure::run(
         archive.clone(),
+        publisher.clone(),
+        deletes,
         stop.clone(),
-    );
-    tokio::spawn(eraser);
+    ));
     let node_archive = archive.clone();
     let serving = Arc::new(StreamStatus::with_gauge(m::CLUSTER_CONSUMING));
     let stream_config = stream_config(config);

@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::erasure::Erasures;
 use super::wire;
 use crate::metrics as m;
 use crate::model::{now_unix_us, Cursor, Event, Relation};
@@ -84,15 +85,19 @@ pub struct Publisher {
     /// `Relay-Relation` texts of the relations seen, encoded once each (the decoder keeps one
     /// `Arc` per relation until its schema changes).
     relations: Mutex<Vec<(Arc<Relation>, Arc<str>)>>,
+    /// Deletes, noted for erasure from the stream.
+    erasures: Erasures,
     tx: mpsc::UnboundedSender<Outgoing>,
 }
 
 impl Publisher {
     /// A publisher on `js` under subject prefix `prefix`, and the task that sends its messages
     /// (spawn it; it runs until `stop`).
+    /// Each delete it publishes is noted in `erasures`.
     pub fn new(
         js: Context,
         prefix: &str,
+        erasures: Erasures,
         stop: CancellationToken,
     ) -> (Arc<Publisher>, impl std::future::Future<Output = ()>) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -100,6 +105,7 @@ impl Publisher {
             prefix: prefix.to_string(),
             unacked: Mutex::new(Unacked::default()),
             relations: Mutex::default(),
+            erasures,
             tx,
         });
         let task = run(js, publisher.clone(), rx, stop);
@@ -172,9 +178,11 @@ impl Dispatch for Publisher {
             unacked.epoch
         };
         let relation = self.relation_header(&event.relation);
+        let subject = wire::subject(&self.prefix, &event);
+        self.erasures.note(&subject, &event);
         self.send(Outgoing {
             epoch,
-            subject: wire::subject(&self.prefix, &event),
+            subject,
             id: event.cursor.to_string(),
             headers: wire::event_headers(&event, &relation),
             payload: event.native_frame(),
