@@ -204,9 +204,8 @@ fn print_cluster_banner(
     url: &str,
 ) -> anyhow::Result<()> {
     use std::fmt::Write as _;
-    use std::io::Write as _;
     let secret = config.auth.jwt_secret.expose();
-    let ttl = Duration::from_secs(24 * 3600);
+    let tokens = BannerTokens::mint(secret, users)?;
     let n = cluster.nodes.len();
     let mut text = String::new();
     writeln!(
@@ -215,23 +214,18 @@ fn print_cluster_banner(
     )?;
     writeln!(text, "  database   {url}")?;
     writeln!(text, "  nats       {}", cluster.nats_url())?;
-    let token = match users.first() {
-        Some((id, email)) => {
-            let token = mint(secret, Some(*id), Role::Authenticated, ttl)?;
-            writeln!(text, "  user       {email} ({id})")?;
-            writeln!(text, "  token      {token}")?;
-            Some(token)
-        }
-        None => None,
-    };
-    let service = mint(secret, None, Role::ServiceRole, ttl)?;
+    if let Some((id, email, token)) = &tokens.user {
+        writeln!(text, "  user       {email} ({id})")?;
+        writeln!(text, "  token      {token}")?;
+    }
+    let service = &tokens.service;
     for (i, node) in cluster.nodes.iter().enumerate() {
         let (port, metrics) = (node.addr.port(), node.metrics_addr.port());
         writeln!(
             text,
             "  node {i}     http://127.0.0.1:{port}  metrics http://127.0.0.1:{metrics}/metrics"
         )?;
-        if let Some(token) = &token {
+        if let Some((_, _, token)) = &tokens.user {
             writeln!(
                 text,
                 "  connect    ws://127.0.0.1:{port}/v1/events?access_token={token}"
@@ -246,13 +240,7 @@ fn print_cluster_banner(
         text,
         "  resume     a client may reconnect to any node with ?since=<cursor>"
     )?;
-    writeln!(
-        text,
-        "  new token  engagement-relay --jwt-secret '{secret}' token --sub <uuid>\n"
-    )?;
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
-    Ok(())
+    finish_banner(&mut text, secret)
 }
 
 /// Prints how to connect. Written in one piece and never panics: a closed stdout (the
@@ -264,9 +252,8 @@ fn print_banner(
     url: &str,
 ) -> anyhow::Result<()> {
     use std::fmt::Write as _;
-    use std::io::Write as _;
     let secret = config.auth.jwt_secret.expose();
-    let ttl = Duration::from_secs(24 * 3600);
+    let tokens = BannerTokens::mint(secret, users)?;
     let port = relay.server_addr().port();
     let metrics_port = relay.metrics_addr().port();
     let mut text = String::new();
@@ -276,19 +263,49 @@ fn print_banner(
     )?;
     writeln!(text, "  database   {url}")?;
     writeln!(text, "  metrics    http://127.0.0.1:{metrics_port}/metrics")?;
-    if let Some((id, email)) = users.first() {
-        let token = mint(secret, Some(*id), Role::Authenticated, ttl)?;
+    if let Some((id, email, token)) = &tokens.user {
         let stream = format!("ws://127.0.0.1:{port}/v1/events?access_token={token}");
         writeln!(text, "  user       {email} ({id})")?;
         writeln!(text, "  token      {token}")?;
         writeln!(text, "  connect    {stream}")?;
         writeln!(text, "             e.g. npx wscat -c '{stream}'")?;
     }
-    let service = mint(secret, None, Role::ServiceRole, ttl)?;
     writeln!(
         text,
-        "  firehose   ws://127.0.0.1:{port}/v1/events?access_token={service}"
+        "  firehose   ws://127.0.0.1:{port}/v1/events?access_token={}",
+        tokens.service
     )?;
+    finish_banner(&mut text, secret)
+}
+
+/// The banners' tokens, valid 24 h: the first seeded user's (with its id and email) and the
+/// service role's.
+struct BannerTokens<'a> {
+    user: Option<(Uuid, &'a str, String)>,
+    service: String,
+}
+
+impl<'a> BannerTokens<'a> {
+    fn mint(secret: &str, users: &'a [(Uuid, String)]) -> anyhow::Result<BannerTokens<'a>> {
+        let ttl = Duration::from_secs(24 * 3600);
+        let user = match users.first() {
+            Some((id, email)) => Some((
+                *id,
+                email.as_str(),
+                mint(secret, Some(*id), Role::Authenticated, ttl)?,
+            )),
+            None => None,
+        };
+        let service = mint(secret, None, Role::ServiceRole, ttl)?;
+        Ok(BannerTokens { user, service })
+    }
+}
+
+/// Ends a banner with how to mint more tokens and prints it in one piece; never panics: a
+/// closed stdout (the reader went away) must not take the relay down.
+fn finish_banner(text: &mut String, secret: &str) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    use std::io::Write as _;
     writeln!(
         text,
         "  new token  engagement-relay --jwt-secret '{secret}' token --sub <uuid>\n"
