@@ -178,6 +178,7 @@ fn router_fanout(c: &mut Criterion) {
         user_id: event.owner,
         role: Role::Authenticated,
         expires_at: i64::MAX,
+        issued_at: None,
     };
 
     let mut group = c.benchmark_group("router_fanout");

@@ -16,12 +16,14 @@ pub mod bytes;
 mod cluster;
 mod fairness;
 mod monitoring;
+mod presence;
 mod server;
 mod tls;
 
 pub use auth::AuthConfig;
 pub use cluster::ClusterConfig;
 pub use monitoring::MonitoringConfig;
+pub use presence::PresenceConfig;
 pub use server::ServerConfig;
 pub use tls::TlsFiles;
 
@@ -101,6 +103,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[monitoring]`: the database health poll.
     pub monitoring: MonitoringConfig,
+    /// `[presence]`: who is connected.
+    pub presence: PresenceConfig,
     /// `[cluster]`: cluster mode on NATS JetStream (off without `nats_url`).
     pub cluster: ClusterConfig,
     /// `[[tables]]`: the streamed tables, their owner columns and operations
@@ -121,6 +125,7 @@ impl Default for Config {
             shutdown: Default::default(),
             log: Default::default(),
             monitoring: Default::default(),
+            presence: Default::default(),
             cluster: Default::default(),
             tables: default_tables(),
         }
@@ -558,6 +563,7 @@ impl Config {
         self.auth.validate()?;
         self.validate_fairness()?;
         self.monitoring.validate()?;
+        self.presence.validate()?;
         self.cluster.validate()?;
         self.validate_tls()?;
         crate::tables::validate(&self.tables).map_err(|e| ConfigError(e.to_string()))

@@ -131,6 +131,16 @@ pub const RLS_DENIALS: &str = "relay_rls_denials_total";
 /// The values of [`RLS_DENIALS`]' `source` label.
 pub const RLS_SOURCES: [&str; 2] = ["api", "token_refresh"];
 
+/// Counter by `action` (`disconnect`, `revoke`) and `outcome` (`ok`, `error`): admin actions
+/// taken on this node (issue 16; each also written to `relay.audit_log`).
+pub const ADMIN_ACTIONS: &str = "relay_admin_actions_total";
+/// Gauge: users online (any node) as this node sees them.
+pub const PRESENCE_ONLINE_USERS: &str = "relay_presence_online_users";
+/// Gauge: token revocations in force on this node.
+pub const REVOCATIONS: &str = "relay_revocations";
+/// Counter: sessions closed from outside, by `reason` (`disconnect`, `revoked`).
+pub const SESSIONS_KICKED: &str = "relay_sessions_kicked_total";
+
 /// The SLO target in seconds (PRD §8: "Realtime latency < 500 ms from insert to dashboard").
 pub const SLO_TARGET_SECONDS: f64 = 0.5;
 
@@ -246,6 +256,10 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Gauge, TABLE_TUPLES, None, "Live and dead tuples of a streamed table (pg_stat_user_tables), by state."),
     (Counter, TABLE_SCANS, None, "Sequential and index scans of a streamed table (pg_stat_user_tables), by kind (seq, index)."),
     (Counter, RLS_DENIALS, None, "Cross-user attempts refused by the relay, by source (api, token_refresh)."),
+    (Counter, ADMIN_ACTIONS, None, "Admin actions taken on this node, by action (disconnect, revoke) and outcome (ok, error)."),
+    (Gauge, PRESENCE_ONLINE_USERS, None, "Users online on any node, as this node sees them."),
+    (Gauge, REVOCATIONS, None, "Token revocations in force on this node."),
+    (Counter, SESSIONS_KICKED, None, "Sessions on this node closed from outside, by reason (disconnect, revoked)."),
 ];
 
 /// Exports the metrics of the relay's mode at their resting values, so that they exist from

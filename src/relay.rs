@@ -140,6 +140,29 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         archive,
     } = roles;
     let sessions = TaskTracker::new();
+    let pool = http::api::pool(&config)?;
+    let registry = crate::presence::Registry::new(
+        format!("{:08x}", rand::random::<u32>()),
+        config.presence.enabled,
+    );
+    let console = crate::console::Console::new(
+        registry,
+        verifier.revocations().clone(),
+        pool.clone(),
+        config.auth.max_token_lifetime,
+        config.presence.retention,
+    );
+    // Revocations in force are refused from the first connection on (a database not
+    // reachable yet is read by the console's poll once it is).
+    if let Err(e) = console.load_revocations().await {
+        warn!("token revocations not loaded yet ({e}); retrying every few seconds");
+    }
+    let node = Arc::new(http::NodeFacts {
+        clustered: config.cluster.enabled(),
+        slot: slot.clone(),
+        started_at: chrono::Utc::now(),
+        replay_window: config.replay.window,
+    });
     let state = AppState {
         router: router.clone(),
         tables: tables.clone(),
@@ -149,11 +172,14 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         status: status.clone(),
         shutdown: sessions_stop.clone(),
         sessions: sessions.clone(),
-        pool: http::api::pool(&config)?,
+        pool,
         ingest: config.ingest.clone(),
         rate_limits: Arc::new(http::api::limit::Limits::new(&config.ingest)),
         archive,
+        console: console.clone(),
+        node,
     };
+    tokio::spawn(console.run(sessions_stop.clone()));
     let replication = tokio::spawn(replication::run(ReplicationContext {
         config: config.database.clone(),
         replay_window: confirm_after,

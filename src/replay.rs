@@ -149,6 +149,11 @@ impl Window {
         self.slots.front().and_then(|s| s.event.as_ref())
     }
 
+    /// The newest event kept.
+    pub fn newest(&self) -> Option<&Arc<Event>> {
+        self.slots.iter().rev().find_map(|s| s.event.as_ref())
+    }
+
     /// Events kept (tombstones not counted).
     pub fn len(&self) -> usize {
         self.live

@@ -49,8 +49,10 @@ use crate::model::{now_unix_us, Cursor, Event, Operation};
 use crate::replay::{self, Evicted, Window};
 use crate::replication::Dispatch;
 
+mod inspect;
 mod slots;
 
+pub use self::inspect::WindowStats;
 use self::slots::Slots;
 pub use self::slots::{Slot, SlotRefused};
 
@@ -104,6 +106,8 @@ struct Positions {
     /// The newest event evicted for its owner's share ([`UserEntry::floor`]) of any user: a
     /// service-role resume from before it is incomplete (conservative).
     shared: Cursor,
+    /// Commit → dispatch of the newest event, µs (the status API's replication lag).
+    latest_lag_us: i64,
 }
 
 /// Identifies a registration; hand it back to [`Router::unsubscribe`] exactly once.
@@ -239,6 +243,7 @@ impl Router {
             wal_end: lsn,
             evicted: 0,
             shared: Cursor::default(),
+            latest_lag_us: 0,
         };
         drop(positions);
         global.window.clear();
@@ -452,12 +457,14 @@ impl Router {
         if !gone.is_empty() {
             global.service.retain(|h| !gone.contains(&h.id));
         }
+        let now = now_unix_us();
         {
             let mut positions = lock(&self.positions);
             positions.latest = positions.latest.max(event.cursor);
             positions.wal_end = positions.wal_end.max(event.cursor.lsn);
+            positions.latest_lag_us = now - event.commit_time_us;
         }
-        self.evict(&mut global, now_unix_us());
+        self.evict(&mut global, now);
         queued
     }
 

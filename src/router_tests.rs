@@ -17,6 +17,7 @@ fn principal(user: Option<Uuid>) -> Principal {
             Role::ServiceRole
         },
         expires_at: i64::MAX,
+        issued_at: None,
     }
 }
 

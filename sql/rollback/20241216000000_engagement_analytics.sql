@@ -19,6 +19,25 @@
 
 BEGIN;
 
+-- Newest first: refuse while a later migration of this project is still applied (it may
+-- depend on what this script drops). Only this project's versions are looked at: on Supabase
+-- the table also records the application's own migrations.
+DO $order$
+DECLARE
+    later text;
+BEGIN
+    IF to_regclass('supabase_migrations.schema_migrations') IS NOT NULL THEN
+        SELECT string_agg(version, ', ' ORDER BY version) INTO later
+        FROM supabase_migrations.schema_migrations
+        WHERE version IN ('20241216000000', '20241217000000');
+        IF later IS NOT NULL THEN
+            RAISE EXCEPTION 'roll back the later migrations first (still applied: %)', later
+                USING HINT = 'Run the scripts in sql/rollback/ newest first.';
+        END IF;
+    END IF;
+END
+$order$;
+
 DROP VIEW IF EXISTS public.engagement_weekly_cohorts;
 DROP VIEW IF EXISTS public.engagement_weekly_activity;
 DROP INDEX IF EXISTS public.idx_engagement_events_timestamp_brin;

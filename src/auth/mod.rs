@@ -13,6 +13,7 @@
 
 pub mod fetch;
 pub mod jwks;
+pub mod revocations;
 pub mod sign;
 
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub struct Principal {
     pub role: Role,
     /// `exp`, seconds since the Unix epoch.
     pub expires_at: i64,
+    /// `iat`, seconds since the Unix epoch (`None`: the token has none).
+    pub issued_at: Option<i64>,
 }
 
 impl Principal {
@@ -93,6 +96,15 @@ pub enum AuthError {
     /// answered since the start).
     #[error("no JWKS loaded yet: auth.jwks_url has not answered; try again shortly")]
     JwksUnavailable,
+    /// The token's user has a revocation covering it (`iat` before the revocation's
+    /// `issued_before`, or no `iat`): `POST /v1/admin/revocations`.
+    #[error(
+        "the token was revoked (issued before {issued_before}); sign in again for a new token"
+    )]
+    Revoked {
+        /// The revocation's instant, RFC 3339.
+        issued_before: String,
+    },
     /// `exp` has passed.
     #[error("Token has expired {ago_s} seconds ago")]
     Expired {
@@ -123,6 +135,7 @@ impl AuthError {
             AuthError::Algorithm(_) => "unsupported_algorithm",
             AuthError::UnknownKid(_) => "unknown_kid",
             AuthError::JwksUnavailable => "jwks_unavailable",
+            AuthError::Revoked { .. } => "token_revoked",
             AuthError::Expired { .. } => "token_expired",
             AuthError::NotYetValid => "token_not_yet_valid",
             AuthError::Audience(_) => "invalid_audience",
@@ -186,6 +199,8 @@ pub struct Verifier {
     validations: [(Algorithm, Validation); 4],
     audience: String,
     leeway_s: u64,
+    /// Revocations in force (shared with whoever fills them).
+    revocations: Arc<revocations::Revocations>,
 }
 
 impl Verifier {
@@ -219,7 +234,13 @@ impl Verifier {
             ],
             audience: config.audience.clone(),
             leeway_s: config.leeway.as_secs(),
+            revocations: Arc::default(),
         }
+    }
+
+    /// The revocations this verifier refuses tokens by.
+    pub fn revocations(&self) -> &Arc<revocations::Revocations> {
+        &self.revocations
     }
 
     /// Clock skew tolerated on `exp`, in seconds (`auth.leeway`).
@@ -229,7 +250,8 @@ impl Verifier {
 
     /// Validates `token` and returns who it speaks for.
     ///
-    /// Errors: every [`AuthError`] but [`AuthError::Missing`].
+    /// Errors: every [`AuthError`] but [`AuthError::Missing`]; [`AuthError::Revoked`] for a
+    /// token a revocation covers.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let Some(header) = read_header(token) else {
             return Err(AuthError::Malformed(
@@ -262,7 +284,16 @@ impl Verifier {
         let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|e| map_error(token, e.into_kind()))?
             .claims;
-        principal_from(claims, &self.audience)
+        let principal = principal_from(claims, &self.audience)?;
+        if let Some(user) = principal.user_id {
+            if let Some(r) = self.revocations.refuses(user, principal.issued_at) {
+                let at = chrono::DateTime::from_timestamp_micros(r.issued_before_us)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+                    .unwrap_or_default();
+                return Err(AuthError::Revoked { issued_before: at });
+            }
+        }
+        Ok(principal)
     }
 
     /// The key set's key for `kid`, checked against the token's `alg`.
@@ -369,7 +400,19 @@ fn principal_from(claims: Claims, audience: &str) -> Result<Principal, AuthError
         user_id,
         role,
         expires_at,
+        issued_at: claims.iat,
     })
+}
+
+/// Who signed what, for the audit log: a token's `sub` claim (any string, a service key's
+/// too) and its header's `kid`. Read without verifying: call it only on a token
+/// [`Verifier::verify`] accepted.
+pub fn token_identity(token: &str) -> (Option<String>, Option<String>) {
+    let kid = read_header(token).and_then(|h| h.kid);
+    let sub = jsonwebtoken::dangerous::insecure_decode::<Claims>(token)
+        .ok()
+        .and_then(|d| d.claims.sub);
+    (sub, kid)
 }
 
 /// Seconds since the Unix epoch.

@@ -34,6 +34,11 @@ pub struct AuthConfig {
     /// Clock skew tolerated on `exp` and `nbf`, in whole seconds (default `0s`).
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
+    /// The longest life (`exp` − `iat`) of a token the issuer hands out (default `7d`:
+    /// Supabase's longest JWT expiry). A revocation is kept this long after its
+    /// `issued_before`, by when every token it covers has expired (`auth.max_token_lifetime`).
+    #[serde(with = "humantime_serde")]
+    pub max_token_lifetime: Duration,
 }
 
 impl Default for AuthConfig {
@@ -44,6 +49,7 @@ impl Default for AuthConfig {
             jwks_file: None,
             audience: "authenticated".into(),
             leeway: Duration::ZERO,
+            max_token_lifetime: Duration::from_secs(7 * 86_400),
         }
     }
 }

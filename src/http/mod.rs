@@ -76,6 +76,23 @@ pub struct AppState {
     pub rate_limits: Arc<api::limit::Limits>,
     /// Cluster node: the JetStream stream read back for resumes older than the window.
     pub archive: Option<Arc<crate::cluster::Archive>>,
+    /// The operator's console: the session registry, disconnects, revocations.
+    pub console: Arc<crate::console::Console>,
+    /// What `GET /v1/status` says about this node.
+    pub node: Arc<NodeFacts>,
+}
+
+/// Facts about this node for `GET /v1/status`.
+#[derive(Debug)]
+pub struct NodeFacts {
+    /// Cluster mode (`cluster.nats_url` set).
+    pub clustered: bool,
+    /// Connected while this node holds the replication slot.
+    pub slot: Arc<StreamStatus>,
+    /// When the relay started.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// `replay.window`.
+    pub replay_window: Duration,
 }
 
 /// The session cap: `max_sessions` permits (`server.max_sessions`), at most
@@ -97,6 +114,18 @@ pub fn server_routes(state: AppState, request_timeout: Duration) -> HttpRouter {
         )
         .route("/v1/events/batch", post(api::post_batch))
         .route("/v1/users/inactive", get(api::get_inactive))
+        .route("/v1/status", get(api::status::get_status))
+        .route(
+            "/v1/status/users/{user_id}",
+            get(api::status::get_user_status),
+        )
+        .route("/v1/presence", get(api::status::list_presence))
+        .route("/v1/presence/{user_id}", get(api::status::get_presence))
+        .route(
+            "/v1/admin/users/{user_id}/disconnect",
+            post(api::admin::post_disconnect),
+        )
+        .route("/v1/admin/revocations", post(api::admin::post_revocation))
         .route("/openapi.json", get(api::openapi::document))
         .route("/realtime/v1/websocket", get(upgrade::realtime_upgrade))
         .route("/healthz", get(health::healthz))

@@ -29,6 +29,7 @@ use crate::auth::AuthError;
 use crate::filter::Interest;
 use crate::metrics as m;
 use crate::model::Cursor;
+use crate::presence::Endpoint;
 use crate::refused::{self, Reason};
 use crate::session::realtime::phoenix::Vsn;
 use crate::session::{self, SessionContext};
@@ -55,6 +56,9 @@ pub struct StreamQuery {
     /// so that a malformed one is answered on the socket (an `error` frame, then 1008), where a
     /// client library reports it, rather than as a failed handshake it would retry.
     pub since: Option<String>,
+    /// `presence=true`: also receive `presence` frames (a service-role token only; a user's
+    /// is refused 403 `forbidden`).
+    pub presence: Option<bool>,
 }
 
 /// The query of `GET /realtime/v1/websocket`, as Supabase clients send it. Unknown parameters
@@ -113,6 +117,12 @@ async fn native(
     let since = query.since.as_deref().map(str::parse::<Cursor>);
     let interest = interest(query.table, query.event_type, &state.tables)
         .map_err(|why| HttpError::bad_request("unknown_table", why))?;
+    let presence = query.presence.unwrap_or(false);
+    if presence && principal.role != crate::auth::Role::ServiceRole {
+        return Err(HttpError::forbidden(
+            "presence=true needs a service_role token",
+        ));
+    }
     // Checked and taken in one step, held until the session ends (dropped with the task).
     let slot = state
         .router
@@ -122,10 +132,15 @@ async fn native(
             state.limits.max_service_sessions.get(),
         )
         .map_err(HttpError::session_cap)?;
-    start_session(&state, upgrade, move |ws, ctx| async move {
-        session::run_native(ws, ctx, principal, interest, since).await;
-        drop(slot);
-    })
+    start_session(
+        &state,
+        upgrade,
+        Endpoint::Native,
+        move |ws, ctx| async move {
+            session::run_native(ws, ctx, principal, interest, since, presence).await;
+            drop(slot);
+        },
+    )
 }
 
 /// `GET /realtime/v1/websocket?apikey=…&vsn=…`: Supabase Realtime clients. The `apikey` is
@@ -158,7 +173,7 @@ async fn realtime(
         },
         Some(_) => {}
     }
-    start_session(&state, upgrade, move |ws, ctx| {
+    start_session(&state, upgrade, Endpoint::Realtime, move |ws, ctx| {
         session::realtime::run_realtime(ws, ctx, vsn, apikey)
     })
 }
@@ -200,10 +215,12 @@ fn interest(
 }
 
 /// Upgrades the connection (or explains why not: 426, 503) and runs `run` as a tracked
-/// session task holding one of the `server.max_sessions` permits until it ends.
+/// session task holding one of the `server.max_sessions` permits, and its registration in the
+/// session registry (on `endpoint`), until it ends.
 fn start_session<F, Fut>(
     state: &AppState,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    endpoint: Endpoint,
     run: F,
 ) -> Result<Response, HttpError>
 where
@@ -223,6 +240,11 @@ where
             HttpError::too_many_sessions()
         })?;
     let max_frame = state.limits.max_client_frame_bytes;
+    // Registered now (dropped with the callback should the handshake never complete).
+    let opened = state
+        .console
+        .registry()
+        .open(endpoint, uuid::Uuid::new_v4().to_string());
     let ctx = SessionContext {
         router: state.router.clone(),
         tables: state.tables.clone(),
@@ -231,6 +253,8 @@ where
         shutdown: state.shutdown.clone(),
         restart: state.router.restart_signal(),
         archive: state.archive.clone(),
+        registry: state.console.registry().clone(),
+        info: opened.info.clone(),
     };
     let tracker = state.sessions.clone();
     Ok(upgrade
@@ -243,6 +267,7 @@ where
         .on_upgrade(move |ws| {
             tracker.track_future(async move {
                 run(ws, ctx).await;
+                drop(opened);
                 drop(permit);
             })
         }))

@@ -1,8 +1,9 @@
 //! The session engine: one driver owns every WebSocket's loop, whatever its protocol.
 //!
-//! [`run`] selects, in priority order, on (1) shutdown, (2) a queue overflow, (3) a stream
-//! restart, (4) the token expiry, (5) the join deadline, (6) the client's frames, (7) the ping
-//! timer, (8) queued events; each arm delegates to a `handle_*` method, so the loop reads as a
+//! [`run`] selects, in priority order, on (1) shutdown, (2) a queue overflow, (3) a close
+//! from outside (an operator's disconnect or a revocation), (4) a stream restart, (5) the token
+//! expiry, (6) the join deadline, (7) the client's frames, (8) the ping timer, (9) presence
+//! changes (a session that asked for them), (10) queued events; each arm delegates to a `handle_*` method, so the loop reads as a
 //! table of contents.
 //! Control comes first so that a busy stream never starves a refresh, a pong or a shutdown.
 //!
@@ -39,6 +40,7 @@ use super::{Close, SessionContext, CLOSE_INVALID_DATA, CLOSE_NORMAL, CLOSE_POLIC
 use crate::auth::now_s;
 use crate::metrics as m;
 use crate::model::{now_unix_us, Event};
+use crate::presence::{Change, Kick};
 use crate::refused::{self, Reason};
 
 /// Most events written per flush.
@@ -84,13 +86,15 @@ pub async fn run<P: Protocol>(
     ctx: &SessionContext,
     protocol: P,
     subs: Subscriptions,
-    opening: Opening,
+    mut opening: Opening,
     session_id: &str,
 ) {
+    let presence = opening.presence.take();
     let mut engine = Engine {
         ws,
         ctx,
         protocol,
+        presence,
         overflow: subs.overflow(),
         subs,
         delivery: Delivery::new(),
@@ -125,6 +129,8 @@ struct Engine<'a, P> {
     ws: WebSocket,
     ctx: &'a SessionContext,
     protocol: P,
+    /// Presence changes this session announces (service role, `presence=true`).
+    presence: Option<tokio::sync::broadcast::Receiver<Change>>,
     subs: Subscriptions,
     /// Cancelled by the router when one of `subs`' queues fills.
     overflow: CancellationToken,
@@ -145,6 +151,7 @@ impl<P: Protocol> Engine<'_, P> {
     async fn serve(&mut self) -> End {
         let ctx = self.ctx;
         let overflow = self.overflow.clone();
+        let kick = ctx.info.kick_signal();
         let mut ping = tokio::time::interval(ctx.limits.ping_interval);
         ping.reset();
         let mut armed_for = self.protocol.expires_at();
@@ -160,17 +167,23 @@ impl<P: Protocol> Engine<'_, P> {
                 _ = ctx.shutdown.cancelled() => Some(self.handle_shutdown().await),
                 // PRIORITY 2: a queue filled; its events are lost to this session.
                 _ = overflow.cancelled() => Some(End::Close(Close::slow())),
-                // PRIORITY 3: the stream started over; the client resumes with `since`.
+                // PRIORITY 3: closed from outside (disconnect, revocation).
+                _ = kick.cancelled() => Some(self.handle_kick().await),
+                // PRIORITY 4: the stream started over; the client resumes with `since`.
                 _ = ctx.restart.cancelled() => Some(End::Close(Close::restarted())),
-                // PRIORITY 4: a token ran out (or the capped wait for it elapsed).
+                // PRIORITY 5: a token ran out (or the capped wait for it elapsed).
                 _ = &mut expiry => self.handle_expiry().await,
-                // PRIORITY 5: no channel joined in time (Realtime).
+                // PRIORITY 6: no channel joined in time (Realtime).
                 _ = &mut join_deadline, if awaiting_join => Some(self.handle_join_timeout()),
-                // PRIORITY 6: the client's frames (refreshes, joins, heartbeats, close).
+                // PRIORITY 7: the client's frames (refreshes, joins, heartbeats, close).
                 msg = self.ws.next() => self.handle_client(msg).await,
-                // PRIORITY 7: ping, and drop a peer that stopped answering.
+                // PRIORITY 8: ping, and drop a peer that stopped answering.
                 _ = ping.tick() => self.handle_ping().await,
-                // PRIORITY 8: queued events, a batch per wake-up.
+                // PRIORITY 9: presence changes, for a session that asked for them.
+                change = recv_change(&mut self.presence), if self.presence.is_some() => {
+                    self.handle_presence(change).await
+                }
+                // PRIORITY 10: queued events, a batch per wake-up.
                 n = self.subs.recv_many(&mut self.batch, BATCH), if !self.subs.is_empty() => {
                     self.handle_events(n).await
                 }
@@ -207,6 +220,7 @@ impl<P: Protocol> Engine<'_, P> {
                 .map_err(|_| End::Gone("the peer did not read the opening frames"))?;
         }
         self.delivery.record_replayed(opening.replayed);
+        self.ctx.info.record_delivered(opening.replayed, None);
         Ok(())
     }
 
@@ -218,6 +232,37 @@ impl<P: Protocol> Engine<'_, P> {
             Ok(()) => End::Close(Close::going_away()),
             Err(_) => End::Gone("the peer did not take the last events before shutdown"),
         }
+    }
+
+    /// Closed from outside: the protocol's last words, then the kick's close code.
+    async fn handle_kick(&mut self) -> End {
+        let kick = self.ctx.info.kicked().cloned().unwrap_or(Kick {
+            code: super::CLOSE_DISCONNECTED,
+            reason: "disconnected by an operator".into(),
+            error: "disconnected",
+        });
+        let outcome = self.protocol.on_kick(&kick);
+        let close = Close::new(kick.code, kick.reason);
+        self.apply(outcome).await.unwrap_or(End::Close(close))
+    }
+
+    /// A presence change: its frame, if the protocol writes one. A session that fell
+    /// [`broadcast`](tokio::sync::broadcast) capacity behind missed changes: closed as slow.
+    async fn handle_presence(
+        &mut self,
+        change: Result<Change, tokio::sync::broadcast::error::RecvError>,
+    ) -> Option<End> {
+        use tokio::sync::broadcast::error::RecvError;
+        let change = match change {
+            Ok(change) => change,
+            Err(RecvError::Lagged(_)) => return Some(End::Close(Close::slow())),
+            Err(RecvError::Closed) => {
+                self.presence = None;
+                return None;
+            }
+        };
+        let frame = self.protocol.on_presence(&change)?;
+        self.apply(Outcome::reply(frame)).await
     }
 
     async fn handle_expiry(&mut self) -> Option<End> {
@@ -294,7 +339,7 @@ impl<P: Protocol> Engine<'_, P> {
         };
         match written {
             Ok(()) => {
-                self.delivery.record(&self.written);
+                self.record_written();
                 self.frames.clear();
                 self.written.clear();
                 None
@@ -316,7 +361,7 @@ impl<P: Protocol> Engine<'_, P> {
     /// Writes `frames` (bounded by `limit`) and records their delivery.
     async fn write_frames(&mut self, limit: Duration) -> Result<(), SendError> {
         send_frames(&mut self.ws, &self.frames, limit).await?;
-        self.delivery.record(&self.written);
+        self.record_written();
         self.frames.clear();
         self.written.clear();
         Ok(())
@@ -336,6 +381,13 @@ impl<P: Protocol> Engine<'_, P> {
             return Some(End::Gone("the peer did not take a reply"));
         }
         outcome.close.map(End::Close)
+    }
+
+    /// Accounts for the events of `written`, just written: metrics and the session's record.
+    fn record_written(&self) {
+        self.delivery.record(&self.written);
+        let last = self.written.last().map(|e| e.cursor);
+        self.ctx.info.record_delivered(self.written.len(), last);
     }
 
     /// When the earliest token runs out (with the leeway), at most [`EXPIRY_CAP`] away.
@@ -372,6 +424,16 @@ async fn guarded(
         },
     };
     written.map_err(Interrupted::Failed)
+}
+
+/// The next presence change of `rx` (pending forever without one; the arm is disabled then).
+async fn recv_change(
+    rx: &mut Option<tokio::sync::broadcast::Receiver<Change>>,
+) -> Result<Change, tokio::sync::broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How long until a token expiring at `exp` (Unix seconds; `None`: no token) runs out at

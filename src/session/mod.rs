@@ -11,8 +11,9 @@
 //!
 //! Close codes (README "Close codes"): 1000 normal (also the echo of a client's close), 1001
 //! server shutting down, 1007 a text frame that is not UTF-8, 1008 malformed client frame, bad `since` cursor or (Realtime) no channel joined within `limits.join_timeout`, 1009 client frame
-//! over `limits.max_client_frame_bytes`, 1012 the stream restarted, 4001 token expired or
-//! invalid, 4003 refresh changed identity, 4008 slow consumer.
+//! over `limits.max_client_frame_bytes`, 1012 the stream restarted, 4001 token expired,
+//! invalid or revoked, 4003 refresh changed identity, 4004 disconnected by an operator,
+//! 4008 slow consumer.
 
 pub mod engine;
 pub mod native;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 
 use crate::auth::{AuthError, Principal, Verifier};
 use crate::config::LimitsConfig;
+use crate::presence::{Kick, Registry, SessionInfo};
 use crate::router::Router;
 use crate::tables::Tables;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +50,9 @@ pub const CLOSE_RESTART: u16 = 1012;
 pub const CLOSE_TOKEN: u16 = 4001;
 /// Close code: a refreshed token changed `sub` or role.
 pub const CLOSE_IDENTITY: u16 = 4003;
+/// Close code: an operator disconnected the user (`POST /v1/admin/users/{id}/disconnect`).
+/// Clients must not reconnect at once: wait for a user action, or at least a minute.
+pub const CLOSE_DISCONNECTED: u16 = 4004;
 /// Close code: the session's queue filled up.
 pub const CLOSE_SLOW: u16 = 4008;
 
@@ -67,6 +72,29 @@ pub struct SessionContext {
     pub restart: CancellationToken,
     /// Cluster node: resumes older than the in-memory window are answered from the stream.
     pub archive: Option<Arc<crate::cluster::Archive>>,
+    /// The registry of open sessions and presence.
+    pub registry: Arc<Registry>,
+    /// This socket's registry record (delivery counters, subscriptions, the kick switch).
+    pub info: Arc<SessionInfo>,
+}
+
+/// 4004 with `disconnected`: an operator closed the user's sessions; reconnecting at once
+/// would be refused by nothing, so clients should wait for a user action.
+pub fn kick_disconnected() -> Kick {
+    Kick {
+        code: CLOSE_DISCONNECTED,
+        reason: "disconnected by an operator; do not reconnect automatically".into(),
+        error: "disconnected",
+    }
+}
+
+/// 4001 with `token_revoked`: the user's tokens were revoked; a freshly issued token works.
+pub fn kick_revoked() -> Kick {
+    Kick {
+        code: CLOSE_TOKEN,
+        reason: "token revoked; sign in again for a new token".into(),
+        error: "token_revoked",
+    }
 }
 
 /// Why a session ended, as the close frame sent.

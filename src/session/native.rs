@@ -23,19 +23,23 @@ use crate::cluster::Archive;
 use crate::filter::Interest;
 use crate::metrics as m;
 use crate::model::{Cursor, Event, InvalidCursor};
+use crate::presence::{Change, Kick};
 use crate::router::Replay;
 
 /// Runs a native-protocol session until it closes. `interest` narrows the events; `since`
 /// (the `since` query parameter, parsed) resumes after that cursor: the missed events, then a
 /// `recovered` frame, then live events. A malformed cursor gets an `error` frame and 1008.
+/// With `presence` (a service-role session's `presence=true`) the session also gets a
+/// `presence` frame whenever a user comes online or goes offline.
 pub async fn run_native(
     ws: WebSocket,
     ctx: SessionContext,
     principal: Principal,
     interest: Interest,
     since: Option<Result<Cursor, InvalidCursor>>,
+    presence: bool,
 ) {
-    let session_id = Uuid::new_v4().to_string();
+    let session_id = ctx.info.id.clone();
     let since = match since.transpose() {
         Ok(since) => since,
         Err(e) => {
@@ -44,8 +48,10 @@ pub async fn run_native(
             return engine::refuse(ws, vec![text], close, &session_id).await;
         }
     };
-    let mut subs = Subscriptions::new(ctx.router.clone());
-    let (_, position, mut replay) = subs.subscribe(&principal, interest.clone(), since);
+    // Counted under the user (presence) until the session ends.
+    let _joined = ctx.registry.join(&ctx.info, &principal);
+    let mut subs = Subscriptions::new(ctx.router.clone(), ctx.info.clone());
+    let (_, position, mut replay) = subs.subscribe(&principal, interest.clone(), since, None);
     if let (Some(archive), Some(since), Some(window)) = (&ctx.archive, since, &mut replay) {
         if !window.complete && since < position {
             *window = from_archive(archive, &principal, &interest, since, position).await;
@@ -57,6 +63,7 @@ pub async fn run_native(
     let mut opening = Opening {
         frames: vec![ready(&session_id, &principal, since.unwrap_or(position))],
         replayed: 0,
+        presence: presence.then(|| ctx.registry.changes()),
     };
     let mut skip = None;
     if let (Some(since), Some(replay)) = (since, replay) {
@@ -154,6 +161,17 @@ impl Protocol for Native {
         }
     }
 
+    fn on_kick(&mut self, kick: &Kick) -> Outcome {
+        Outcome::close(
+            Some(error(kick.error, &kick.reason)),
+            Close::new(kick.code, kick.reason.clone()),
+        )
+    }
+
+    fn on_presence(&mut self, change: &Change) -> Option<Frame> {
+        Some(presence_frame(change))
+    }
+
     fn on_unreadable(&mut self, what: Unreadable) -> Outcome {
         Outcome::close(
             Some(error("malformed_frame", what.describe())),
@@ -214,6 +232,25 @@ pub fn recovered(complete: bool, replayed: usize, cursor: Cursor) -> Utf8Bytes {
         complete,
         replayed,
         cursor: cursor.to_string(),
+    })
+}
+
+/// `{"type":"presence","user_id","online","sessions"}`: a user's first socket opened
+/// (`online: true`) or last one closed (`online: false`, `sessions: 0`), over every node.
+pub fn presence_frame(change: &Change) -> Utf8Bytes {
+    #[derive(Serialize)]
+    struct Presence {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        user_id: Uuid,
+        online: bool,
+        sessions: u32,
+    }
+    to_frame(&Presence {
+        kind: "presence",
+        user_id: change.user_id,
+        online: change.online,
+        sessions: change.sessions,
     })
 }
 

@@ -6,6 +6,7 @@ use axum::extract::ws::Utf8Bytes;
 use super::subscriptions::{Key, Subscriptions};
 use super::Close;
 use crate::model::Event;
+use crate::presence::{Change, Kick};
 
 /// An encoded text frame, shared between the sessions that write the same bytes.
 pub type Frame = Utf8Bytes;
@@ -94,6 +95,18 @@ pub trait Protocol: Send {
     fn awaiting_join(&self) -> bool {
         false
     }
+
+    /// The session was closed from outside (an operator's disconnect, a revocation): what to
+    /// write before the close. Default: the close alone.
+    fn on_kick(&mut self, kick: &Kick) -> Outcome {
+        Outcome::close(None, Close::new(kick.code, kick.reason.clone()))
+    }
+
+    /// The frame announcing a presence change to a session that asked for them (`None`:
+    /// none). Default: none.
+    fn on_presence(&mut self, _change: &Change) -> Option<Frame> {
+        None
+    }
 }
 
 /// Frames to write before the loop starts (the native `ready`, a resume's replay and its
@@ -104,4 +117,7 @@ pub struct Opening {
     pub frames: Vec<Frame>,
     /// How many of them are replayed events (counted as delivered, without a latency sample).
     pub replayed: usize,
+    /// Presence changes to announce ([`Protocol::on_presence`]): a service-role native
+    /// session opened with `presence=true`.
+    pub presence: Option<tokio::sync::broadcast::Receiver<Change>>,
 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Principal;
 use crate::filter::Interest;
 use crate::model::{Cursor, Event};
+use crate::presence::{SessionInfo, SubscriptionInfo};
 use crate::router::{Replay, Router, Ticket};
 
 /// Identifies one router subscription of a session.
@@ -22,6 +23,8 @@ pub type Key = u64;
 /// A session's router subscriptions and their merged queues. Dropping it unsubscribes them.
 pub struct Subscriptions {
     router: Arc<Router>,
+    /// The socket's registry record, where each subscription is described.
+    info: Arc<SessionInfo>,
     /// Cancelled by the router when any of these queues fills (shared by all of them).
     overflow: CancellationToken,
     streams: StreamMap<Key, ReceiverStream<Arc<Event>>>,
@@ -30,10 +33,11 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    /// No subscriptions yet, on `router`.
-    pub fn new(router: Arc<Router>) -> Subscriptions {
+    /// No subscriptions yet, on `router`, described in `info`.
+    pub fn new(router: Arc<Router>, info: Arc<SessionInfo>) -> Subscriptions {
         Subscriptions {
             router,
+            info,
             overflow: CancellationToken::new(),
             streams: StreamMap::new(),
             tickets: Vec::new(),
@@ -42,16 +46,33 @@ impl Subscriptions {
     }
 
     /// Subscribes under `principal` ([`Router::subscribe`]); returns its key, the position
-    /// it starts after, and with `since` what it missed.
+    /// it starts after, and with `since` what it missed. `topic` is the Realtime channel's.
     pub fn subscribe(
         &mut self,
         principal: &Principal,
         interest: Interest,
         since: Option<Cursor>,
+        topic: Option<String>,
     ) -> (Key, Cursor, Option<Replay>) {
+        let tables = interest.tables.as_ref().map(|s| {
+            s.iter()
+                .map(|(schema, t)| format!("{schema}.{t}"))
+                .collect()
+        });
+        let event_types = interest
+            .event_types
+            .as_ref()
+            .map(|t| t.iter().map(|e| e.to_string()).collect());
         let sub = self
             .router
             .subscribe(principal, interest, self.overflow.clone(), since);
+        self.info.add_subscription(SubscriptionInfo {
+            ticket: sub.ticket.id,
+            owner: principal.owner(),
+            tables,
+            event_types,
+            topic,
+        });
         let key = self.next;
         self.next += 1;
         self.streams.insert(key, ReceiverStream::new(sub.rx));
@@ -64,6 +85,7 @@ impl Subscriptions {
         self.streams.remove(&key);
         if let Some(at) = self.tickets.iter().position(|(k, _)| *k == key) {
             let (_, ticket) = self.tickets.swap_remove(at);
+            self.info.remove_subscription(ticket.id);
             self.router.unsubscribe(ticket);
         }
     }
@@ -82,6 +104,7 @@ impl Subscriptions {
     pub fn clear(&mut self) {
         self.streams.clear();
         for (_, ticket) in self.tickets.drain(..) {
+            self.info.remove_subscription(ticket.id);
             self.router.unsubscribe(ticket);
         }
     }

@@ -194,6 +194,7 @@ mod tests {
             user_id: Some(uuid::Uuid::from_u128(n)),
             role: Role::Authenticated,
             expires_at: i64::MAX,
+            issued_at: None,
         };
         assert!(limits.check_rows(&user(1), "a", 6).is_ok());
         let refused = limits.check_rows(&user(1), "b", 6).err();

@@ -10,6 +10,7 @@
 //! unavailable. Nothing is written unless every event
 //! is valid and the whole transaction commits.
 
+pub mod admin;
 pub mod history;
 pub mod idempotency;
 pub mod inactive;
@@ -17,6 +18,7 @@ pub mod ingest;
 pub mod limit;
 pub mod openapi;
 mod role;
+pub mod status;
 pub mod validate;
 
 use axum::body::Bytes;

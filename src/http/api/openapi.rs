@@ -181,9 +181,21 @@ fn history() {}
     info(
         title = "engagement-relay HTTP API",
         description = "Ingest and history of public.engagement_events, next to the WebSocket stream, \
-                       and the inactive users of public.user_engagement_states."
+                       the inactive users of public.user_engagement_states, and the operator's \
+                       console: status, presence, disconnects and token revocations."
     ),
-    paths(history, super::post_batch, super::post_events, super::get_inactive),
+    paths(
+        history,
+        super::post_batch,
+        super::post_events,
+        super::get_inactive,
+        super::status::get_status,
+        super::status::get_user_status,
+        super::status::get_presence,
+        super::status::list_presence,
+        super::admin::post_disconnect,
+        super::admin::post_revocation
+    ),
     components(schemas(
         EventIn, EventsIn, Ids, FieldProblem, ErrorBody, Record, Page, InactiveUser, InactivePage
     )),

@@ -111,7 +111,9 @@ fn common_columns(tables: &Tables, selected: &Selection) -> Vec<Column> {
 /// The join refusal reason, in the Supabase server's words.
 pub(super) fn join_reason(e: &AuthError) -> String {
     match e {
-        AuthError::Expired { .. } | AuthError::NotYetValid => format!("InvalidJWTToken: {e}"),
+        AuthError::Expired { .. } | AuthError::NotYetValid | AuthError::Revoked { .. } => {
+            format!("InvalidJWTToken: {e}")
+        }
         AuthError::BadSignature
         | AuthError::Algorithm(_)
         | AuthError::UnknownKid(_)

@@ -37,19 +37,24 @@ use self::channels::{binding, join_reason, Binding};
 use self::phoenix::{Message, Vsn};
 use super::engine::{self, Frame, Key, Opening, Outcome, Protocol, Subscriptions, Unreadable};
 use super::{refresh, SessionContext};
-use crate::auth::{now_s, Principal, Verifier};
+use crate::auth::{now_s, Principal, Role, Verifier};
 use crate::filter::Interest;
 use crate::model::Event;
+use crate::presence::{Joined, Registry, SessionInfo};
 use crate::router::{Router, Slot};
 use crate::tables::Tables;
+use uuid::Uuid;
 
 /// Most channels one socket may join (Supabase's `max_channels_per_client` default).
 const MAX_CHANNELS: usize = 100;
 
 /// Runs a Realtime session until it closes.
 pub async fn run_realtime(ws: WebSocket, ctx: SessionContext, vsn: Vsn, apikey: Option<String>) {
-    let subs = Subscriptions::new(ctx.router.clone());
+    let subs = Subscriptions::new(ctx.router.clone(), ctx.info.clone());
     let protocol = Realtime {
+        registry: ctx.registry.clone(),
+        info: ctx.info.clone(),
+        present: HashMap::new(),
         verifier: ctx.verifier.clone(),
         tables: ctx.tables.clone(),
         router: ctx.router.clone(),
@@ -63,7 +68,8 @@ pub async fn run_realtime(ws: WebSocket, ctx: SessionContext, vsn: Vsn, apikey: 
         topics: HashMap::new(),
         next_binding: 1,
     };
-    engine::run(ws, &ctx, protocol, subs, Opening::default(), "realtime").await;
+    let session_id = ctx.info.id.clone();
+    engine::run(ws, &ctx, protocol, subs, Opening::default(), &session_id).await;
 }
 
 /// A joined channel.
@@ -78,6 +84,12 @@ struct Channel {
 
 /// A Realtime socket's protocol state: its channels.
 struct Realtime {
+    /// Where the socket is counted under the users its channels act for.
+    registry: Arc<Registry>,
+    info: Arc<SessionInfo>,
+    /// The socket counted once per identity (role and `sub`) whatever its channels: the
+    /// registration and how many subscribed channels hold it.
+    present: HashMap<(Role, Option<Uuid>), (Joined, usize)>,
     verifier: Arc<Verifier>,
     tables: Arc<Tables>,
     /// Where channels take their session slots.
@@ -259,8 +271,10 @@ impl Realtime {
             false => None,
             true => match self.router.take_slot(&principal, self.caps.0, self.caps.1) {
                 Ok(slot) => {
-                    let (key, _, _) = subs.subscribe(&principal, Interest::default(), None);
+                    let topic = Some(msg.topic.clone());
+                    let (key, _, _) = subs.subscribe(&principal, Interest::default(), None, topic);
                     self.topics.insert(key, msg.topic.clone());
+                    self.count_in(&principal);
                     Some((key, slot))
                 }
                 Err(refused) => {
@@ -314,6 +328,29 @@ impl Realtime {
         })
     }
 
+    /// Counts the socket under `principal` (presence) for one more subscribed channel.
+    fn count_in(&mut self, principal: &Principal) {
+        let id = (principal.role, principal.user_id);
+        match self.present.get_mut(&id) {
+            Some((_, channels)) => *channels += 1,
+            None => {
+                let joined = self.registry.join(&self.info, principal);
+                self.present.insert(id, (joined, 1));
+            }
+        }
+    }
+
+    /// One subscribed channel of `principal` fewer; the last one uncounts the socket.
+    fn count_out(&mut self, principal: &Principal) {
+        let id = (principal.role, principal.user_id);
+        if let Some((_, channels)) = self.present.get_mut(&id) {
+            *channels -= 1;
+            if *channels == 0 {
+                self.present.remove(&id);
+            }
+        }
+    }
+
     /// Drops a channel and its subscription (no frames); returns its join_ref if it existed.
     fn leave(&mut self, topic: &str, subs: &mut Subscriptions) -> Option<Value> {
         let channel = self.channels.remove(topic)?;
@@ -321,6 +358,7 @@ impl Realtime {
             self.topics.remove(&key);
             subs.unsubscribe(key);
             drop(slot);
+            self.count_out(&channel.principal);
         }
         Some(channel.join_ref)
     }
