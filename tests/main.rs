@@ -18,6 +18,7 @@ mod backup_restore;
 mod cli;
 mod client_tls;
 mod cluster;
+mod console;
 mod db_health;
 mod deletes;
 mod deploy_cluster;
