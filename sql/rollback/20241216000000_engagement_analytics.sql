@@ -29,7 +29,7 @@ BEGIN
     IF to_regclass('supabase_migrations.schema_migrations') IS NOT NULL THEN
         SELECT string_agg(version, ', ' ORDER BY version) INTO later
         FROM supabase_migrations.schema_migrations
-        WHERE version IN ('20241216000000', '20241217000000');
+        WHERE version IN ('20241217000000');
         IF later IS NOT NULL THEN
             RAISE EXCEPTION 'roll back the later migrations first (still applied: %)', later
                 USING HINT = 'Run the scripts in sql/rollback/ newest first.';
