@@ -215,6 +215,22 @@ def test_user_a_cannot_read_relay_idempotency_keys(
     )
 
 
+@pytest.mark.parametrize(
+    "table, column",
+    [("relay.presence", "user_id"), ("relay.revocations", "user_id"), ("relay.audit_log", "actor_sub")],
+)
+def test_user_a_cannot_reach_the_console_tables(
+    db: Database, users: Users, audit: Audit, table: str, column: str
+) -> None:
+    """Presence, revocations and the audit log are the relay's and its operators' alone."""
+    out = db.attempt(users.user("A"), f"SELECT {column} FROM {table}")
+    audit.check(table, users.user("A"), "SELECT every row", "refused", out, out.denied,
+                cross_user="read")
+    out = db.attempt(users.user("A"), f"DELETE FROM {table}")
+    audit.check(table, users.user("A"), "DELETE every row", "refused", out, out.denied,
+                cross_user="write")
+
+
 # --------------------------------------------------------------------------------------------
 # Writes by a signed-in user
 # --------------------------------------------------------------------------------------------
