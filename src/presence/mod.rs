@@ -16,7 +16,7 @@
 mod info;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
@@ -151,6 +151,9 @@ pub struct Registry {
     last_seen: Mutex<HashMap<Uuid, DateTime<Utc>>>,
     /// Users whose local counts changed since the last [`Registry::take_dirty`] (cluster mode).
     dirty: Mutex<HashSet<Uuid>>,
+    /// Set by the first [`Registry::take_dirty`]: until someone drains `dirty` (a single node
+    /// never does), nothing is added to it.
+    exchanged: AtomicBool,
     /// `presence.enabled`: when false, sockets are still registered (status, disconnect) but
     /// no user is counted as present.
     enabled: bool,
@@ -202,6 +205,7 @@ impl Registry {
             changes: broadcast::channel(CHANGES_CAPACITY).0,
             last_seen: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashSet::new()),
+            exchanged: AtomicBool::new(false),
             enabled,
         })
     }
@@ -250,7 +254,7 @@ impl Registry {
                         sessions: after.map_or(0, |t| t.sessions()),
                     })
                 };
-                lock(&self.dirty).insert(user);
+                self.mark_dirty(user);
                 if let Some(change) = change {
                     let _ = self.changes.send(change);
                 }
@@ -292,7 +296,7 @@ impl Registry {
         if !self.enabled {
             return;
         }
-        lock(&self.dirty).insert(user);
+        self.mark_dirty(user);
         if went_offline_here {
             lock(&self.last_seen).insert(user, Utc::now());
         }
@@ -361,8 +365,16 @@ impl Registry {
     }
 
     /// Users whose local counts changed since the last call (cluster mode publishes them).
+    /// Changes are tracked from the first call on.
     pub fn take_dirty(&self) -> Vec<Uuid> {
+        self.exchanged.store(true, Ordering::Relaxed);
         lock(&self.dirty).drain().collect()
+    }
+
+    fn mark_dirty(&self, user: Uuid) {
+        if self.exchanged.load(Ordering::Relaxed) {
+            lock(&self.dirty).insert(user);
+        }
     }
 
     /// Users whose last socket closed (here, or cluster-wide through another node's
