@@ -301,4 +301,14 @@ fn describe() {
     for source in RLS_SOURCES {
         metrics::counter!(RLS_DENIALS, "source" => source).increment(0);
     }
+    for action in ["disconnect", "revoke"] {
+        for outcome in ["ok", "error"] {
+            metrics::counter!(ADMIN_ACTIONS, "action" => action, "outcome" => outcome).increment(0);
+        }
+    }
+    for reason in ["disconnect", "revoked"] {
+        metrics::counter!(SESSIONS_KICKED, "reason" => reason).increment(0);
+    }
+    metrics::gauge!(PRESENCE_ONLINE_USERS).set(0.0);
+    metrics::gauge!(REVOCATIONS).set(0.0);
 }
