@@ -70,10 +70,7 @@ fn actor(token: &str) -> Actor {
     params(("user_id" = Uuid, Path, description = "the user")),
     responses(
         (status = 200, description = "closed (4004) on every node; audited", body = Disconnected),
-        (status = 400, description = "user_id is not a UUID", body = super::openapi::ErrorBody),
-        (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
-        (status = 403, description = "not a service_role token", body = super::openapi::ErrorBody),
-        (status = 503, description = "the audit row could not be written (sessions were closed)", body = super::openapi::ErrorBody),
+        super::openapi::ConsoleErrors,
     ),
     security(("bearer" = []))
 )]
@@ -105,11 +102,8 @@ pub async fn post_disconnect(
     request_body = RevocationIn,
     responses(
         (status = 201, description = "stored, applied on every node, audited", body = Revoked),
-        (status = 400, description = "malformed body", body = super::openapi::ErrorBody),
-        (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
-        (status = 403, description = "not a service_role token", body = super::openapi::ErrorBody),
         (status = 422, description = "issued_before too far ahead", body = super::openapi::ErrorBody),
-        (status = 503, description = "database unavailable; nothing was revoked", body = super::openapi::ErrorBody),
+        super::openapi::ConsoleErrors,
     ),
     security(("bearer" = []))
 )]

@@ -151,6 +151,27 @@ pub enum IngestResponses {
     Unavailable(ErrorBody),
 }
 
+/// The refusals every operator's console endpoint may answer.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum ConsoleErrors {
+    /// A `user_id` that is not a UUID, a malformed query or body.
+    #[response(status = 400, description = "invalid user_id, query or body")]
+    BadRequest(ErrorBody),
+    /// Missing or invalid token.
+    #[response(status = 401, description = "missing or invalid token")]
+    Unauthorized(ErrorBody),
+    /// Not a service-role token.
+    #[response(status = 403, description = "not a service_role token")]
+    Forbidden(ErrorBody),
+    /// Rate limited (`Retry-After`).
+    #[response(status = 429, description = "rate limited")]
+    RateLimited(ErrorBody),
+    /// The database could not be read or written.
+    #[response(status = 503, description = "database unavailable")]
+    Unavailable(ErrorBody),
+}
+
 /// `GET /v1/events` without a WebSocket upgrade (the same path with an upgrade is the stream).
 #[utoipa::path(
     get,

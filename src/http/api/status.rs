@@ -239,8 +239,7 @@ fn store_error(e: store::StoreError) -> HttpError {
     path = "/v1/status",
     responses(
         (status = 200, description = "this node's status", body = Status),
-        (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
-        (status = 403, description = "not a service_role token", body = super::openapi::ErrorBody),
+        super::openapi::ConsoleErrors,
     ),
     security(("bearer" = []))
 )]
@@ -308,9 +307,7 @@ pub async fn get_status(
     params(("user_id" = Uuid, Path, description = "the user")),
     responses(
         (status = 200, description = "the user's sessions on this node", body = UserStatus),
-        (status = 400, description = "user_id is not a UUID", body = super::openapi::ErrorBody),
-        (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
-        (status = 403, description = "not a service_role token", body = super::openapi::ErrorBody),
+        super::openapi::ConsoleErrors,
     ),
     security(("bearer" = []))
 )]
@@ -372,10 +369,7 @@ fn bad_user() -> HttpError {
     params(("user_id" = Uuid, Path, description = "the user")),
     responses(
         (status = 200, description = "the user's presence over every node", body = UserPresence),
-        (status = 400, description = "user_id is not a UUID", body = super::openapi::ErrorBody),
-        (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
-        (status = 403, description = "not a service_role token", body = super::openapi::ErrorBody),
-        (status = 503, description = "database unavailable (last_seen)", body = super::openapi::ErrorBody),
+        super::openapi::ConsoleErrors,
     ),
     security(("bearer" = []))
 )]
@@ -404,9 +398,7 @@ pub async fn get_presence(
     ),
     responses(
         (status = 200, description = "a page of online users, by user_id", body = PresencePage),
-        (status = 400, description = "invalid query", body = super::openapi::ErrorBody),
-        (status = 401, description = "missing or invalid token", body = super::openapi::ErrorBody),
-        (status = 403, description = "not a service_role token", body = super::openapi::ErrorBody),
+        super::openapi::ConsoleErrors,
     ),
     security(("bearer" = []))
 )]
