@@ -22,7 +22,7 @@ mod tls;
 pub use auth::AuthConfig;
 pub use cluster::ClusterConfig;
 pub use monitoring::MonitoringConfig;
-pub use server::ServerConfig;
+pub use server::{InspectorPreset, ServerConfig};
 pub use tls::TlsFiles;
 
 use std::fmt;
@@ -556,6 +556,7 @@ impl Config {
             return fail("ingest.max_body_bytes", "must be at least 1024");
         }
         self.auth.validate()?;
+        self.server.validate_inspector()?;
         self.validate_fairness()?;
         self.monitoring.validate()?;
         self.cluster.validate()?;
