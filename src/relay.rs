@@ -179,9 +179,10 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         idle_timeout: config.server.idle_timeout,
         max_pending: budget.max_pending,
     };
+    let inspector = inspector(&config);
     let server_task = tokio::spawn(serve::serve(
         server,
-        http::server_routes(state, config.server.request_timeout),
+        http::server_routes(state, config.server.request_timeout, inspector),
         rules,
         server_tls.clone(),
         sessions_stop.clone(),
@@ -289,6 +290,19 @@ fn session_budget(config: &Config) -> Budget {
         );
     }
     budget
+}
+
+/// The inspector page when `server.inspector` is on, said at start with its presets' count
+/// (never their tokens); presets on a listener other hosts can reach are warned about.
+fn inspector(config: &Config) -> Option<http::inspector::Inspector> {
+    let inspector = http::inspector::Inspector::new(&config.server, &config.tables)?;
+    let listen = config.server.listen;
+    let presets = config.server.inspector_presets.len();
+    info!(%listen, presets, "inspector page at /inspector (server.inspector)");
+    if presets > 0 && !listen.ip().is_loopback() {
+        warn!(%listen, presets, "server.inspector_presets: GET /inspector/presets.json hands these tokens to anyone who can reach {listen}; presets are for local development");
+    }
+    Some(inspector)
 }
 
 /// The TLS side of a listener whose `tls_cert`/`tls_key` are set, its files read now.

@@ -1,0 +1,87 @@
+// Helpers shared by the inspector's modules: DOM building (text only, never HTML), the pasted
+// token, the relay's HTTP API, and formatting.
+
+export const $ = (selector) => document.querySelector(selector)
+
+/** An element `tag` with `text` (as text, never HTML) and attributes `attrs`. */
+export function el (tag, text, attrs = {}) {
+  const node = document.createElement(tag)
+  if (text !== undefined && text !== null) node.textContent = String(text)
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v)
+  return node
+}
+
+export const timeFormat = new Intl.DateTimeFormat(undefined, {
+  hour: '2-digit', minute: '2-digit', second: '2-digit', fractionalSecondDigits: 3, hour12: false,
+})
+
+/** The pasted token. */
+export function token () {
+  return $('#token').value.trim()
+}
+
+/** The JWT's claims, unverified (for display only: the relay decides), or null. */
+export function claimsOf (jwt) {
+  const part = jwt.split('.')[1]
+  if (!part) return null
+  try {
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(part.length / 4) * 4, '=')
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))
+    const claims = JSON.parse(new TextDecoder().decode(bytes))
+    return claims && typeof claims === 'object' ? claims : null
+  } catch {
+    return null
+  }
+}
+
+export function isServiceToken () {
+  return claimsOf(token())?.role === 'service_role'
+}
+
+export function auth () {
+  return { Authorization: `Bearer ${token()}` }
+}
+
+/** `GET path` with the token: its JSON body; else throws `{status, text}`. */
+export async function api (path) {
+  const response = await fetch(path, { headers: auth(), cache: 'no-store', signal: AbortSignal.timeout(5000) })
+  if (!response.ok) throw { status: response.status, text: await errorText(response) }
+  return response.json()
+}
+
+/** A refusal as `403 forbidden: <message>` (the relay's `{"error","message"}`). */
+export async function errorText (response) {
+  try {
+    const body = await response.json()
+    return `${response.status} ${body.error}: ${body.message}`
+  } catch {
+    return `HTTP ${response.status}`
+  }
+}
+
+/** `0000000001a2b3c8000000000a1b2c3d` → `0/1A2B3C8#10`: the commit LSN as PostgreSQL prints it, and the row. */
+export function shortCursor (cursor) {
+  if (typeof cursor !== 'string' || !/^[0-9a-f]{32}$/.test(cursor)) return String(cursor)
+  const hi = parseInt(cursor.slice(0, 8), 16).toString(16).toUpperCase()
+  const lo = parseInt(cursor.slice(8, 16), 16).toString(16).toUpperCase()
+  return `${hi}/${lo}#${parseInt(cursor.slice(16, 24), 16)}`
+}
+
+export function duration (seconds) {
+  const s = Math.round(Number(seconds))
+  if (!Number.isFinite(s)) return '—'
+  if (s < 120) return `${s} s`
+  if (s < 7200) return `${Math.round(s / 60)} min`
+  if (s < 172800) return `${(s / 3600).toFixed(1)} h`
+  return `${(s / 86400).toFixed(1)} d`
+}
+
+export function bytes (n) {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
+  let v = Number(n)
+  let i = 0
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++ }
+  return `${i ? v.toFixed(1) : v} ${units[i]}`
+}
+
+export const yesNo = (v) => (v === true ? 'yes' : v === false ? 'no' : '—')
