@@ -178,9 +178,73 @@ async function run (context) {
   }))
   check(fit.page <= 0, `the page overflows a phone's width by ${fit.page}px`)
   check(fit.table > 0, 'the frames table scrolls horizontally on a phone')
+  await admin.screenshot({ path: opts.screenshot.replace(/\.png$/, '-phone.png'), fullPage: true })
+
+  if (!opts.checkStatus) await panelsOnTheAgreedShapes(context, errors)
 
   check(errors.length === 0, `console errors: ${errors.join(' | ')}`)
   return result
+}
+
+/**
+ * Until the relay serves GET /v1/status and presence (issue 16's backend), the panels are
+ * checked against canned answers of the agreed JSON shapes, on a page of their own (the
+ * screenshot above shows the real relay). With RELAY_INSPECTOR_STATUS=1 the real ones are.
+ */
+async function panelsOnTheAgreedShapes (context, errors) {
+  step('panels on canned answers of the agreed shapes')
+  const page = await context.newPage()
+  watchErrors(page, errors)
+  const user = opts.userId
+  const session = {
+    session_id: '6f1c0000-0000-4000-8000-000000000001', node: 'node-a', endpoint: 'native',
+    connected_at: '2026-11-20T12:00:00.000000Z',
+    subscriptions: [{ tables: ['engagement_events'], event_types: ['app_open'], topic: null, queue_depth: 0 }],
+    events_delivered: 7, last_cursor: '0000000001a2b3c8000000000a1b2c3d',
+  }
+  const presence = { user_id: user, online: true, sessions: 1, endpoints: { native: 1, realtime: 0 }, online_since: '2026-11-20T12:00:00Z', last_seen: null }
+  const answers = {
+    '/v1/status': {
+      node: { id: 'node-a', role: 'single', version: '0.1.0', started_at: '2026-11-20T11:00:00Z', uptime_s: 3600 },
+      replication: { connected: true, ready: true, holds_slot: true, latest_cursor: session.last_cursor, lag_ms: 12 },
+      replay: { events: 1234, bytes: 1048576, oldest_age_s: 290, window_s: 300 },
+      sessions: { native: 3, realtime: 1, total: 4 },
+      presence: { online_users: 1, sessions: 4 },
+    },
+    '/v1/presence': { users: [presence], next_after: null },
+    [`/v1/presence/${user}`]: presence,
+    [`/v1/status/users/${user}`]: { user_id: user, online: true, sessions: [session] },
+  }
+  await page.route(/\/v1\/(status|presence)/, (route) => {
+    const request = route.request()
+    const { pathname } = new URL(request.url())
+    const service = request.headers().authorization === `Bearer ${opts.serviceToken}`
+    if (!service) {
+      return route.fulfill({ status: 403, json: { error: 'forbidden', message: 'requires a service_role token' } })
+    }
+    const body = answers[pathname]
+    return body ? route.fulfill({ json: body }) : route.fulfill({ status: 404, json: { error: 'not_found', message: pathname } })
+  })
+  await page.goto(`${opts.url}/inspector`)
+  await page.selectOption('#preset', { label: opts.userLabel })
+  await waitText(page, '#status', /Status needs a service_role token \(403 forbidden: requires a service_role token\)/)
+  await page.selectOption('#preset', { label: 'service_role' })
+  await waitText(page, '[data-key="sessions.native"]', /^3$/)
+  for (const [key, shown] of [['replication.lag_ms', '12 ms'], ['node.uptime_s', '60 min'], ['replay.bytes', '1.0 MiB'],
+    ['replication.latest_cursor', '0/1A2B3C8#0'], ['replication.holds_slot', 'yes'], ['presence.online_users', '1']]) {
+    check((await page.textContent(`[data-key="${key}"]`)) === shown, `${key}: "${await page.textContent(`[data-key="${key}"]`)}"`)
+  }
+  await waitText(page, '#presence-users', new RegExp(user))
+  await page.click(`#presence-users button:text("${user}")`)
+  await waitText(page, '#lookup-result', /engagement_events/)
+  const cells = await page.locator('#lookup-result tbody tr').first().locator('td').allTextContents()
+  check(cells[0] === session.session_id && cells[2] === 'native', `session row: ${cells}`)
+  check(cells[4] === 'tables engagement_events · types app_open · queue 0', `subscriptions: ${cells[4]}`)
+  check((await page.inputValue('#lookup-user')) === user, 'the lookup box holds the clicked user')
+  await page.fill('#lookup-user', 'not-a-uuid')
+  await page.click('#lookup')
+  await waitText(page, '#lookup-result', /A user id is a UUID/)
+  await page.close()
 }
 
 const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'relay-inspector-'))

@@ -59,7 +59,7 @@ export async function errorText (response) {
   }
 }
 
-/** `0000000001a2b3c8000000000a1b2c3d` → `0/1A2B3C8#10`: the commit LSN as PostgreSQL prints it, and the row. */
+/** `0000000001a2b3c8000000050a1b2c3d` → `0/1A2B3C8#5`: the commit LSN as PostgreSQL prints it, and the row. */
 export function shortCursor (cursor) {
   if (typeof cursor !== 'string' || !/^[0-9a-f]{32}$/.test(cursor)) return String(cursor)
   const hi = parseInt(cursor.slice(0, 8), 16).toString(16).toUpperCase()
