@@ -179,7 +179,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         idle_timeout: config.server.idle_timeout,
         max_pending: budget.max_pending,
     };
-    let inspector = inspector(&config);
+    let inspector = inspector(&config, server_addr);
     let server_task = tokio::spawn(serve::serve(
         server,
         http::server_routes(state, config.server.request_timeout, inspector),
@@ -293,14 +293,14 @@ fn session_budget(config: &Config) -> Budget {
 }
 
 /// The inspector page when `server.inspector` is on, said at start with its presets' count
-/// (never their tokens); presets on a listener other hosts can reach are warned about.
-fn inspector(config: &Config) -> Option<http::inspector::Inspector> {
+/// (never their tokens); presets on a listener (`server_addr`) other hosts can reach are warned
+/// about.
+fn inspector(config: &Config, server_addr: SocketAddr) -> Option<http::inspector::Inspector> {
     let inspector = http::inspector::Inspector::new(&config.server, &config.tables)?;
-    let listen = config.server.listen;
     let presets = config.server.inspector_presets.len();
-    info!(%listen, presets, "inspector page at /inspector (server.inspector)");
-    if presets > 0 && !listen.ip().is_loopback() {
-        warn!(%listen, presets, "server.inspector_presets: GET /inspector/presets.json hands these tokens to anyone who can reach {listen}; presets are for local development");
+    info!(%server_addr, presets, "inspector page at /inspector (server.inspector)");
+    if presets > 0 && !server_addr.ip().is_loopback() {
+        warn!(%server_addr, presets, "server.inspector_presets: GET /inspector/presets.json hands these tokens to anyone who can reach {server_addr}; presets are for local development");
     }
     Some(inspector)
 }
