@@ -130,8 +130,9 @@ fn script_safe(json: &str) -> String {
         .replace('&', "\\u0026")
 }
 
-/// The inspector's routes, for `http::server_routes` to merge: `GET /inspector`, its
-/// [`ASSETS`] (`/inspector/app.js`, …), and `/inspector/presets.json` when presets are set.
+/// The inspector's routes, for `http::server_routes` to merge: `GET /inspector`, its files
+/// (`/inspector/app.js`, `panels.js`, `common.js`, `app.css`, `icon.svg`), and
+/// `/inspector/presets.json` when presets are set.
 pub fn routes<S: Clone + Send + Sync + 'static>(inspector: Inspector) -> Router<S> {
     let inspector = Arc::new(inspector);
     let page = inspector.clone();

@@ -27,7 +27,8 @@ const CLOSE_CODES = {
 }
 
 const config = readConfig()
-const owners = new Map(config.tables.map((t) => [t.table, t.owner]))
+// `schema.table` → its owner column (`[[tables]]` `owner_column`), shown as the frame's user.
+const owners = new Map(config.tables.map((t) => [`${t.schema}.${t.table}`, t.owner]))
 const state = {
   ws: null,
   opened: false, // the current socket reached `open`
@@ -193,12 +194,11 @@ async function diagnose () {
 function onFrame (data) {
   const at = Date.now()
   state.received += 1
-  let frame
+  let frame = null
   try {
     frame = JSON.parse(data)
-  } catch {
-    frame = { type: 'unparsable' }
-  }
+  } catch {}
+  if (!frame || typeof frame !== 'object' || Array.isArray(frame)) frame = { type: 'unparsable' }
   if (typeof frame.cursor === 'string') {
     state.lastCursor = frame.cursor
     $('#last-cursor').textContent = frame.cursor
@@ -273,8 +273,9 @@ function render () {
 }
 
 function row ({ frame, data, at, latency }) {
-  const record = frame.record ?? frame.old_record ?? {}
-  const owner = owners.get(frame.table) ?? 'user_id'
+  const found = frame.record ?? frame.old_record
+  const record = found && typeof found === 'object' ? found : {}
+  const owner = owners.get(`${frame.schema}.${frame.table}`) ?? 'user_id'
   const tr = el('tr', undefined, { 'data-type': String(frame.type ?? '') })
   tr.append(
     el('td', timeFormat.format(at)),
