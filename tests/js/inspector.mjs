@@ -206,7 +206,7 @@ async function panelsOnTheAgreedShapes (context, errors) {
   const answers = {
     '/v1/status': {
       node: { id: 'node-a', role: 'single', version: '0.1.0', started_at: '2026-11-20T11:00:00Z', uptime_s: 3600 },
-      replication: { connected: true, ready: true, holds_slot: true, latest_cursor: session.last_cursor, lag_ms: 12 },
+      replication: { connected: true, ready: true, holds_slot: true, latest_cursor: session.last_cursor, lag_ms: 12.25 },
       replay: { events: 1234, bytes: 1048576, oldest_age_s: 290, window_s: 300 },
       sessions: { native: 3, realtime: 1, total: 4 },
       presence: { online_users: 1, sessions: 4 },
@@ -220,17 +220,17 @@ async function panelsOnTheAgreedShapes (context, errors) {
     const { pathname } = new URL(request.url())
     const service = request.headers().authorization === `Bearer ${opts.serviceToken}`
     if (!service) {
-      return route.fulfill({ status: 403, json: { error: 'forbidden', message: 'requires a service_role token' } })
+      return route.fulfill({ status: 403, json: { error: 'forbidden', message: `GET ${pathname} needs a service_role token` } })
     }
     const body = answers[pathname]
     return body ? route.fulfill({ json: body }) : route.fulfill({ status: 404, json: { error: 'not_found', message: pathname } })
   })
   await page.goto(`${opts.url}/inspector`)
   await page.selectOption('#preset', { label: opts.userLabel })
-  await waitText(page, '#status', /Status needs a service_role token \(403 forbidden: requires a service_role token\)/)
+  await waitText(page, '#status', /^GET \/v1\/status needs a service_role token \(403 forbidden\)\.$/)
   await page.selectOption('#preset', { label: 'service_role' })
   await waitText(page, '[data-key="sessions.native"]', /^3$/)
-  for (const [key, shown] of [['replication.lag_ms', '12 ms'], ['node.uptime_s', '60 min'], ['replay.bytes', '1.0 MiB'],
+  for (const [key, shown] of [['replication.lag_ms', '12.3 ms'], ['node.uptime_s', '60 min'], ['replay.bytes', '1.0 MiB'],
     ['replication.latest_cursor', '0/1A2B3C8#0'], ['replication.holds_slot', 'yes'], ['presence.online_users', '1']]) {
     check((await page.textContent(`[data-key="${key}"]`)) === shown, `${key}: "${await page.textContent(`[data-key="${key}"]`)}"`)
   }

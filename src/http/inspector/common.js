@@ -42,21 +42,30 @@ export function auth () {
   return { Authorization: `Bearer ${token()}` }
 }
 
-/** `GET path` with the token: its JSON body; else throws `{status, text}`. */
+/**
+ * `GET path` with the token: its JSON body; else throws `{status, error, message, text}` (the
+ * relay's `{"error","message"}`, `text` both in one line).
+ */
 export async function api (path) {
   const response = await fetch(path, { headers: auth(), cache: 'no-store', signal: AbortSignal.timeout(5000) })
-  if (!response.ok) throw { status: response.status, text: await errorText(response) }
+  if (!response.ok) throw await refusal(response)
   return response.json()
 }
 
-/** A refusal as `403 forbidden: <message>` (the relay's `{"error","message"}`). */
-export async function errorText (response) {
+async function refusal (response) {
+  let body = {}
   try {
-    const body = await response.json()
-    return `${response.status} ${body.error}: ${body.message}`
-  } catch {
-    return `HTTP ${response.status}`
-  }
+    body = await response.json()
+  } catch {}
+  const error = typeof body?.error === 'string' ? body.error : null
+  const message = typeof body?.message === 'string' ? body.message : null
+  const text = error ? `${response.status} ${error}: ${message}` : `HTTP ${response.status}`
+  return { status: response.status, error, message, text }
+}
+
+/** A refusal as `403 forbidden: <message>`. */
+export async function errorText (response) {
+  return (await refusal(response)).text
 }
 
 /** `0000000001a2b3c8000000050a1b2c3d` → `0/1A2B3C8#5`: the commit LSN as PostgreSQL prints it, and the row. */

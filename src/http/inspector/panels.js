@@ -15,11 +15,14 @@ const state = {
   nextAfter: null, // the current presence page's `next_after`
 }
 
+const ms = (v) => `${Number(v).toFixed(1)} ms`
+
 // Each group of the status JSON: [title, key, [[label, field, format?], …]].
 const STATUS_VIEW = [
   ['Node', 'node', [['id', 'id'], ['role', 'role'], ['version', 'version'], ['started', 'started_at'], ['uptime', 'uptime_s', duration]]],
   ['Replication', 'replication', [['connected', 'connected', yesNo], ['ready', 'ready', yesNo], ['holds slot', 'holds_slot', yesNo],
-    ['latest cursor', 'latest_cursor', shortCursor], ['lag', 'lag_ms', (v) => `${v} ms`]]],
+    ['latest cursor', 'latest_cursor', shortCursor], ['lag', 'lag_ms', ms], ['newest event age', 'newest_event_age_ms', ms],
+    ['last error', 'last_error']]],
   ['Replay window', 'replay', [['events', 'events'], ['bytes', 'bytes', bytes], ['oldest', 'oldest_age_s', duration], ['window', 'window_s', duration]]],
   ['Sessions', 'sessions', [['native', 'native'], ['realtime', 'realtime'], ['total', 'total']]],
   ['Presence', 'presence', [['online users', 'online_users'], ['sessions', 'sessions']]],
@@ -55,7 +58,8 @@ async function refreshStatus () {
     if (generation !== state.generation) return
     const code = e?.status
     let text = `Status unavailable: ${e?.text ?? e?.message ?? e}`
-    if (code === 403) text = `Status needs a service_role token (${e.text}).`
+    // The relay says why, e.g. "GET /v1/status needs a service_role token".
+    if (code === 403) text = `${e.message ?? 'Status needs a service_role token'} (403 ${e.error ?? 'forbidden'}).`
     if (code === 401) text = `The token was refused (${e.text}).`
     if (code === 404) text = 'This relay has no /v1/status (404).'
     // The same token gets the same answer: ask again only when it changes (or on Refresh).
