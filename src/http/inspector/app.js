@@ -3,7 +3,7 @@
 // one user's sessions. Plain JavaScript modules, no framework, no network but this origin.
 // Everything received is written as text (common.js `el`), never parsed as HTML.
 
-import { $, auth, claimsOf, duration, el, errorText, shortCursor, timeFormat, token } from './common.js'
+import { $, auth, claimsOf, duration, el, errorText, parseTime, shortCursor, timeFormat, token } from './common.js'
 import { onTokenChanged, setupPanels } from './panels.js'
 
 const MAX_ROWS = 500 // rows kept in the frames table
@@ -203,7 +203,7 @@ function onFrame (data) {
     state.lastCursor = frame.cursor
     $('#last-cursor').textContent = frame.cursor
   }
-  const latency = typeof frame.commit_timestamp === 'string' ? at - commitMs(frame.commit_timestamp) : null
+  const latency = typeof frame.commit_timestamp === 'string' ? at - parseTime(frame.commit_timestamp) : null
   if (frame.type === 'ready') onReady(frame)
   if (frame.type === 'recovered') onRecovered(frame)
   if (frame.type === 'error') setConn(`Error from the relay: ${frame.code}: ${frame.message}`)
@@ -235,14 +235,6 @@ function onRecovered (frame) {
     : `Recovered: INCOMPLETE (${frame.replayed} replayed): the relay no longer holds everything after ${state.resumingFrom}; reload history. Live from ${frame.cursor}.`
   banner($('#recovered'), text, frame.complete ? 'ok' : 'warn')
   setConn(`Resumed (${frame.complete ? 'complete' : 'incomplete'}); live.`)
-}
-
-/** `2026-11-20T12:00:00.123456Z` as milliseconds since the epoch, microseconds kept. */
-function commitMs (ts) {
-  const m = /^(.+T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:?\d{2})$/.exec(ts)
-  if (!m) return Date.parse(ts)
-  const micros = Number((m[2] ?? '').padEnd(6, '0').slice(0, 6))
-  return Date.parse(m[1] + m[3]) + micros / 1000
 }
 
 // ---------------------------------------------------------------- rendering

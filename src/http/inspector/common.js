@@ -76,6 +76,24 @@ export function shortCursor (cursor) {
   return `${hi}/${lo}#${parseInt(cursor.slice(16, 24), 16)}`
 }
 
+/** `2026-11-20T12:00:00.123456Z` as milliseconds since the epoch, microseconds kept (any number of fraction digits). */
+export function parseTime (ts) {
+  const m = /^(.+T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:?\d{2})$/.exec(ts)
+  if (!m) return Date.parse(ts)
+  const micros = Number((m[2] ?? '').padEnd(6, '0').slice(0, 6))
+  return Date.parse(m[1] + m[3]) + micros / 1000
+}
+
+const dayFormat = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric' })
+
+/** An RFC 3339 time as local `HH:MM:SS.mmm`, with the day when it is not today. */
+export function when (ts) {
+  const t = parseTime(String(ts))
+  if (!Number.isFinite(t)) return String(ts)
+  const sameDay = new Date(t).toDateString() === new Date().toDateString()
+  return sameDay ? timeFormat.format(t) : `${dayFormat.format(t)} ${timeFormat.format(t)}`
+}
+
 export function duration (seconds) {
   const s = Math.round(Number(seconds))
   if (!Number.isFinite(s)) return '—'

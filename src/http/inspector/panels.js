@@ -1,7 +1,7 @@
 // The inspector's right column: GET /v1/status every 2 s, and for a service-role token the
 // online users (GET /v1/presence?online=true) and one user's sessions and presence.
 
-import { $, api, bytes, duration, el, isServiceToken, shortCursor, timeFormat, token, yesNo } from './common.js'
+import { $, api, bytes, duration, el, isServiceToken, shortCursor, timeFormat, token, when, yesNo } from './common.js'
 
 const STATUS_MS = 2000 // status and presence refresh
 const PRESENCE_LIMIT = 50
@@ -19,7 +19,7 @@ const ms = (v) => `${Number(v).toFixed(1)} ms`
 
 // Each group of the status JSON: [title, key, [[label, field, format?], …]].
 const STATUS_VIEW = [
-  ['Node', 'node', [['id', 'id'], ['role', 'role'], ['version', 'version'], ['started', 'started_at'], ['uptime', 'uptime_s', duration]]],
+  ['Node', 'node', [['id', 'id'], ['role', 'role'], ['version', 'version'], ['started', 'started_at', when], ['uptime', 'uptime_s', duration]]],
   ['Replication', 'replication', [['connected', 'connected', yesNo], ['ready', 'ready', yesNo], ['holds slot', 'holds_slot', yesNo],
     ['latest cursor', 'latest_cursor', shortCursor], ['lag', 'lag_ms', ms], ['newest event age', 'newest_event_age_ms', ms],
     ['last error', 'last_error']]],
@@ -122,7 +122,7 @@ function presenceItem (user) {
     lookup()
   })
   const endpoints = user.endpoints ? ` (native ${user.endpoints.native}, realtime ${user.endpoints.realtime})` : ''
-  const since = user.online_since ? ` · online since ${user.online_since}` : ''
+  const since = user.online_since ? ` · online since ${when(user.online_since)}` : ''
   li.append(button, el('span', ` ${user.sessions} session(s)${endpoints}${since}`, { class: 'hint' }))
   return li
 }
@@ -144,7 +144,7 @@ async function lookup () {
     const p = presence.value
     const dl = el('dl', undefined, { class: 'facts' })
     dl.append(fact('online', yesNo(p.online)), fact('sessions', p.sessions), fact('native', p.endpoints?.native),
-      fact('realtime', p.endpoints?.realtime), fact('online since', p.online_since), fact('last seen', p.last_seen))
+      fact('realtime', p.endpoints?.realtime), fact('online since', p.online_since && when(p.online_since)), fact('last seen', p.last_seen && when(p.last_seen)))
     out.push(dl)
   } else {
     out.push(el('p', `Presence: ${presence.reason?.text ?? presence.reason}`, { class: 'hint' }))
@@ -176,7 +176,7 @@ function sessionsTable (sessions) {
       `queue ${sub.queue_depth}`,
     ].filter(Boolean).join(' · '))
     const tr = el('tr')
-    tr.append(el('td', s.session_id, { class: 'mono' }), el('td', s.node), el('td', s.endpoint), el('td', s.connected_at),
+    tr.append(el('td', s.session_id, { class: 'mono' }), el('td', s.node), el('td', s.endpoint), el('td', when(s.connected_at), { title: String(s.connected_at) }),
       el('td', subs.join(' | ')), el('td', s.events_delivered, { class: 'num' }),
       el('td', s.last_cursor ? shortCursor(s.last_cursor) : '—', { class: 'mono', title: s.last_cursor ?? '' }))
     tbody.append(tr)
