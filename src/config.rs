@@ -24,7 +24,7 @@ pub use auth::AuthConfig;
 pub use cluster::ClusterConfig;
 pub use monitoring::MonitoringConfig;
 pub use presence::PresenceConfig;
-pub use server::ServerConfig;
+pub use server::{InspectorPreset, ServerConfig};
 pub use tls::TlsFiles;
 
 use std::fmt;
@@ -561,6 +561,7 @@ impl Config {
             return fail("ingest.max_body_bytes", "must be at least 1024");
         }
         self.auth.validate()?;
+        self.server.validate_inspector()?;
         self.validate_fairness()?;
         self.monitoring.validate()?;
         self.presence.validate()?;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use engagement_relay::auth::{mint, Role};
-use engagement_relay::config::{Config, Secret};
+use engagement_relay::config::{Config, InspectorPreset, Secret};
 use engagement_relay::db;
 use rand::seq::IndexedRandom;
 use relay_testkit::demo::{
@@ -125,8 +125,14 @@ async fn serve(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
 
+    // The inspector page is on, its picker offering every demo user's token and the service
+    // role's: the banner's tokens (they are local and printed anyway).
+    let tokens = BannerTokens::mint(config.auth.jwt_secret.expose(), &users)?;
+    config.server.inspector = true;
+    config.server.inspector_presets = tokens.presets();
+
     if opts.nodes > 1 {
-        return serve_cluster(config, &users, &url, opts, shutdown).await;
+        return serve_cluster(config, &users, &tokens, &url, opts, shutdown).await;
     }
     let relay = engagement_relay::start(config.clone()).await?;
     // Sessions are refused until the replay window is rebuilt: show the URL once it works.
@@ -134,7 +140,7 @@ async fn serve(
         _ = relay.ready() => {}
         _ = shutdown.cancelled() => {}
     }
-    print_banner(config, &relay, &users, &url)?;
+    print_banner(config, &relay, &tokens, &url)?;
 
     let demo = (opts.demo_rate > 0.0 && !users.is_empty()).then(|| {
         let ids = users.iter().map(|(id, _)| *id).collect();
@@ -163,6 +169,7 @@ async fn serve(
 async fn serve_cluster(
     config: &Config,
     users: &[(Uuid, String)],
+    tokens: &BannerTokens<'_>,
     url: &str,
     opts: &DevOptions,
     shutdown: CancellationToken,
@@ -174,10 +181,11 @@ async fn serve_cluster(
         jwt_secret: config.auth.jwt_secret.expose().to_string(),
         listen: config.server.listen,
         metrics_listen: config.metrics.listen,
+        inspector_presets: config.server.inspector_presets.clone(),
     };
     let mut cluster = nodes::start(opts.nodes, nats, &node_config, &shutdown).await?;
     if !shutdown.is_cancelled() {
-        print_cluster_banner(config, &cluster, users, url)?;
+        print_cluster_banner(config, &cluster, tokens, url)?;
     }
     let demo = (opts.demo_rate > 0.0 && !users.is_empty()).then(|| {
         let ids = users.iter().map(|(id, _)| *id).collect();
@@ -196,16 +204,16 @@ async fn serve_cluster(
     Ok(())
 }
 
-/// The cluster's banner: NATS, then each node's URLs (a `connect` line per node).
+/// The cluster's banner: NATS, then each node's URLs (a `connect` and an `inspector` line per
+/// node).
 fn print_cluster_banner(
     config: &Config,
     cluster: &nodes::Nodes,
-    users: &[(Uuid, String)],
+    tokens: &BannerTokens<'_>,
     url: &str,
 ) -> anyhow::Result<()> {
     use std::fmt::Write as _;
     let secret = config.auth.jwt_secret.expose();
-    let tokens = BannerTokens::mint(secret, users)?;
     let n = cluster.nodes.len();
     let mut text = String::new();
     writeln!(
@@ -214,7 +222,7 @@ fn print_cluster_banner(
     )?;
     writeln!(text, "  database   {url}")?;
     writeln!(text, "  nats       {}", cluster.nats_url())?;
-    if let Some((id, email, token)) = &tokens.user {
+    if let Some((id, email, token)) = tokens.user() {
         writeln!(text, "  user       {email} ({id})")?;
         writeln!(text, "  token      {token}")?;
     }
@@ -225,7 +233,7 @@ fn print_cluster_banner(
             text,
             "  node {i}     http://127.0.0.1:{port}  metrics http://127.0.0.1:{metrics}/metrics"
         )?;
-        if let Some((_, _, token)) = &tokens.user {
+        if let Some((_, _, token)) = tokens.user() {
             writeln!(
                 text,
                 "  connect    ws://127.0.0.1:{port}/v1/events?access_token={token}"
@@ -235,6 +243,7 @@ fn print_cluster_banner(
             text,
             "  firehose   ws://127.0.0.1:{port}/v1/events?access_token={service}"
         )?;
+        writeln!(text, "{}", inspector_line(port))?;
     }
     writeln!(
         text,
@@ -248,12 +257,11 @@ fn print_cluster_banner(
 fn print_banner(
     config: &Config,
     relay: &engagement_relay::Relay,
-    users: &[(Uuid, String)],
+    tokens: &BannerTokens<'_>,
     url: &str,
 ) -> anyhow::Result<()> {
     use std::fmt::Write as _;
     let secret = config.auth.jwt_secret.expose();
-    let tokens = BannerTokens::mint(secret, users)?;
     let port = relay.server_addr().port();
     let metrics_port = relay.metrics_addr().port();
     let mut text = String::new();
@@ -263,7 +271,7 @@ fn print_banner(
     )?;
     writeln!(text, "  database   {url}")?;
     writeln!(text, "  metrics    http://127.0.0.1:{metrics_port}/metrics")?;
-    if let Some((id, email, token)) = &tokens.user {
+    if let Some((id, email, token)) = tokens.user() {
         let stream = format!("ws://127.0.0.1:{port}/v1/events?access_token={token}");
         writeln!(text, "  user       {email} ({id})")?;
         writeln!(text, "  token      {token}")?;
@@ -275,29 +283,54 @@ fn print_banner(
         "  firehose   ws://127.0.0.1:{port}/v1/events?access_token={}",
         tokens.service
     )?;
+    writeln!(text, "{}", inspector_line(port))?;
     finish_banner(&mut text, secret)
 }
 
-/// The banners' tokens, valid 24 h: the first seeded user's (with its id and email) and the
-/// service role's.
+/// The banner line of the inspector page on `port` (`server.inspector`, on under `dev`).
+fn inspector_line(port: u16) -> String {
+    format!("  inspector  http://127.0.0.1:{port}/inspector")
+}
+
+/// The tokens of `dev`, valid 24 h: every seeded user's (with its id and email; the banner
+/// prints the first one's) and the service role's. The inspector's picker offers them all.
 struct BannerTokens<'a> {
-    user: Option<(Uuid, &'a str, String)>,
+    users: Vec<(Uuid, &'a str, String)>,
     service: String,
 }
 
 impl<'a> BannerTokens<'a> {
     fn mint(secret: &str, users: &'a [(Uuid, String)]) -> anyhow::Result<BannerTokens<'a>> {
         let ttl = Duration::from_secs(24 * 3600);
-        let user = match users.first() {
-            Some((id, email)) => Some((
-                *id,
-                email.as_str(),
-                mint(secret, Some(*id), Role::Authenticated, ttl)?,
-            )),
-            None => None,
-        };
+        let users = users
+            .iter()
+            .map(|(id, email)| {
+                let token = mint(secret, Some(*id), Role::Authenticated, ttl)?;
+                Ok((*id, email.as_str(), token))
+            })
+            .collect::<anyhow::Result<_>>()?;
         let service = mint(secret, None, Role::ServiceRole, ttl)?;
-        Ok(BannerTokens { user, service })
+        Ok(BannerTokens { users, service })
+    }
+
+    /// The first seeded user's (id, email, token): the one the banner prints.
+    fn user(&self) -> Option<&(Uuid, &'a str, String)> {
+        self.users.first()
+    }
+
+    /// `server.inspector_presets`: each user's token labelled by email, then the service
+    /// role's.
+    fn presets(&self) -> Vec<InspectorPreset> {
+        let users = self.users.iter().map(|(_, email, token)| InspectorPreset {
+            label: (*email).to_string(),
+            token: Secret::new(token.clone()),
+        });
+        users
+            .chain(std::iter::once(InspectorPreset {
+                label: "service_role".into(),
+                token: Secret::new(self.service.clone()),
+            }))
+            .collect()
     }
 }
 

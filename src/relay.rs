@@ -160,7 +160,7 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     let node = Arc::new(http::NodeFacts {
         clustered: config.cluster.enabled(),
         slot: slot.clone(),
-        started_at: chrono::Utc::now(),
+        started_at: chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6),
         replay_window: config.replay.window,
     });
     let state = AppState {
@@ -205,9 +205,10 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         idle_timeout: config.server.idle_timeout,
         max_pending: budget.max_pending,
     };
+    let inspector = inspector(&config, server_addr);
     let server_task = tokio::spawn(serve::serve(
         server,
-        http::server_routes(state, config.server.request_timeout),
+        http::server_routes(state, config.server.request_timeout, inspector),
         rules,
         server_tls.clone(),
         sessions_stop.clone(),
@@ -315,6 +316,19 @@ fn session_budget(config: &Config) -> Budget {
         );
     }
     budget
+}
+
+/// The inspector page when `server.inspector` is on, said at start with its presets' count
+/// (never their tokens); presets on a listener (`server_addr`) other hosts can reach are warned
+/// about.
+fn inspector(config: &Config, server_addr: SocketAddr) -> Option<http::inspector::Inspector> {
+    let inspector = http::inspector::Inspector::new(&config.server, &config.tables)?;
+    let presets = config.server.inspector_presets.len();
+    info!(%server_addr, presets, "inspector page at /inspector (server.inspector)");
+    if presets > 0 && !server_addr.ip().is_loopback() {
+        warn!(%server_addr, presets, "server.inspector_presets: GET /inspector/presets.json hands these tokens to anyone who can reach {server_addr}; presets are for local development");
+    }
+    Some(inspector)
 }
 
 /// The TLS side of a listener whose `tls_cert`/`tls_key` are set, its files read now.

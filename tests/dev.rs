@@ -31,20 +31,13 @@ async fn dev_shows_live_events_and_ctrl_c_stops_everything() {
         .spawn()
         .unwrap();
     let _stop_on_failure = StopOnPanic(child.id());
-    let stdout = child.stdout.take().unwrap();
-    let url = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("connect")
-                    .map(|u| u.trim().to_string())
-            })
-    })
-    .await
-    .unwrap()
-    .expect("dev prints a URL to connect to");
+    let banner = read_banner(child.stdout.take().unwrap()).await;
+    let url = banner_urls(&banner, "connect")
+        .pop()
+        .expect("dev prints a URL to connect to");
+    let inspector = banner_urls(&banner, "inspector");
+    assert_eq!(inspector.len(), 1, "one inspector URL: {banner:?}");
+    assert_inspector_offers_the_demo_tokens(&inspector[0]).await;
 
     assert_eq!(
         first_frames(&url).await,
@@ -103,23 +96,19 @@ async fn dev_nodes_serves_the_demo_on_every_node() {
         .spawn()
         .unwrap();
     let _stop_on_failure = StopOnPanic(child.id());
-    let stdout = child.stdout.take().unwrap();
-    let urls = tokio::task::spawn_blocking(move || {
-        let mut urls = Vec::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.trim().strip_prefix("connect") {
-                urls.push(url.trim().to_string());
-            }
-            if line.trim().starts_with("new token") {
-                break;
-            }
-        }
-        urls
-    })
-    .await
-    .unwrap();
+    let banner = read_banner(child.stdout.take().unwrap()).await;
+    let urls = banner_urls(&banner, "connect");
     assert_eq!(urls.len(), 2, "one connect URL per node: {urls:?}");
     assert_ne!(urls[0], urls[1], "the nodes listen on different ports");
+    let inspectors = banner_urls(&banner, "inspector");
+    assert_eq!(
+        inspectors.len(),
+        2,
+        "one inspector URL per node: {banner:?}"
+    );
+    for inspector in &inspectors {
+        assert_inspector_offers_the_demo_tokens(inspector).await;
+    }
     for url in &urls {
         assert_eq!(
             first_frames_or_1012(url).await,
@@ -139,6 +128,54 @@ async fn dev_nodes_serves_the_demo_on_every_node() {
         "the private PostgreSQL was stopped"
     );
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// The banner's lines, up to its last (`new token …`), read from `dev`'s stdout.
+async fn read_banner(stdout: std::process::ChildStdout) -> Vec<String> {
+    tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let end = line.trim().starts_with("new token");
+            lines.push(line);
+            if end {
+                break;
+            }
+        }
+        lines
+    })
+    .await
+    .unwrap()
+}
+
+/// The URLs of the banner's `name` lines (`  connect    ws://…`), in order.
+fn banner_urls(banner: &[String], name: &str) -> Vec<String> {
+    banner
+        .iter()
+        .filter_map(|l| l.trim().strip_prefix(name))
+        .map(|u| u.trim().to_string())
+        .collect()
+}
+
+/// The inspector page answers at `url`, and its picker offers each seeded user's token by
+/// email and the service role's (`server.inspector_presets`, set by `dev`).
+async fn assert_inspector_offers_the_demo_tokens(url: &str) {
+    let page = reqwest::get(url).await.unwrap();
+    assert_eq!(page.status(), 200, "{url}");
+    let presets: Vec<serde_json::Value> = reqwest::get(format!("{url}/presets.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let labels: Vec<&str> = presets
+        .iter()
+        .map(|p| p["label"].as_str().unwrap())
+        .collect();
+    assert!(labels.contains(&"alice@example.com"), "{labels:?}");
+    assert_eq!(labels.last(), Some(&"service_role"), "{labels:?}");
+    assert!(presets
+        .iter()
+        .all(|p| p["token"].as_str().is_some_and(|t| t.starts_with("eyJ"))));
 }
 
 /// The types of the first two frames of a new session on `url` (each within 30 s; the upgrade

@@ -32,6 +32,7 @@ mod history;
 mod hostile_connections;
 mod http;
 mod inactive;
+mod inspector;
 mod jwks;
 mod memory;
 mod module_cycles;

@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::{ConfigError, Secret};
+
+/// Longest `server.inspector_presets` label, in characters.
+const MAX_PRESET_LABEL: usize = 100;
+
 /// `[server]` section.
 ///
 /// Connection timeouts (enforced by `http::serve`, the relay's accept loop): a new connection
@@ -49,6 +54,25 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1; default unset).
     pub tls_key: Option<PathBuf>,
+    /// Serve the live inspector page, `GET /inspector` and its assets (default `false`: those
+    /// paths are 404 like any unknown route). The page holds no secret: the operator pastes a
+    /// token, which stays in the browser.
+    pub inspector: bool,
+    /// Tokens the inspector page offers in its picker (`GET /inspector/presets.json`, served
+    /// only when this is not empty and `inspector` is on). For local development only (`dev`
+    /// sets them): anyone who can reach the listener can read them. Default empty.
+    pub inspector_presets: Vec<InspectorPreset>,
+}
+
+/// One `server.inspector_presets` entry: a token the inspector page offers by its label.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InspectorPreset {
+    /// What the picker shows, e.g. a user's email or `service_role` (1–100 characters, no
+    /// control characters).
+    pub label: String,
+    /// The JWT the page fills in when the preset is picked; never logged (`Debug` redacts it).
+    pub token: Secret,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +86,54 @@ impl Default for ServerConfig {
             max_pending: None,
             tls_cert: None,
             tls_key: None,
+            inspector: false,
+            inspector_presets: Vec::new(),
         }
+    }
+}
+
+impl InspectorPreset {
+    /// `presets` as the value of `RELAY_SERVER__INSPECTOR_PRESETS` (figment's inline syntax,
+    /// `[{label="…",token="…"}]`), for handing them to a child process (`dev --nodes`).
+    pub fn env_value(presets: &[InspectorPreset]) -> String {
+        // JSON string quoting is accepted by figment's parser (`\"`, `\\`, `\uXXXX`).
+        let quote = |s: &str| serde_json::Value::from(s).to_string();
+        let entries: Vec<String> = presets
+            .iter()
+            .map(|p| {
+                format!(
+                    "{{label={},token={}}}",
+                    quote(&p.label),
+                    quote(p.token.expose())
+                )
+            })
+            .collect();
+        format!("[{}]", entries.join(","))
+    }
+}
+
+impl ServerConfig {
+    /// Checks `server.inspector_presets`: each label 1–100 characters without control
+    /// characters, each token non-empty without whitespace (a JWT).
+    ///
+    /// Errors: one line naming the entry's key, e.g. `server.inspector_presets[1].token`.
+    pub(super) fn validate_inspector(&self) -> Result<(), ConfigError> {
+        for (i, preset) in self.inspector_presets.iter().enumerate() {
+            let key = format!("server.inspector_presets[{i}]");
+            let label = preset.label.chars().count();
+            if label == 0 || label > MAX_PRESET_LABEL || preset.label.chars().any(char::is_control)
+            {
+                return Err(ConfigError(format!(
+                    "{key}.label: must be 1–{MAX_PRESET_LABEL} characters without control characters"
+                )));
+            }
+            let token = preset.token.expose();
+            if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError(format!(
+                    "{key}.token: must be a JWT (not empty, no whitespace)"
+                )));
+            }
+        }
+        Ok(())
     }
 }

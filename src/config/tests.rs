@@ -47,6 +47,11 @@ fn the_documented_config_file_loads_and_matches_the_defaults() {
     assert_eq!(config.limits.join_timeout, defaults.limits.join_timeout);
     assert_eq!(config.tables, defaults.tables);
     assert_eq!(config.monitoring.interval, defaults.monitoring.interval);
+    assert_eq!(config.server.inspector, defaults.server.inspector);
+    assert_eq!(
+        config.server.inspector_presets,
+        defaults.server.inspector_presets
+    );
 }
 
 #[test]
@@ -295,4 +300,79 @@ fn monitoring_interval_defaults_to_a_minute_and_a_bad_one_names_the_key() {
         assert!(err.contains("monitoring.interval"), "{bad}: {err}");
         assert!(!err.contains('\n'), "{err}");
     }
+}
+
+#[test]
+fn the_inspector_is_off_by_default_and_presets_load_with_their_tokens_redacted() {
+    let defaults = Config::default();
+    assert!(!defaults.server.inspector);
+    assert!(defaults.server.inspector_presets.is_empty());
+    let scratch = Scratch::new("inspector");
+    let config = scratch
+        .load(
+            "[server]\ninspector = true\ninspector_presets = [{label = \"alice@example.com\", token = \"a.b.c\"}, {label = \"service_role\", token = \"d.e.f\"}]\n[auth]\njwt_secret = \"x\"\n",
+        )
+        .unwrap();
+    assert!(config.server.inspector);
+    let presets = &config.server.inspector_presets;
+    assert_eq!(presets.len(), 2);
+    assert_eq!(presets[0].label, "alice@example.com");
+    assert_eq!(presets[1].token.expose(), "d.e.f");
+    let debug = format!("{config:?}");
+    assert!(
+        !debug.contains("a.b.c") && !debug.contains("d.e.f"),
+        "{debug}"
+    );
+}
+
+#[test]
+fn a_bad_inspector_value_is_one_line_naming_the_key() {
+    let scratch = Scratch::new("inspector-bad");
+    let secret = "[auth]\njwt_secret = \"x\"\n";
+    for (server, key) in [
+        ("inspector = \"yes\"", "server.inspector"),
+        ("inspector_presets = \"alice\"", "server.inspector_presets"),
+        (
+            "inspector_presets = [{label = \"a\"}]",
+            "server.inspector_presets",
+        ),
+        (
+            "inspector_presets = [{label = \"a\", token = \"t\", role = \"x\"}]",
+            "role",
+        ),
+        (
+            "inspector_presets = [{label = \"\", token = \"t\"}]",
+            "server.inspector_presets[0].label",
+        ),
+        (
+            "inspector_presets = [{label = \"a\", token = \"t\"}, {label = \"b\", token = \"t u\"}]",
+            "server.inspector_presets[1].token",
+        ),
+    ] {
+        let err = scratch
+            .load(&format!("[server]\n{server}\n{secret}"))
+            .unwrap_err();
+        assert!(err.contains(key), "{server}: {err}");
+        assert!(!err.contains('\n'), "{err}");
+        assert!(!err.contains("t u"), "the token is not echoed: {err}");
+    }
+}
+
+#[test]
+fn presets_survive_the_environment_syntax_child_processes_get() {
+    let presets = vec![
+        InspectorPreset {
+            label: "alice \"a\" \\ @example.com".into(),
+            token: Secret::new("eyJ.x-y_z.sig"),
+        },
+        InspectorPreset {
+            label: "service_role".into(),
+            token: Secret::new("t2"),
+        },
+    ];
+    let value: figment::value::Value = InspectorPreset::env_value(&presets).parse().unwrap();
+    let back: Vec<InspectorPreset> = Figment::from(("presets", value))
+        .extract_inner("presets")
+        .unwrap();
+    assert_eq!(back, presets);
 }

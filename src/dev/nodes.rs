@@ -2,7 +2,8 @@
 //! cluster mode, each this binary re-run as `run` with the same configuration file and
 //! environment plus the private database, the secret, `cluster.nats_url` and its own ports
 //! (`server.listen` and `metrics.listen` + node index, or free ports when the configured port
-//! is 0). Their logs go to this terminal's stderr.
+//! is 0) and the inspector page with `dev`'s token presets. Their logs go to this terminal's
+//! stderr.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use engagement_relay::config::InspectorPreset;
 use relay_testkit::install::{apt_install, can_apt_install, install_hint};
 use relay_testkit::nats::{find_nats_server, NatsOptions, NatsServer};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +37,8 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// The first node's metrics listener; node i on its port + i (port 0: free).
     pub metrics_listen: SocketAddr,
+    /// `server.inspector_presets` of every node (the inspector is on on each).
+    pub inspector_presets: Vec<InspectorPreset>,
 }
 
 /// One running node.
@@ -133,6 +137,7 @@ pub async fn start(
         ));
     }
     drop(held);
+    let presets = InspectorPreset::env_value(&config.inspector_presets);
     for (i, (addr, metrics_addr)) in addrs.into_iter().enumerate() {
         let mut command = Command::new(&exe);
         if let Some(file) = &config.config_file {
@@ -145,6 +150,8 @@ pub async fn start(
             .env("RELAY_LISTEN", addr.to_string())
             .env("RELAY_METRICS_LISTEN", metrics_addr.to_string())
             .env("RELAY_CLUSTER__NATS_URL", &nats_url)
+            .env("RELAY_SERVER__INSPECTOR", "true")
+            .env("RELAY_SERVER__INSPECTOR_PRESETS", &presets)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -10,6 +10,7 @@ pub mod api;
 pub mod bearer;
 mod error;
 pub mod health;
+pub mod inspector;
 pub mod query;
 pub mod request_metrics;
 pub mod serve;
@@ -101,10 +102,15 @@ pub fn session_permits(max_sessions: usize) -> Arc<Semaphore> {
     Arc::new(Semaphore::new(max_sessions.min(Semaphore::MAX_PERMITS)))
 }
 
-/// The server port's routes; each request's body must arrive within `request_timeout`
-/// (`server.request_timeout`), else it is a 408 (`deadline` below). Every request is timed and
-/// counted by route template ([`request_metrics`]).
-pub fn server_routes(state: AppState, request_timeout: Duration) -> HttpRouter {
+/// The server port's routes, with the [`inspector`]'s when it is on (`server.inspector`); each
+/// request's body must arrive within `request_timeout` (`server.request_timeout`), else it is a
+/// 408 (`deadline` below). Every request is timed and counted by route template
+/// ([`request_metrics`]).
+pub fn server_routes(
+    state: AppState,
+    request_timeout: Duration,
+    inspector: Option<inspector::Inspector>,
+) -> HttpRouter {
     let body_limit = DefaultBodyLimit::max(state.ingest.max_body_bytes);
     let pool = state.pool.clone();
     HttpRouter::new()
@@ -130,6 +136,7 @@ pub fn server_routes(state: AppState, request_timeout: Duration) -> HttpRouter {
         .route("/realtime/v1/websocket", get(upgrade::realtime_upgrade))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .merge(inspector.map(inspector::routes).unwrap_or_default())
         .layer(body_limit)
         .layer(middleware::from_fn_with_state(request_timeout, deadline))
         .layer(middleware::from_fn_with_state(pool, request_metrics::track))

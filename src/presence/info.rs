@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{lock, Endpoint};
+use super::{lock, now_us, Endpoint};
 use crate::auth::Principal;
 use crate::model::Cursor;
 
@@ -64,7 +64,7 @@ impl SessionInfo {
         SessionInfo {
             id,
             endpoint,
-            connected_at: Utc::now(),
+            connected_at: now_us(),
             sub: OnceLock::new(),
             delivered: AtomicU64::new(0),
             last_cursor: Mutex::new(None),

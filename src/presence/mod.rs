@@ -159,6 +159,12 @@ pub struct Registry {
     enabled: bool,
 }
 
+/// Now, to the microsecond (the precision every time the relay sends has).
+fn now_us() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -244,7 +250,7 @@ impl Registry {
                     let mut entry = self.users.entry(user).or_default();
                     let before = entry.total().is_some();
                     if entry.local.is_empty() {
-                        entry.local_since = Some(Utc::now());
+                        entry.local_since = Some(now_us());
                     }
                     entry.local.push(info.clone());
                     let after = entry.total();
