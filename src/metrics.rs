@@ -45,6 +45,10 @@ pub const CLUSTER_ERASED: &str = "relay_cluster_erased_total";
 /// Counter by `complete` (`true`/`false`): resumes older than the in-memory window, answered
 /// from the JetStream stream.
 pub const CLUSTER_ARCHIVE_RESUMES: &str = "relay_cluster_archive_resumes_total";
+/// Gauge: cluster nodes, this one included, whose presence heartbeat this node has seen within
+/// `presence.node_timeout` (0 while the presence bucket cannot be watched; absent with
+/// `presence.enabled = false`).
+pub const CLUSTER_PRESENCE_NODES: &str = "relay_cluster_presence_nodes";
 /// Counter by `reason` (the error code of the refusal): refused tokens.
 pub const AUTH_FAILURES: &str = "relay_auth_failures_total";
 /// Gauge, 0 or 1: the replication stream is connected and streaming.
@@ -234,6 +238,7 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Counter, CLUSTER_OUT_OF_ORDER, None, "Stream events skipped because their cursor was not after the last one dispatched."),
     (Counter, CLUSTER_ERASED, None, "Stream messages erased because a later delete removed their row."),
     (Counter, CLUSTER_ARCHIVE_RESUMES, None, "Resumes older than the in-memory window answered from the JetStream stream, by completeness."),
+    (Gauge, CLUSTER_PRESENCE_NODES, None, "Cluster nodes, this one included, whose presence heartbeat was seen within presence.node_timeout."),
     (Gauge, REPLICATION_LAG_BYTES, Some(Unit::Bytes), "Server WAL end minus the LSN processed by the relay."),
     (Counter, REPLICATION_RECONNECTS, None, "Replication reconnect attempts."),
     (Gauge, CONFIRMED_FLUSH_LSN, None, "LSN last confirmed to PostgreSQL as flushed."),

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use crate::auth::Verifier;
 use crate::config::Config;
+use crate::console::Console;
 use crate::http::serve::{self, Rules};
 use crate::http::tls::{self, Tls, TlsError};
 use crate::http::{self, AppState};
@@ -130,22 +131,13 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
         config.limits.session_queue.get(),
         &config.replay,
     ));
-    let roles = Roles::new(&config, &router, &stream_stop).await?;
-    let Roles {
-        status,
-        slot,
-        dispatch,
-        confirm_after,
-        takeover,
-        archive,
-    } = roles;
     let sessions = TaskTracker::new();
     let pool = http::api::pool(&config)?;
     let registry = crate::presence::Registry::new(
         format!("{:08x}", rand::random::<u32>()),
         config.presence.enabled,
     );
-    let console = crate::console::Console::new(
+    let console = Console::new(
         registry,
         verifier.revocations().clone(),
         pool.clone(),
@@ -157,6 +149,17 @@ pub async fn start(config: Config) -> Result<Relay, RelayError> {
     if let Err(e) = console.load_revocations().await {
         warn!("token revocations not loaded yet ({e}); retrying every few seconds");
     }
+    // A cluster node's presence runs on `sessions` too: stopping waits for it to remove the
+    // node's keys.
+    let roles = Roles::new(&config, &router, &console, &sessions, &stream_stop).await?;
+    let Roles {
+        status,
+        slot,
+        dispatch,
+        confirm_after,
+        takeover,
+        archive,
+    } = roles;
     let node = Arc::new(http::NodeFacts {
         clustered: config.cluster.enabled(),
         slot: slot.clone(),
@@ -444,10 +447,13 @@ struct Roles {
 impl Roles {
     /// Single node: the router is the stream's destination and the stream's status is the
     /// relay's. Cluster node: the stream goes to JetStream, and the relay serves what its
-    /// JetStream consumer feeds the router.
+    /// JetStream consumer feeds the router; `console`'s actions and presence are shared with
+    /// the other nodes (presence's tasks on `tasks`).
     async fn new(
         config: &Config,
         router: &Arc<Router>,
+        console: &Arc<Console>,
+        tasks: &TaskTracker,
         stop: &CancellationToken,
     ) -> Result<Roles, RelayError> {
         if !config.cluster.enabled() {
@@ -461,7 +467,14 @@ impl Roles {
                 archive: None,
             });
         }
-        let node = crate::cluster::start(config, router.clone(), stop.clone()).await?;
+        let node = crate::cluster::start(
+            config,
+            router.clone(),
+            console.registry().clone(),
+            tasks,
+            stop.clone(),
+        )
+        .await?;
         Ok(Roles {
             status: node.serving,
             slot: Arc::new(StreamStatus::with_gauge(crate::metrics::CLUSTER_PUBLISHER)),

@@ -5,11 +5,13 @@
 //! walsender holds a slot at a time, and standbys try to take it every
 //! `cluster.takeover_interval` ([`crate::replication::ReplicationContext::takeover`]).
 //!
-//! The wire format is [`wire`]'s. Without `cluster.nats_url` none of this runs.
+//! The wire format is [`wire`]'s. Nodes also share presence ([`presence`], a JetStream
+//! key-value bucket). Without `cluster.nats_url` none of this runs.
 
 pub mod archive;
 pub mod consumer;
 pub mod erasure;
+pub mod presence;
 pub mod publisher;
 pub mod wire;
 
@@ -18,10 +20,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::metrics as m;
+use crate::presence::Registry;
 use crate::replication::{Dispatch, StreamStatus};
 use crate::router::Router;
 
@@ -105,12 +109,17 @@ pub fn connect_options(servers: &[async_nats::ServerAddr]) -> async_nats::Connec
 
 /// Connects to NATS (in the background: an unreachable NATS is retried, and the node is not
 /// ready meanwhile), and, once the stream exists (created when missing), spawns the
-/// publisher's sender and the consumer feeding `router`. Everything stops with `stop`.
+/// publisher's sender and the consumer feeding `router`. With `presence.enabled`, shares
+/// `registry`'s presence through the
+/// bucket ([`presence`], spawned on `tasks`, which the relay waits for before it stops: a
+/// graceful stop removes the node's keys). Everything stops with `stop`.
 ///
 /// Errors: [`ClusterError::Url`] when `cluster.nats_url` cannot be parsed.
 pub async fn start(
     config: &Config,
     router: Arc<Router>,
+    registry: Arc<Registry>,
+    tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> Result<Node, ClusterError> {
     let servers = servers(config.cluster.nats_url.expose())?;
@@ -122,6 +131,16 @@ pub async fn start(
         .await
         .map_err(|e| ClusterError::Url(e.to_string()))?;
     let js = jetstream::new(client.clone());
+    if config.presence.enabled {
+        let ctx = presence::PresenceContext {
+            client: client.clone(),
+            js: js.clone(),
+            registry,
+            bucket: presence::bucket(config),
+            node_timeout: config.presence.node_timeout,
+        };
+        presence::start(ctx, tasks, stop.clone());
+    }
     let (erasures, deletes) = erasure::Erasures::new();
     let (publisher, sender) = Publisher::new(
         js.clone(),
