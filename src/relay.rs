@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use crate::auth::Verifier;
 use crate::config::Config;
-use crate::console::Console;
+use crate::console::{Action, Console, Peers};
 use crate::http::serve::{self, Rules};
 use crate::http::tls::{self, Tls, TlsError};
 use crate::http::{self, AppState};
@@ -471,10 +471,12 @@ impl Roles {
             config,
             router.clone(),
             console.registry().clone(),
+            apply_announced(console.clone()),
             tasks,
             stop.clone(),
         )
         .await?;
+        console.set_peers(node.control.clone());
         Ok(Roles {
             status: node.serving,
             slot: Arc::new(StreamStatus::with_gauge(crate::metrics::CLUSTER_PUBLISHER)),
@@ -484,4 +486,38 @@ impl Roles {
             archive: Some(node.archive),
         })
     }
+}
+
+/// Cluster mode: the console announces its actions to the other nodes as JSON on the control
+/// subject (wired here: the cluster cannot import the console without a cycle).
+impl Peers for crate::cluster::control::Control {
+    fn announce(&self, action: Action) {
+        match serde_json::to_vec(&action) {
+            Ok(payload) => self.send(payload),
+            Err(e) => warn!(?action, "admin action not announced: {e}"),
+        }
+    }
+}
+
+/// Applies the admin actions other nodes announce to `console` (an unreadable one is logged
+/// and skipped).
+fn apply_announced(console: Arc<Console>) -> crate::cluster::control::Deliver {
+    Arc::new(move |payload, from| {
+        let from = from.unwrap_or("");
+        match serde_json::from_slice::<Action>(payload) {
+            Ok(action) => {
+                let applied = console.apply(action);
+                info!(
+                    from,
+                    ?action,
+                    closed = applied.closed,
+                    "admin action from another node applied"
+                );
+            }
+            Err(e) => warn!(
+                from,
+                "unreadable admin action from another node skipped: {e}"
+            ),
+        }
+    })
 }

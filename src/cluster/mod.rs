@@ -6,10 +6,12 @@
 //! `cluster.takeover_interval` ([`crate::replication::ReplicationContext::takeover`]).
 //!
 //! The wire format is [`wire`]'s. Nodes also share presence ([`presence`], a JetStream
-//! key-value bucket). Without `cluster.nats_url` none of this runs.
+//! key-value bucket) and admin actions ([`control`], a core NATS subject). Without
+//! `cluster.nats_url` none of this runs.
 
 pub mod archive;
 pub mod consumer;
+pub mod control;
 pub mod erasure;
 pub mod presence;
 pub mod publisher;
@@ -41,6 +43,9 @@ pub enum ClusterError {
     /// `cluster.nats_url` is not a list of NATS URLs.
     #[error("cluster.nats_url: {0}")]
     Url(String),
+    /// The control subject could not be subscribed to (the NATS client is closed).
+    #[error("cluster control subject: {0}")]
+    Control(String),
 }
 
 /// A running cluster node's parts.
@@ -52,6 +57,8 @@ pub struct Node {
     pub archive: Arc<Archive>,
     /// Consuming and caught up: what `/readyz` reports on a cluster node.
     pub serving: Arc<StreamStatus>,
+    /// Announces this node's admin actions to the other nodes.
+    pub control: Arc<control::Control>,
 }
 
 /// The stream's configuration for `config`: subjects `<prefix>.>`, file storage, limits
@@ -109,16 +116,19 @@ pub fn connect_options(servers: &[async_nats::ServerAddr]) -> async_nats::Connec
 
 /// Connects to NATS (in the background: an unreachable NATS is retried, and the node is not
 /// ready meanwhile), and, once the stream exists (created when missing), spawns the
-/// publisher's sender and the consumer feeding `router`. With `presence.enabled`, shares
-/// `registry`'s presence through the
+/// publisher's sender and the consumer feeding `router`. Subscribes to the control subject,
+/// handing the other nodes' admin actions to `actions` ([`control`]; [`Node::control`]
+/// announces this node's). With `presence.enabled`, shares `registry`'s presence through the
 /// bucket ([`presence`], spawned on `tasks`, which the relay waits for before it stops: a
 /// graceful stop removes the node's keys). Everything stops with `stop`.
 ///
-/// Errors: [`ClusterError::Url`] when `cluster.nats_url` cannot be parsed.
+/// Errors: [`ClusterError::Url`] when `cluster.nats_url` cannot be parsed;
+/// [`ClusterError::Control`] when the control subject cannot be subscribed to.
 pub async fn start(
     config: &Config,
     router: Arc<Router>,
     registry: Arc<Registry>,
+    actions: control::Deliver,
     tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> Result<Node, ClusterError> {
@@ -131,6 +141,15 @@ pub async fn start(
         .await
         .map_err(|e| ClusterError::Url(e.to_string()))?;
     let js = jetstream::new(client.clone());
+    let control = control::start(
+        &client,
+        &config.cluster.subject_prefix,
+        registry.node().to_string(),
+        actions,
+        stop.clone(),
+    )
+    .await
+    .map_err(|e| ClusterError::Control(e.to_string()))?;
     if config.presence.enabled {
         let ctx = presence::PresenceContext {
             client: client.clone(),
@@ -202,5 +221,6 @@ pub async fn start(
         publisher,
         archive: node_archive,
         serving,
+        control,
     })
 }
