@@ -11,8 +11,13 @@
 //!   erasure in the stream.
 //! - [`outages`]: `nats-server` restarted, PostgreSQL restarted, and PostgreSQL restarted
 //!   while `nats-server` is down, all under load.
+//! - [`console`]: presence and admin actions across nodes (issue 16): a user online on every
+//!   node, `presence` frames, a disconnect and a revocation issued on one node closing sessions
+//!   on the others, a crashed node's users leaving presence within `presence.node_timeout`, a
+//!   stopped node's at once.
 
 mod archive;
+mod console;
 mod failover;
 mod outages;
 mod serving;

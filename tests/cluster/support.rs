@@ -71,14 +71,17 @@ pub async fn nodes(db: &TestDb, url: &str, n: usize) -> Vec<Relay> {
 /// A cluster node as a child process (the real binary, to SIGKILL or to read its log), once
 /// ready.
 pub async fn process_node(db: &TestDb, url: &str) -> RelayProcess {
-    start_ready(
-        db,
-        &[
-            ("RELAY_CLUSTER__NATS_URL", url),
-            ("RELAY_CLUSTER__TAKEOVER_INTERVAL", TAKEOVER_ENV),
-        ],
-    )
-    .await
+    process_node_with(db, url, &[]).await
+}
+
+/// [`process_node`] with more `RELAY_*` variables.
+pub async fn process_node_with(db: &TestDb, url: &str, env: &[(&str, &str)]) -> RelayProcess {
+    let mut all = vec![
+        ("RELAY_CLUSTER__NATS_URL", url),
+        ("RELAY_CLUSTER__TAKEOVER_INTERVAL", TAKEOVER_ENV),
+    ];
+    all.extend_from_slice(env);
+    start_ready(db, &all).await
 }
 
 /// Waits until the node `process` holds the slot (`relay_cluster_publisher` 1).

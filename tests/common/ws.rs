@@ -1,5 +1,6 @@
 //! A real WebSocket client (tokio-tungstenite) for the native protocol.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +28,12 @@ pub enum Upgrade {
 
 /// Opens `/v1/events` with `query` (e.g. `access_token=…&event_type=a`).
 pub async fn upgrade(relay: &Relay, query: &str, bearer: Option<&str>) -> Upgrade {
-    let url = format!("ws://{}/v1/events?{query}", relay.server_addr());
+    upgrade_addr(relay.server_addr(), query, bearer).await
+}
+
+/// [`upgrade`] on the relay listening at `addr` (a relay process, say).
+pub async fn upgrade_addr(addr: SocketAddr, query: &str, bearer: Option<&str>) -> Upgrade {
+    let url = format!("ws://{addr}/v1/events?{query}");
     let mut request = url.into_client_request().unwrap();
     if let Some(token) = bearer {
         request
@@ -51,7 +57,12 @@ pub async fn upgrade(relay: &Relay, query: &str, bearer: Option<&str>) -> Upgrad
 
 /// Connects with `access_token=<token>` plus `extra` query and consumes the `ready` frame.
 pub async fn connect(relay: &Relay, token: &str, extra: &str) -> (Client, Value) {
-    match upgrade(relay, &format!("access_token={token}{extra}"), None).await {
+    connect_addr(relay.server_addr(), token, extra).await
+}
+
+/// [`connect`] to the relay listening at `addr` (a relay process, say).
+pub async fn connect_addr(addr: SocketAddr, token: &str, extra: &str) -> (Client, Value) {
+    match upgrade_addr(addr, &format!("access_token={token}{extra}"), None).await {
         Upgrade::Open(mut client) => {
             let ready = client
                 .next_json(Duration::from_secs(10))
