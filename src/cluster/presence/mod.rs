@@ -8,11 +8,11 @@
 //! - **Keys.** `u.<user>.<node>` = this node's [`Counts`] of the user as JSON (deleted when the
 //!   user has no socket left here); `n.<node>` = the node's heartbeat, put every third of
 //!   `presence.node_timeout`.
-//! - **Writing** ([`Writer`]). Every [`TICK`] the users whose local counts changed
+//! - **Writing** (`Writer`). Every [`TICK`] the users whose local counts changed
 //!   ([`Registry::take_dirty`]) are written, one put or delete per user whatever the churn, up
 //!   to [`IN_FLIGHT`] at a time. After a reconnect (keys may be gone: memory storage) every key
 //!   of this node is put again, then the heartbeat; keys are put again before they age out.
-//! - **Reading** ([`Watcher`]). A watch of the whole bucket from its current values on feeds
+//! - **Reading** (`watcher`). A watch of the whole bucket from its current values on feeds
 //!   [`Registry::apply_remote`] with the other nodes' keys. A node whose heartbeat has not been
 //!   seen (local receipt time) for `presence.node_timeout` is dropped
 //!   ([`Registry::drop_node`]) and its keys removed, so nodes that start later never see them.
@@ -308,7 +308,9 @@ impl Writer {
                 self.pending.extend(old.map(|(user, _)| *user));
             }
         }
-        if let Some(store) = store {
+        // Disconnected, the keys could not be removed: the other nodes drop them after
+        // presence.node_timeout.
+        if let Some(store) = store.filter(|_| connected(&self.client)) {
             match tokio::time::timeout(LEAVE_TIMEOUT, leave(&store, &node)).await {
                 Ok(Ok(())) => info!("presence: this node's keys removed"),
                 Ok(Err(e)) => warn!("presence: this node's keys could not be removed ({e}); the other nodes drop them after presence.node_timeout"),
