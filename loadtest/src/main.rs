@@ -228,8 +228,6 @@ async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
     let mut child = None;
     let mut _certs = None;
     if args.spawn_dev {
-        let cluster = spawn::start_cluster(args.pg_settings.clone()).await?;
-        let url = cluster.url("postgres");
         let tls = if args.tls {
             let certs = spawn::TlsFiles::generate()?;
             args.ca = Some(certs.ca.clone());
@@ -244,13 +242,8 @@ async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
             Some(ca) if args.tls => Some(https_client(ca)?),
             _ => None,
         };
-        let relay = spawn::spawn_relay(spawn::RelayEnv {
-            database_url: &url,
-            slot: "relay_soak",
-            extra: &extra,
-            https,
-        })
-        .await?;
+        let (cluster, relay) = spawn::dev(args.pg_settings.clone(), &extra, https).await?;
+        let url = cluster.url("postgres");
         let scheme = if args.tls { "wss" } else { "ws" };
         args.url = format!("{scheme}://{}", relay.addr);
         _certs = tls;

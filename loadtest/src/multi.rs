@@ -37,20 +37,13 @@ pub async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
         _pg = Some(pg);
         nodes
     } else if args.spawn_dev {
-        let pg = spawn::start_cluster(args.pg_settings.clone()).await?;
-        let url = pg.url("postgres");
         let extra: Vec<(&str, &str)> = args
             .relay_env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let relay = spawn::spawn_relay(spawn::RelayEnv {
-            database_url: &url,
-            slot: "relay_soak",
-            extra: &extra,
-            https: None,
-        })
-        .await?;
+        let (pg, relay) = spawn::dev(args.pg_settings.clone(), &extra, None).await?;
+        let url = pg.url("postgres");
         let node = Node {
             url: format!("ws://{}", relay.addr),
             addr: relay.addr,

@@ -106,29 +106,16 @@ pub fn source_address(i: usize) -> IpAddr {
 /// session the relay drops resumes with `since` on the next address until `stop`.
 pub async fn run(spec: SessionSpec, live: Arc<Live>, stop: StopToken) -> SessionOutcome {
     let mut out = SessionOutcome::default();
-    let mut ws = match connect(&spec.url, spec.relay, &spec).await {
-        Ok(ws) => ws,
+    let (mut ws, mut cursor) = match open(&spec.url, spec.relay, &spec).await {
+        Ok(opened) => opened,
         Err(e) => {
             live.failed.fetch_add(1, Ordering::Relaxed);
             out.error = Some(e);
             return out;
         }
     };
-    // The first frame must be `ready`.
-    let mut cursor = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-        Ok(Some(Ok(Message::Text(t)))) if t.contains("\"ready\"") => {
-            out.connected = true;
-            live.ready.fetch_add(1, Ordering::Relaxed);
-            serde_json::from_str::<Frame>(&t)
-                .ok()
-                .and_then(|f| f.cursor.map(str::to_string))
-        }
-        other => {
-            live.failed.fetch_add(1, Ordering::Relaxed);
-            out.error = Some(format!("no ready frame: {other:?}"));
-            return out;
-        }
-    };
+    out.connected = true;
+    live.ready.fetch_add(1, Ordering::Relaxed);
     let mut next_target = 0usize;
     loop {
         let dropped = serve(&mut ws, &mut out, &spec, &live, &stop, &mut cursor).await;
@@ -164,9 +151,28 @@ pub async fn run(spec: SessionSpec, live: Arc<Live>, stop: StopToken) -> Session
     }
 }
 
+/// Connects to `url` at `relay` and reads the first frame, which must be `ready` (within 30 s);
+/// returns the socket and the `ready` frame's cursor.
+pub async fn open(
+    url: &str,
+    relay: SocketAddr,
+    spec: &SessionSpec,
+) -> Result<(Ws, Option<String>), String> {
+    let mut ws = connect(url, relay, spec).await?;
+    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) if t.contains("\"ready\"") => {
+            let cursor = serde_json::from_str::<Frame>(&t)
+                .ok()
+                .and_then(|f| f.cursor.map(str::to_string));
+            Ok((ws, cursor))
+        }
+        other => Err(format!("no ready frame: {other:?}")),
+    }
+}
+
 /// Reads frames until `stop` (false) or until the relay closes or drops the session (true,
 /// after counting it in `live.failed`).
-async fn serve(
+pub async fn serve(
     ws: &mut Ws,
     out: &mut SessionOutcome,
     spec: &SessionSpec,
@@ -200,7 +206,8 @@ async fn serve(
     }
 }
 
-type Ws =
+/// A session's socket.
+pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(url: &str, relay: SocketAddr, spec: &SessionSpec) -> Result<Ws, String> {

@@ -78,6 +78,25 @@ pub async fn spawn_relay(env: RelayEnv<'_>) -> anyhow::Result<RelayProcess> {
     Ok(relay)
 }
 
+/// `--spawn-dev`: a private PostgreSQL ([`start_cluster`] with `settings`) and one relay child
+/// on it ([`spawn_relay`], slot `relay_soak`, with `extra` variables and `https`). Keep the
+/// cluster as long as the relay runs; its URL is `cluster.url("postgres")`.
+pub async fn dev(
+    settings: Vec<(String, String)>,
+    extra: &[(&str, &str)],
+    https: Option<reqwest::Client>,
+) -> anyhow::Result<(Cluster, RelayProcess)> {
+    let cluster = start_cluster(settings).await?;
+    let relay = spawn_relay(RelayEnv {
+        database_url: &cluster.url("postgres"),
+        slot: "relay_soak",
+        extra,
+        https,
+    })
+    .await?;
+    Ok((cluster, relay))
+}
+
 /// The `__relay` child: the relay configured from `RELAY_*` variables until SIGTERM.
 pub async fn serve_relay() -> anyhow::Result<()> {
     use engagement_relay::config::{Config, Overrides};
