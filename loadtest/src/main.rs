@@ -3,6 +3,7 @@
 //! leaks, with the relay's CPU and memory. Exit status 1 on any leak, loss or duplicate, or a
 //! p99 above `--slo-ms`.
 
+mod churn;
 mod drain;
 mod ingest;
 mod load;
@@ -49,6 +50,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Connect churn: hold many sessions, close and open them at random, and measure the
+    /// connects/s the relay sustains and its CPU and memory.
+    Churn(churn::ChurnArgs),
     /// Slot drain throughput: the relay vs pg_recvlogical on the same backlog.
     Drain(drain::DrainArgs),
     /// Batch ingest throughput through the API, commit → delivery latency, and unnest
@@ -188,6 +192,7 @@ fn main() -> ExitCode {
         match cli.command {
             Some(Command::Relay) => spawn::serve_relay().await.map(|()| true),
             Some(Command::Worker) => workers::serve_worker().await.map(|()| true),
+            Some(Command::Churn(args)) => churn::run(args).await,
             Some(Command::Drain(args)) => drain::run(args).await.map(|()| true),
             Some(Command::Ingest(args)) => ingest::run(args).await.map(|()| true),
             None => soak(cli.soak).await,
@@ -200,7 +205,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_setting(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_setting(s: &str) -> Result<(String, String), String> {
     let (name, value) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not name=value"))?;

@@ -251,11 +251,11 @@ pub fn account(
 // Constant bounds (1 µs to 1 h, 3 significant figures) that hdrhistogram accepts: the error
 // case cannot happen.
 #[allow(clippy::expect_used)]
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
 }
 
-fn quantiles(h: &Histogram<u64>) -> Quantiles {
+pub(crate) fn quantiles(h: &Histogram<u64>) -> Quantiles {
     if h.is_empty() {
         return Quantiles::default();
     }
@@ -492,7 +492,7 @@ pub fn latencies_ms(outcomes: &[SessionOutcome]) -> Vec<f64> {
 }
 
 /// An error's kind for counting: its first 80 characters.
-fn error_kind(error: &str) -> String {
+pub(crate) fn error_kind(error: &str) -> String {
     error.chars().take(80).collect()
 }
 
