@@ -81,6 +81,18 @@ async fn presence_frame(ws: &mut Client, user: Uuid) -> Value {
     }
 }
 
+/// `GET path` on the node at `addr` with a service token: its JSON body (status 200).
+async fn service_get(addr: SocketAddr, path: &str) -> Value {
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .bearer_auth(service_token())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(response.status(), 200, "GET {path} on {addr}");
+    response.json().await.expect("a JSON body")
+}
+
 /// Waits until every one of `relays` sees `n` nodes' heartbeats.
 async fn presence_nodes(relays: &[&Relay], n: f64) {
     for relay in relays {
@@ -103,8 +115,46 @@ async fn a_user_connected_on_one_node_is_online_on_every_node_and_in_presence_fr
     let (mut watcher, _) = connect(b, &service_token(), "&presence=true").await;
     assert_eq!(presence(c.server_addr(), user).await["online"], false);
 
-    let (session, _) = connect(a, &token, "").await;
+    // One node holds the slot and says so; the others are standbys.
+    wait_until_async(
+        "one publisher and two standbys in /v1/status",
+        T,
+        || async {
+            let mut roles = Vec::new();
+            for relay in [a, b, c] {
+                let status = service_get(relay.server_addr(), "/v1/status").await;
+                roles.push(
+                    status["node"]["role"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+            roles.sort();
+            roles == ["publisher", "standby", "standby"]
+        },
+    )
+    .await;
+
+    let (session, ready) = connect(a, &token, "").await;
     let seen = wait_presence(c.server_addr(), user, true, T).await;
+    // The per-user view is the answering node's: A has the session, C none.
+    let on_a = service_get(a.server_addr(), &format!("/v1/status/users/{user}")).await;
+    assert_eq!(
+        on_a["sessions"][0]["session_id"], ready["session_id"],
+        "{on_a}"
+    );
+    let on_c = service_get(c.server_addr(), &format!("/v1/status/users/{user}")).await;
+    assert_eq!(
+        (&on_c["online"], &on_c["sessions"]),
+        (&json!(true), &json!([])),
+        "{on_c}"
+    );
+    let status_c = service_get(c.server_addr(), "/v1/status").await;
+    assert_eq!(status_c["presence"]["online_users"], 1, "{status_c}");
+    assert_eq!(status_c["sessions"]["total"], 0, "{status_c}");
+    let status_b = service_get(b.server_addr(), "/v1/status").await;
+    assert_eq!(status_b["sessions"]["native"], 1, "the watcher: {status_b}");
     assert_eq!(seen["sessions"], 1, "{seen}");
     assert_eq!(
         seen["endpoints"],
