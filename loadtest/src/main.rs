@@ -270,14 +270,9 @@ async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
         }
         (_, false) => None,
     };
-    let database_url = args
-        .database_url
-        .clone()
-        .context("--database-url (or --spawn-dev) is required")?;
-    let secret = args
-        .jwt_secret
-        .clone()
-        .context("--jwt-secret (or --spawn-dev) is required")?;
+    let database_url =
+        crate::report::required(&args.database_url, "--database-url", "--spawn-dev")?;
+    let secret = crate::report::required(&args.jwt_secret, "--jwt-secret", "--spawn-dev")?;
     let pid = args
         .relay_pid
         .or_else(|| procstat::pid_listening_on(relay.port()));
@@ -293,15 +288,12 @@ async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
     if let Some(child) = child {
         child.terminate(spawn::STOP).await?;
     }
-    println!("{}", report::summary(&report));
-    if let Some(path) = &args.out {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    for failure in &report.failures {
-        eprintln!("FAIL: {failure}");
-    }
-    Ok(report.failures.is_empty())
+    crate::report::conclude(
+        &report::summary(&report),
+        &report,
+        &report.failures,
+        args.out.as_deref(),
+    )
 }
 
 /// The relay's address, refusing anything outside 127.0.0.0/8.

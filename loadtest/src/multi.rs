@@ -83,14 +83,9 @@ pub async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
         }
         nodes
     };
-    let database_url = args
-        .database_url
-        .clone()
-        .context("--database-url (or --spawn-dev, --nodes) is required")?;
-    let secret = args
-        .jwt_secret
-        .clone()
-        .context("--jwt-secret (or --spawn-dev, --nodes) is required")?;
+    let database_url =
+        crate::report::required(&args.database_url, "--database-url", "--spawn-dev, --nodes")?;
+    let secret = crate::report::required(&args.jwt_secret, "--jwt-secret", "--spawn-dev, --nodes")?;
     let total = args.connections + args.firehose;
     let bound = Duration::from_secs_f64(total as f64 / args.connect_rate.max(1.0))
         + args.duration
@@ -108,15 +103,12 @@ pub async fn soak(mut args: SoakArgs) -> anyhow::Result<bool> {
             relay.terminate(spawn::STOP).await?;
         }
     }
-    println!("{}", report::summary(&report));
-    if let Some(path) = &args.out {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    for failure in &report.failures {
-        eprintln!("FAIL: {failure}");
-    }
-    Ok(report.failures.is_empty())
+    crate::report::conclude(
+        &report::summary(&report),
+        &report,
+        &report.failures,
+        args.out.as_deref(),
+    )
 }
 
 /// Runs the sessions of `args` over `nodes` in worker processes, the insert load here, and

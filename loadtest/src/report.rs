@@ -1,6 +1,7 @@
 //! Turns what the sessions saw into the report: loss, duplicates, leaks, latency quantiles,
 //! the relay's CPU and memory, and its own latency histogram from `/metrics`.
 
+use anyhow::Context;
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
@@ -494,6 +495,35 @@ pub fn latencies_ms(outcomes: &[SessionOutcome]) -> Vec<f64> {
 /// An error's kind for counting: its first 80 characters.
 pub(crate) fn error_kind(error: &str) -> String {
     error.chars().take(80).collect()
+}
+
+/// A flag's value that `--spawn-dev` (or whatever `filled_by` names) would have set, or the
+/// error naming both.
+pub fn required(value: &Option<String>, flag: &str, filled_by: &str) -> anyhow::Result<String> {
+    value
+        .clone()
+        .with_context(|| format!("{flag} (or {filled_by}) is required"))
+}
+
+/// How every run ends: its summary on stdout, the whole report as JSON in `out` (when given),
+/// one `FAIL:` line per failure on stderr; true when there was none.
+///
+/// Errors: `out` cannot be written.
+pub fn conclude(
+    summary: &str,
+    report: &impl serde::Serialize,
+    failures: &[String],
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<bool> {
+    println!("{summary}");
+    if let Some(path) = out {
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    for failure in failures {
+        eprintln!("FAIL: {failure}");
+    }
+    Ok(failures.is_empty())
 }
 
 #[cfg(test)]

@@ -142,14 +142,9 @@ pub async fn run(mut args: ChurnArgs) -> anyhow::Result<bool> {
         dev = Some((cluster, relay));
     }
     let relay = crate::loopback_target(&args.url)?;
-    let database_url = args
-        .database_url
-        .clone()
-        .context("--database-url (or --spawn-dev) is required")?;
-    let secret = args
-        .jwt_secret
-        .clone()
-        .context("--jwt-secret (or --spawn-dev) is required")?;
+    let database_url =
+        crate::report::required(&args.database_url, "--database-url", "--spawn-dev")?;
+    let secret = crate::report::required(&args.jwt_secret, "--jwt-secret", "--spawn-dev")?;
     let pid = args
         .relay_pid
         .or_else(|| procstat::pid_listening_on(relay.port()));
@@ -163,15 +158,12 @@ pub async fn run(mut args: ChurnArgs) -> anyhow::Result<bool> {
     if let Some((_cluster, child)) = dev {
         child.terminate(spawn::STOP).await?;
     }
-    println!("{}", summary(&report));
-    if let Some(path) = &args.out {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    for failure in &report.failures {
-        eprintln!("FAIL: {failure}");
-    }
-    Ok(report.failures.is_empty())
+    crate::report::conclude(
+        &summary(&report),
+        &report,
+        &report.failures,
+        args.out.as_deref(),
+    )
 }
 
 async fn measure(
