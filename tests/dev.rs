@@ -58,17 +58,7 @@ async fn dev_shows_live_events_and_ctrl_c_stops_everything() {
         "demo events arrive after a PostgreSQL restart"
     );
 
-    relay_testkit::sigint(child.id()).expect("SIGINT");
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(exit.success(), "dev exits 0 on Ctrl-C: {exit:?}");
-    assert!(
-        !data_dir.join("postmaster.pid").exists(),
-        "the private PostgreSQL was stopped"
-    );
-    let _ = std::fs::remove_dir_all(&data_dir);
+    stop_dev(child, &data_dir, "dev").await;
 }
 
 /// `dev --nodes 2`: a private nats-server and two relay processes in cluster mode; each node
@@ -117,17 +107,23 @@ async fn dev_nodes_serves_the_demo_on_every_node() {
         );
     }
 
+    stop_dev(child, &data_dir, "dev --nodes").await;
+}
+
+/// Ctrl-C to `dev` (started as `what`): it exits 0 with its private PostgreSQL stopped; the
+/// data directory is removed.
+async fn stop_dev(mut child: std::process::Child, data_dir: &std::path::Path, what: &str) {
     relay_testkit::sigint(child.id()).expect("SIGINT");
     let exit = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
         .unwrap();
-    assert!(exit.success(), "dev --nodes exits 0 on Ctrl-C: {exit:?}");
+    assert!(exit.success(), "{what} exits 0 on Ctrl-C: {exit:?}");
     assert!(
         !data_dir.join("postmaster.pid").exists(),
         "the private PostgreSQL was stopped"
     );
-    let _ = std::fs::remove_dir_all(&data_dir);
+    let _ = std::fs::remove_dir_all(data_dir);
 }
 
 /// The banner's lines, up to its last (`new token …`), read from `dev`'s stdout.
@@ -179,8 +175,7 @@ async fn assert_inspector_offers_the_demo_tokens(url: &str) {
 }
 
 /// The types of the first two frames of a new session on `url`, updates skipped (each within
-/// 30 s; the upgrade
-/// is retried for 30 s while the relay reconnects and answers 503).
+/// 30 s; the upgrade is retried for 30 s while the relay reconnects and answers 503).
 async fn first_frames(url: &str) -> Vec<String> {
     let started = std::time::Instant::now();
     let mut ws = loop {
@@ -193,22 +188,9 @@ async fn first_frames(url: &str) -> Vec<String> {
             Err(e) => panic!("no session within 30 s: {e}"),
         }
     };
-    let mut types = Vec::new();
-    while types.len() < 2 {
-        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await
-            .expect("a frame within 30 s")
-            .unwrap()
-            .unwrap();
-        if let Message::Text(text) = msg {
-            let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
-            // As in first_frames_or_1012: a demo state change may come before an insert.
-            if frame["type"] != "update" {
-                types.push(frame["type"].as_str().unwrap().to_string());
-            }
-        }
-    }
-    types
+    frame_types(&mut ws)
+        .await
+        .unwrap_or_else(|| panic!("{url}: closed with 1012"))
 }
 
 /// [`first_frames`], but a session closed with 1012 (the window started over: the client
@@ -218,34 +200,39 @@ async fn first_frames(url: &str) -> Vec<String> {
 async fn first_frames_or_1012(url: &str) -> Vec<String> {
     for _ in 0..3 {
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        let mut types = Vec::new();
-        let mut restarted = false;
-        while types.len() < 2 {
-            let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
-                .await
-                .expect("a frame within 30 s");
-            match msg {
-                Some(Ok(Message::Text(text))) => {
-                    let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
-                    // The demo traffic also moves users' engagement states (updates of
-                    // user_engagement_states), which may come first: wait for an insert.
-                    if frame["type"] != "update" {
-                        types.push(frame["type"].as_str().unwrap().to_string());
-                    }
-                }
-                Some(Ok(Message::Close(Some(close)))) if u16::from(close.code) == 1012 => {
-                    restarted = true;
-                    break;
-                }
-                Some(Ok(_)) => {}
-                other => panic!("the session ended: {other:?}"),
-            }
-        }
-        if !restarted {
+        if let Some(types) = frame_types(&mut ws).await {
             return types;
         }
     }
     panic!("{url}: closed with 1012 three times")
+}
+
+/// The types of the session's first two text frames (each within 30 s), updates skipped: the
+/// demo traffic also moves users' engagement states (updates of `user_engagement_states`),
+/// which may come before an insert. `None` when the session is closed with 1012 first.
+async fn frame_types(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Option<Vec<String>> {
+    let mut types = Vec::new();
+    while types.len() < 2 {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("a frame within 30 s");
+        match msg {
+            Some(Ok(Message::Text(text))) => {
+                let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if frame["type"] != "update" {
+                    types.push(frame["type"].as_str().unwrap().to_string());
+                }
+            }
+            Some(Ok(Message::Close(Some(close)))) if u16::from(close.code) == 1012 => return None,
+            Some(Ok(_)) => {}
+            other => panic!("the session ended: {other:?}"),
+        }
+    }
+    Some(types)
 }
 
 /// `pg_ctl restart -m fast` of the dev cluster in `data_dir` (its options come from
