@@ -147,12 +147,17 @@ impl Console {
                     },
                 );
                 gauge!(m::REVOCATIONS).set(self.revocations.len() as f64);
-                let n = self.registry.disconnect(user_id, &kick_revoked());
-                counter!(m::SESSIONS_KICKED, "reason" => "revoked").increment(n as u64);
-                n
+                self.close_revoked(user_id)
             }
         };
         Applied { closed }
+    }
+
+    /// Closes `user`'s sessions on this node with 4001 `token_revoked`; returns how many.
+    fn close_revoked(&self, user: Uuid) -> usize {
+        let n = self.registry.disconnect(user, &kick_revoked());
+        counter!(m::SESSIONS_KICKED, "reason" => "revoked").increment(n as u64);
+        n
     }
 
     fn announce(&self, action: Action) {
@@ -263,8 +268,7 @@ impl Console {
         for (user, revocation) in &rows {
             if self.revocations.insert(*user, *revocation) {
                 // Learned here rather than from an announcement: close what is still open.
-                let n = self.registry.disconnect(*user, &kick_revoked());
-                counter!(m::SESSIONS_KICKED, "reason" => "revoked").increment(n as u64);
+                self.close_revoked(*user);
             }
         }
         self.revocations.expire(crate::model::now_unix_us());

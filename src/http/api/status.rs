@@ -203,29 +203,17 @@ fn presence_of(
     presence: Option<Presence>,
     last_seen: Option<DateTime<Utc>>,
 ) -> UserPresence {
-    match presence {
-        Some(p) => UserPresence {
-            user_id: user,
-            online: true,
-            sessions: p.counts.sessions(),
-            endpoints: EndpointCounts {
-                native: p.counts.native,
-                realtime: p.counts.realtime,
-            },
-            online_since: Some(p.counts.online_since),
-            last_seen,
+    let counts = presence.map(|p| p.counts);
+    UserPresence {
+        user_id: user,
+        online: counts.is_some(),
+        sessions: counts.map_or(0, |c| c.sessions()),
+        endpoints: EndpointCounts {
+            native: counts.map_or(0, |c| c.native),
+            realtime: counts.map_or(0, |c| c.realtime),
         },
-        None => UserPresence {
-            user_id: user,
-            online: false,
-            sessions: 0,
-            endpoints: EndpointCounts {
-                native: 0,
-                realtime: 0,
-            },
-            online_since: None,
-            last_seen,
-        },
+        online_since: counts.map(|c| c.online_since),
+        last_seen,
     }
 }
 
