@@ -388,6 +388,7 @@ async fn run(
     info!(connected, total, ramp = ?ramp, "sessions connected");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after_ramp = pid.and_then(procstat::sample).unwrap_or_default();
+    let steady_started = Instant::now();
 
     // Hold: the insert load.
     info!(rate = args.rate, duration = ?args.duration, "inserting");
@@ -406,6 +407,8 @@ async fn run(
     while live.received.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let steady_end = pid.and_then(procstat::sample).unwrap_or_default();
+    let steady_seconds = steady_started.elapsed().as_secs_f64();
     stop.cancel();
     let mut outcomes = Vec::with_capacity(total);
     for task in tasks {
@@ -424,6 +427,15 @@ async fn run(
     let mut report = Report::default();
     report::account(&mut report, &sent, &outcomes, &users_of);
     report.relay.pid = pid.unwrap_or(0);
+    report.steady = report::Steady::between(
+        &[after_ramp],
+        &[steady_end],
+        steady_seconds,
+        report.sent,
+        report.delivered,
+    );
+    report.steady.replay_window_bytes =
+        nodes::gauge(&metrics_after, "relay_replay_window_bytes").unwrap_or(0.0) as u64;
     report.ramp = report::Ramp {
         tls: tls.is_some(),
         connected,

@@ -176,6 +176,7 @@ pub async fn run(
     info!(connected, total, ramp = ?ramp, "sessions connected");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after_ramp = sample_all();
+    let steady_started = Instant::now();
     let harness_rss: u64 = pool
         .pids()
         .into_iter()
@@ -214,6 +215,7 @@ pub async fn run(
         before,
         ramp_end,
         after_ramp,
+        steady_started,
         harness_rss,
         metrics_before,
         monitors,
@@ -252,6 +254,8 @@ struct Measures {
     before: Vec<procstat::Sample>,
     ramp_end: Vec<procstat::Sample>,
     after_ramp: Vec<procstat::Sample>,
+    /// When the insert load started (the steady phase).
+    steady_started: Instant,
     harness_rss: u64,
     metrics_before: Vec<String>,
     monitors: Vec<Option<Monitor>>,
@@ -302,6 +306,12 @@ async fn finish(
     while pool.received() < expected && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let steady_end: Vec<procstat::Sample> = m
+        .pids
+        .iter()
+        .map(|p| p.and_then(procstat::sample).unwrap_or_default())
+        .collect();
+    let steady_seconds = m.steady_started.elapsed().as_secs_f64();
     let outcomes = pool.stop().await;
     let end: Vec<procstat::Sample> = m
         .pids
@@ -312,6 +322,17 @@ async fn finish(
 
     let mut report = Report::default();
     report::account(&mut report, &sent, &outcomes, &users_of);
+    report.steady = report::Steady::between(
+        &m.after_ramp,
+        &steady_end,
+        steady_seconds,
+        report.sent,
+        report.delivered,
+    );
+    report.steady.replay_window_bytes = metrics_after
+        .iter()
+        .filter_map(|s| crate::nodes::gauge(s, "relay_replay_window_bytes"))
+        .sum::<f64>() as u64;
     report.ramp = report::Ramp {
         tls: false,
         connected: m.connected,

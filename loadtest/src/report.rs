@@ -40,6 +40,56 @@ pub struct Ramp {
     pub relay_cpu_seconds: f64,
 }
 
+/// The steady phase: from a second after the ramp to the end of the drain, before any session
+/// closes, so neither the connect ramp nor the closing handshakes are in its CPU.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Steady {
+    /// Wall time of the phase, seconds.
+    pub seconds: f64,
+    /// The relay's CPU seconds over the phase (summed over nodes; 0 when no pid is known).
+    pub relay_cpu_seconds: f64,
+    /// `relay_cpu_seconds / sent`, microseconds per committed event.
+    pub cpu_us_per_event: f64,
+    /// `relay_cpu_seconds / delivered`, microseconds per delivered event (one event delivered
+    /// to n sessions counts n).
+    pub cpu_us_per_delivery: f64,
+    /// The relay's RSS growth over the phase, bytes: mostly the replay window filling.
+    pub rss_growth_bytes: u64,
+    /// `relay_replay_window_bytes` at the end (the window's own estimate), bytes.
+    pub replay_window_bytes: u64,
+}
+
+impl Steady {
+    /// The phase between the samples `start` and `end` (one per node), `seconds` apart.
+    pub fn between(
+        start: &[crate::procstat::Sample],
+        end: &[crate::procstat::Sample],
+        seconds: f64,
+        sent: u64,
+        delivered: u64,
+    ) -> Steady {
+        let cpu: f64 = start
+            .iter()
+            .zip(end)
+            .map(|(s, e)| (e.cpu_seconds - s.cpu_seconds).max(0.0))
+            .sum();
+        let rss: u64 = start
+            .iter()
+            .zip(end)
+            .map(|(s, e)| e.rss_bytes.saturating_sub(s.rss_bytes))
+            .sum();
+        let per = |n: u64| cpu * 1e6 / n.max(1) as f64;
+        Steady {
+            seconds,
+            relay_cpu_seconds: cpu,
+            cpu_us_per_event: per(sent),
+            cpu_us_per_delivery: per(delivered),
+            rss_growth_bytes: rss,
+            replay_window_bytes: 0,
+        }
+    }
+}
+
 /// The relay process over the run.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct RelayUsage {
@@ -142,6 +192,8 @@ pub struct Report {
     pub connection_error_kinds: BTreeMap<String, u64>,
     /// The connect ramp.
     pub ramp: Ramp,
+    /// The steady phase (the insert load and the drain).
+    pub steady: Steady,
     /// Sessions closed by the relay, by close code.
     pub closes: BTreeMap<String, u64>,
     /// Commit timestamp → client receive.
@@ -412,6 +464,18 @@ pub fn summary(r: &Report) -> String {
         r.ramp.per_second,
         r.ramp.relay_cpu_seconds
     );
+    s += &format!(
+        "steady phase           {:.1} s, relay cpu {:.2} s = {:.1} µs per event, {:.1} µs per delivery\n",
+        r.steady.seconds,
+        r.steady.relay_cpu_seconds,
+        r.steady.cpu_us_per_event,
+        r.steady.cpu_us_per_delivery
+    );
+    s += &format!(
+        "                       rss grew {:.1} MiB (replay window {:.1} MiB by its own count)\n",
+        r.steady.rss_growth_bytes as f64 / 1048576.0,
+        r.steady.replay_window_bytes as f64 / 1048576.0
+    );
     s += &format!("closes by code         {:>12}\n", format!("{:?}", r.closes));
     s += "latency (ms)               p50      p90      p99    p99.9      max\n";
     s += &format!("  commit → receive  {}\n", q(&r.latency_ms));
@@ -529,6 +593,27 @@ pub fn conclude(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procstat::Sample;
+
+    #[test]
+    fn the_steady_phase_divides_its_cpu_by_events_and_by_deliveries() {
+        let at = |cpu, rss| Sample {
+            cpu_seconds: cpu,
+            rss_bytes: rss,
+        };
+        // Two nodes: 1.5 s and 0.5 s of CPU over the phase; one node's RSS shrank.
+        let s = Steady::between(
+            &[at(10.0, 100), at(3.0, 500)],
+            &[at(11.5, 400), at(3.5, 200)],
+            30.0,
+            1_000,
+            4_000,
+        );
+        assert!((s.relay_cpu_seconds - 2.0).abs() < 1e-9);
+        assert!((s.cpu_us_per_event - 2_000.0).abs() < 1e-6);
+        assert!((s.cpu_us_per_delivery - 500.0).abs() < 1e-6);
+        assert_eq!(s.rss_growth_bytes, 300);
+    }
 
     #[test]
     fn bucket_quantiles_interpolate_like_prometheus() {
