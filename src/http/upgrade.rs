@@ -35,8 +35,10 @@ use crate::session::realtime::phoenix::Vsn;
 use crate::session::{self, SessionContext};
 use crate::tables::{Selection, Tables};
 
-/// Read buffer per session, bytes.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Read buffer per session, bytes. tungstenite allocates and zero-fills it up front, so it
+/// is resident in every idle session; clients send small frames (heartbeats, joins, token
+/// refreshes under 1 KiB), and a larger one grows the buffer as far as it needs (issue 17).
+const READ_BUFFER_BYTES: usize = 1024;
 /// Frames are gathered up to this many bytes before a write (a batch is flushed anyway).
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 

@@ -54,7 +54,11 @@ pub async fn run_native(
     let (_, position, mut replay) = subs.subscribe(&principal, interest.clone(), since, None);
     if let (Some(archive), Some(since), Some(window)) = (&ctx.archive, since, &mut replay) {
         if !window.complete && since < position {
-            *window = from_archive(archive, &principal, &interest, since, position).await;
+            // Boxed: its state would otherwise size every session's future (~4 KB).
+            *window = Box::pin(from_archive(
+                archive, &principal, &interest, since, position,
+            ))
+            .await;
         }
     }
     debug!(session_id, user_id = ?principal.user_id, role = principal.role.as_str(), "session opened");
@@ -314,5 +318,21 @@ mod tests {
                 .unwrap_err()
                 .starts_with("malformed client frame"));
         }
+    }
+}
+
+#[cfg(test)]
+mod future_size {
+    /// The size of the future an async fn of six arguments returns.
+    fn future_size<A, B, C, D, E, G, F>(_: fn(A, B, C, D, E, G) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every open socket holds its session future for its whole life: a rare path's state
+    /// (a resume from JetStream) is boxed so that it does not size every idle socket (issue 17).
+    #[test]
+    fn a_session_future_stays_small() {
+        let size = future_size(super::run_native);
+        assert!(size <= 4608, "run_native's future is {size} bytes");
     }
 }
