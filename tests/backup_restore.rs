@@ -58,9 +58,15 @@ async fn a_point_in_time_restore_under_a_running_relay_closes_1012_and_streams_o
         start_cluster(ClusterOptions {
             settings: vec![
                 ("archive_mode".into(), "on".into()),
+                // Copied under a temporary name, then renamed (the PostgreSQL docs, "Setting Up
+                // WAL Archiving"): the immediate stop below may kill a `cp` mid-segment, and
+                // recovery refuses an archived segment of the wrong size.
                 (
                     "archive_command".into(),
-                    format!("cp %p {}/%f", archive.display()),
+                    format!(
+                        "cp %p {dir}/%f.part && mv {dir}/%f.part {dir}/%f",
+                        dir = archive.display()
+                    ),
                 ),
                 ("full_page_writes".into(), "on".into()),
             ],
