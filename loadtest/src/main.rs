@@ -5,6 +5,7 @@
 
 mod churn;
 mod drain;
+mod histograms;
 mod ingest;
 mod load;
 mod multi;
