@@ -432,11 +432,9 @@ async fn run(
         &[after_ramp],
         &[steady_end],
         steady_seconds,
-        report.sent,
-        report.delivered,
+        (report.sent, report.delivered),
+        &[&metrics_after],
     );
-    report.steady.replay_window_bytes =
-        nodes::gauge(&metrics_after, "relay_replay_window_bytes").unwrap_or(0.0) as u64;
     report.ramp = report::Ramp {
         tls: tls.is_some(),
         connected,

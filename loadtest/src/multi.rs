@@ -326,13 +326,9 @@ async fn finish(
         &m.after_ramp,
         &steady_end,
         steady_seconds,
-        report.sent,
-        report.delivered,
+        (report.sent, report.delivered),
+        &metrics_after.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    report.steady.replay_window_bytes = metrics_after
-        .iter()
-        .filter_map(|s| crate::nodes::gauge(s, "relay_replay_window_bytes"))
-        .sum::<f64>() as u64;
     report.ramp = report::Ramp {
         tls: false,
         connected: m.connected,

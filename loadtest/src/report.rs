@@ -61,13 +61,14 @@ pub struct Steady {
 }
 
 impl Steady {
-    /// The phase between the samples `start` and `end` (one per node), `seconds` apart.
+    /// The phase between the samples `start` and `end` (one per node), `seconds` apart;
+    /// `metrics` are the nodes' `/metrics` texts at its end (their replay windows are summed).
     pub fn between(
         start: &[crate::procstat::Sample],
         end: &[crate::procstat::Sample],
         seconds: f64,
-        sent: u64,
-        delivered: u64,
+        (sent, delivered): (u64, u64),
+        metrics: &[&str],
     ) -> Steady {
         let cpu: f64 = start
             .iter()
@@ -86,7 +87,10 @@ impl Steady {
             cpu_us_per_event: per(sent),
             cpu_us_per_delivery: per(delivered),
             rss_growth_bytes: rss,
-            replay_window_bytes: 0,
+            replay_window_bytes: metrics
+                .iter()
+                .filter_map(|m| crate::nodes::gauge(m, "relay_replay_window_bytes"))
+                .sum::<f64>() as u64,
         }
     }
 }
@@ -484,13 +488,17 @@ mod tests {
             &[at(10.0, 100), at(3.0, 500)],
             &[at(11.5, 400), at(3.5, 200)],
             30.0,
-            1_000,
-            4_000,
+            (1_000, 4_000),
+            &[
+                "relay_replay_window_bytes 7000",
+                "relay_replay_window_bytes 3000",
+            ],
         );
         assert!((s.relay_cpu_seconds - 2.0).abs() < 1e-9);
         assert!((s.cpu_us_per_event - 2_000.0).abs() < 1e-6);
         assert!((s.cpu_us_per_delivery - 500.0).abs() < 1e-6);
         assert_eq!(s.rss_growth_bytes, 300);
+        assert_eq!(s.replay_window_bytes, 10_000);
     }
 
     #[test]
