@@ -4,6 +4,7 @@
 //! p99 above `--slo-ms`.
 
 mod churn;
+mod curves;
 mod drain;
 mod histograms;
 mod ingest;
@@ -54,6 +55,9 @@ enum Command {
     /// Connect churn: hold many sessions, close and open them at random, and measure the
     /// connects/s the relay sustains and its CPU and memory.
     Churn(churn::ChurnArgs),
+    /// Draw the scaling curves (SVG) from folders of soak reports, as `scripts/curves`
+    /// collects them.
+    Curves(curves::CurvesArgs),
     /// Slot drain throughput: the relay vs pg_recvlogical on the same backlog.
     Drain(drain::DrainArgs),
     /// Batch ingest throughput through the API, commit → delivery latency, and unnest
@@ -194,6 +198,7 @@ fn main() -> ExitCode {
             Some(Command::Relay) => spawn::serve_relay().await.map(|()| true),
             Some(Command::Worker) => workers::serve_worker().await.map(|()| true),
             Some(Command::Churn(args)) => churn::run(args).await,
+            Some(Command::Curves(args)) => curves::run(args).map(|()| true),
             Some(Command::Drain(args)) => drain::run(args).await.map(|()| true),
             Some(Command::Ingest(args)) => ingest::run(args).await.map(|()| true),
             None => soak(cli.soak).await,

@@ -368,14 +368,13 @@ async fn finish(
         .map(|n| n.max_rss_bytes)
         .max()
         .unwrap_or(0);
-    let grown: u64 = report
-        .nodes
-        .iter()
-        .map(|n| {
-            n.rss_after_ramp_bytes
-                .saturating_sub(n.rss_before_ramp_bytes)
-        })
-        .sum();
+    // Summed over the nodes, as the single-node report gives them for its one relay.
+    report.relay.rss_before_ramp_bytes = report.nodes.iter().map(|n| n.rss_before_ramp_bytes).sum();
+    report.relay.rss_after_ramp_bytes = report.nodes.iter().map(|n| n.rss_after_ramp_bytes).sum();
+    let grown = report
+        .relay
+        .rss_after_ramp_bytes
+        .saturating_sub(report.relay.rss_before_ramp_bytes);
     report.relay.rss_per_connection_bytes = grown / m.connected.max(1) as u64;
     report.harness_workers = m.n_workers;
     report.harness_rss_bytes = m.harness_rss;

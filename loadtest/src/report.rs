@@ -95,7 +95,8 @@ impl Steady {
     }
 }
 
-/// The relay process over the run.
+/// The relay process over the run (runs with harness workers or several nodes: CPU and RSS
+/// summed over the nodes, the peak the largest node's; each node is in [`Report::nodes`]).
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct RelayUsage {
     /// Pid measured (0 when unknown).
