@@ -159,12 +159,15 @@ async fn connection(
         tcp,
         watch: watch.clone(),
     };
+    // The TLS stream is boxed: it holds rustls' connection state (about 1.1 KB), which would
+    // otherwise make every plain socket's I/O as large, once boxed again under the upgraded
+    // WebSocket (BENCHMARKS.md §13).
     let io = TokioIo::new(match tls {
         None => Either::Left(watched),
         Some(tls) => {
             let deadline = watch.born + rules.header_timeout;
             match tls::handshake(&tls, watched, deadline, &watch.evicted, &stop).await {
-                Some(stream) => Either::Right(stream),
+                Some(stream) => Either::Right(Box::new(stream)),
                 None => return,
             }
         }

@@ -80,15 +80,25 @@ enum End {
     Gone(&'static str),
 }
 
-/// Runs a session on `ws` until it closes: the opening frames, then the loop.
-pub async fn run<P: Protocol>(
+/// Runs a session on `ws` until it closes: the opening frames, then the loop. The future holds
+/// its owned arguments once, in the engine (see [`super::unbox`]).
+pub fn run<'a, P: Protocol + 'a>(
     ws: WebSocket,
-    ctx: &SessionContext,
+    ctx: &'a SessionContext,
     protocol: P,
     subs: Subscriptions,
-    mut opening: Opening,
+    opening: Opening,
+    session_id: &'a str,
+) -> impl std::future::Future<Output = ()> + 'a {
+    run_boxed(Box::new((ws, protocol, subs, opening)), ctx, session_id)
+}
+
+async fn run_boxed<P: Protocol>(
+    start: Box<(WebSocket, P, Subscriptions, Opening)>,
+    ctx: &SessionContext,
     session_id: &str,
 ) {
+    let (ws, protocol, subs, mut opening) = super::unbox(start);
     let presence = opening.presence.take();
     let mut engine = Engine {
         ws,

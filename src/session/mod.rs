@@ -78,6 +78,18 @@ pub struct SessionContext {
     pub info: Arc<SessionInfo>,
 }
 
+/// Takes a value out of its box, freeing the box at once.
+///
+/// A session's async fns take their arguments in one box: an async fn keeps each argument for
+/// its whole life beside whatever the argument was moved into (a generator never reuses its
+/// arguments' space), so a socket and a context passed one by one would be held twice in every
+/// idle socket's future. Unboxed through this call, the box is freed before the first await
+/// rather than at the end of the session (issue 17).
+#[allow(clippy::boxed_local)] // The box is the point: it is freed here, not at the caller's end.
+pub(crate) fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
+}
+
 /// 4004 with `disconnected`: an operator closed the user's sessions; reconnecting at once
 /// would be refused by nothing, so clients should wait for a user action.
 pub fn kick_disconnected() -> Kick {

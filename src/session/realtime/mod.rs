@@ -49,7 +49,18 @@ use uuid::Uuid;
 const MAX_CHANNELS: usize = 100;
 
 /// Runs a Realtime session until it closes.
-pub async fn run_realtime(ws: WebSocket, ctx: SessionContext, vsn: Vsn, apikey: Option<String>) {
+pub fn run_realtime(
+    ws: WebSocket,
+    ctx: SessionContext,
+    vsn: Vsn,
+    apikey: Option<String>,
+) -> impl std::future::Future<Output = ()> {
+    realtime(Box::new((ws, ctx, vsn, apikey)))
+}
+
+/// [`run_realtime`] on its boxed arguments (see [`super::unbox`]).
+async fn realtime(start: Box<(WebSocket, SessionContext, Vsn, Option<String>)>) {
+    let (ws, ctx, vsn, apikey) = super::unbox(start);
     let subs = Subscriptions::new(ctx.router.clone(), ctx.info.clone());
     let protocol = Realtime {
         registry: ctx.registry.clone(),
