@@ -37,9 +37,10 @@ use crate::session::{self, SessionContext};
 use crate::tables::{Selection, Tables};
 
 /// Read buffer per session, bytes. tungstenite allocates it up front and zero-fills it before
-/// each read, so it is resident in every idle session; clients send small frames (heartbeats
-/// of under 100 bytes; a join or token refresh carries a JWT of about 1 KiB), and a larger
-/// frame grows the buffer as far as it needs (tungstenite 0.29 `FrameCodec`; issue 17).
+/// each read, so it is resident in every idle session. Heartbeats are under 100 bytes; a larger
+/// frame (a Realtime `phx_join` or a token refresh carries a JWT of about 1 KiB) is read in
+/// 512-byte steps into a buffer grown to the frame's length, which that session then keeps
+/// (tungstenite 0.29 `FrameCodec`): the saving is a native session's that sends none (issue 17).
 const READ_BUFFER_BYTES: usize = 512;
 /// Frames are gathered up to this many bytes before a write (a batch is flushed anyway).
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;

@@ -76,6 +76,8 @@ async fn native(start: Box<NativeStart>) {
             .await;
         }
     }
+    // The subscription holds its own copy: not kept for the session's life.
+    drop(interest);
     debug!(session_id, user_id = ?principal.user_id, role = principal.role.as_str(), "session opened");
     // With `since`, the client holds everything up to its cursor; otherwise the stream starts
     // after the subscription's position.
@@ -338,7 +340,7 @@ mod tests {
 
 #[cfg(test)]
 mod future_size {
-    /// The size of the future an async fn of six arguments returns.
+    /// The size of the future a function of six arguments returns.
     fn future_size<A, B, C, D, E, G, F>(_: fn(A, B, C, D, E, G) -> F) -> usize {
         std::mem::size_of::<F>()
     }
@@ -349,7 +351,7 @@ mod future_size {
     #[test]
     fn a_session_future_stays_small() {
         let size = future_size(super::run_native);
-
-        println!("run_native's future: {size} bytes");
+        // 3,208 bytes in a debug build (4,400 before the boxed arguments).
+        assert!(size <= 3328, "run_native's future is {size} bytes");
     }
 }
