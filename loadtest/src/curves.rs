@@ -162,22 +162,23 @@ fn read_sweep(dir: &Path) -> anyhow::Result<Points> {
         .collect();
     folders.sort();
     for folder in folders {
-        for (server, _) in SERVERS {
-            let mut rounds = Vec::new();
-            for entry in std::fs::read_dir(&folder)? {
-                let path = entry?.path();
-                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if name.starts_with(&format!("{server}-")) && name.ends_with(".json") {
-                    let text = std::fs::read_to_string(&path)?;
-                    rounds.push(
-                        serde_json::from_str(&text)
-                            .with_context(|| format!("{}", path.display()))?,
-                    );
-                }
+        let mut rounds: BTreeMap<&'static str, Vec<Value>> = BTreeMap::new();
+        for entry in std::fs::read_dir(&folder)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let server = SERVERS
+                .iter()
+                .map(|(s, _)| *s)
+                .find(|s| name.starts_with(&format!("{s}-")));
+            if let (Some(server), true) = (server, name.ends_with(".json")) {
+                let text = std::fs::read_to_string(&path)?;
+                let report =
+                    serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+                rounds.entry(server).or_default().push(report);
             }
-            if !rounds.is_empty() {
-                points.entry(server).or_default().push(rounds);
-            }
+        }
+        for (server, reports) in rounds {
+            points.entry(server).or_default().push(reports);
         }
     }
     Ok(points)
